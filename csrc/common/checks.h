@@ -1,0 +1,38 @@
+// Input validation and output-shape math shared by every op and device. Each failed
+// check raises a c10::Error (RuntimeError in Python) that names the op, the argument
+// and what was expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "common/device_kernels.h"
+
+namespace rollconv {
+
+struct Pair {
+  int64_t h, w;
+};
+
+// A 2-element int list argument (the schemas' int[2]).
+Pair pair_arg(const char* op, const char* name, at::IntArrayRef values);
+
+// Defined, `ndim` dims (or at least -ndim if negative), a floating dtype the device supports.
+void check_input(const char* op, const char* name, const at::Tensor& t, int64_t ndim,
+                 const DeviceKernels& kernels);
+// Same dtype and device as the reference tensor.
+void check_same_kind(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                     const at::Tensor& ref);
+
+// Sliding-window geometry of a convolution; checks stride/dilation > 0, padding >= 0,
+// kernel >= 1, and that the dilated kernel fits the padded input.
+Window2d conv_window(const char* op, Pair input, Pair kernel, Pair stride, Pair padding,
+                     Pair dilation);
+// Same for max pooling with PyTorch's rules (ceil_mode, padding at most half the kernel).
+Window2d pool_window(const char* op, Pair input, Pair kernel, Pair stride, Pair padding,
+                     Pair dilation, bool ceil_mode);
+
+// grad_output must be (N, channels, out_h, out_w) and match the forward's output.
+void check_grad_output(const char* op, const at::Tensor& grad_output, int64_t batch,
+                       int64_t channels, const Window2d& window);
+
+}  // namespace rollconv

@@ -1,0 +1,37 @@
+// The per-device primitives. Every op is written once (common/*.cpp) against this
+// table; cpu/ and cuda/ each provide one instance. Only these functions differ
+// between devices: the GEMMs go through ATen (MKL/oneDNN on CPU, cuBLAS on CUDA).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "common/index_math.h"
+
+namespace rollconv {
+
+struct DeviceKernels {
+  const char* device_name;
+  bool supports_reduced_precision;  // float16 / bfloat16 inputs
+
+  // images (B, C, H, W) contiguous  ->  cols (B, column_rows, column_cols) contiguous
+  void (*im2col)(const at::Tensor& images, const at::Tensor& cols, const ColumnLayout& layout);
+  // cols (B, column_rows, column_cols)  ->  images (B, C, H, W), overwritten (a gather)
+  void (*col2im)(const at::Tensor& cols, const at::Tensor& images, const ColumnLayout& layout);
+  // input (P, H, W) planes -> output and indices (P, out_h, out_w)
+  void (*max_pool_forward)(const at::Tensor& input, const at::Tensor& output,
+                           const at::Tensor& indices, const Window2d& window);
+  // grad_output, indices (P, out_h, out_w) -> grad_input (P, H, W), overwritten
+  void (*max_pool_backward)(const at::Tensor& grad_output, const at::Tensor& indices,
+                            const at::Tensor& grad_input, const Window2d& window);
+  // input (N, C, S) -> output (N, C, S)
+  void (*lrn_forward)(const at::Tensor& input, const at::Tensor& output, const LrnParams& params);
+  void (*lrn_backward)(const at::Tensor& grad_output, const at::Tensor& input,
+                       const at::Tensor& grad_input, const LrnParams& params);
+};
+
+const DeviceKernels& cpu_kernels();
+#ifdef ROLLCONV_WITH_CUDA
+const DeviceKernels& cuda_kernels();
+#endif
+
+}  // namespace rollconv

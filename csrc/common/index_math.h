@@ -1,0 +1,213 @@
+// Index math shared by the CPU (OpenMP) and CUDA kernels.
+//
+// Everything here is __host__ __device__ and free of ATen, so the .cu files can
+// include it cheaply. A CPU kernel hoists the per-row helpers out of its inner loop;
+// a CUDA kernel calls the same helpers once per element. The math lives only here.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__CUDACC__)
+#define RC_HD __host__ __device__ __forceinline__
+#else
+#define RC_HD inline
+#endif
+
+namespace rollconv {
+
+// One 2-D sliding window (convolution or pooling) over an in_h x in_w plane.
+struct Window2d {
+  int64_t in_h, in_w, out_h, out_w;
+  int64_t kernel_h, kernel_w;
+  int64_t stride_h, stride_w;
+  int64_t pad_h, pad_w;
+  int64_t dil_h, dil_w;
+};
+
+// The column matrix of one sample: rows are (virtual channel v, tap i, tap j), columns
+// are output pixels. Virtual channel v reads image channel v % channels; a plain
+// convolution has col_channels == channels, a rolling convolution with R rolls has
+// col_channels == channels + R - 1 so that roll r is the contiguous row window that
+// starts at v = r (rolling the filter == shifting which rows it meets).
+struct ColumnLayout {
+  Window2d win;
+  int64_t channels;
+  int64_t col_channels;
+};
+
+RC_HD int64_t column_rows(const ColumnLayout& L) {
+  return L.col_channels * L.win.kernel_h * L.win.kernel_w;
+}
+RC_HD int64_t column_cols(const ColumnLayout& L) { return L.win.out_h * L.win.out_w; }
+
+// Input coordinate met by output position `out` at kernel tap `tap`.
+RC_HD int64_t input_coord(int64_t out, int64_t tap, int64_t stride, int64_t pad, int64_t dil) {
+  return out * stride - pad + tap * dil;
+}
+
+// Inverse of input_coord: does tap `tap` of some output position land on input `in`?
+// If so, store that output position in *out. Used by every gather-style backward.
+RC_HD bool window_hit(int64_t in, int64_t tap, int64_t stride, int64_t pad, int64_t dil,
+                      int64_t out_size, int64_t* out) {
+  const int64_t shifted = in + pad - tap * dil;
+  if (shifted < 0) return false;
+  int64_t o = shifted;
+  if (stride != 1) {
+    if (shifted % stride != 0) return false;
+    o = shifted / stride;
+  }
+  if (o >= out_size) return false;
+  *out = o;
+  return true;
+}
+
+// Which image channel and kernel taps a column-matrix row reads.
+struct RowSource {
+  int64_t channel, tap_h, tap_w;
+};
+
+RC_HD RowSource column_row_source(const ColumnLayout& L, int64_t row) {
+  const int64_t kk = L.win.kernel_h * L.win.kernel_w;
+  const int64_t v = row / kk;
+  const int64_t tap = row - v * kk;
+  return RowSource{v % L.channels, tap / L.win.kernel_w, tap % L.win.kernel_w};
+}
+
+// im2col: the value of column-matrix entry (row -> src, output pixel oh, ow).
+template <typename T>
+RC_HD T im2col_value(const T* image, const Window2d& w, const RowSource& src, int64_t oh,
+                     int64_t ow) {
+  const int64_t h = input_coord(oh, src.tap_h, w.stride_h, w.pad_h, w.dil_h);
+  const int64_t x = input_coord(ow, src.tap_w, w.stride_w, w.pad_w, w.dil_w);
+  if (h < 0 || h >= w.in_h || x < 0 || x >= w.in_w) return T(0);
+  return image[(src.channel * w.in_h + h) * w.in_w + x];
+}
+
+// col2im as a gather: the sum of every column entry that im2col copied from image
+// element (c, h, x). Fixed summation order, so the result is deterministic.
+template <typename T, typename Acc>
+RC_HD Acc col2im_gather(const T* cols, const ColumnLayout& L, int64_t c, int64_t h, int64_t x) {
+  const Window2d& w = L.win;
+  const int64_t ncols = w.out_h * w.out_w;
+  Acc sum = Acc(0);
+  for (int64_t v = c; v < L.col_channels; v += L.channels) {
+    for (int64_t i = 0; i < w.kernel_h; ++i) {
+      int64_t oh;
+      if (!window_hit(h, i, w.stride_h, w.pad_h, w.dil_h, w.out_h, &oh)) continue;
+      for (int64_t j = 0; j < w.kernel_w; ++j) {
+        int64_t ow;
+        if (!window_hit(x, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow)) continue;
+        const int64_t row = (v * w.kernel_h + i) * w.kernel_w + j;
+        sum += static_cast<Acc>(cols[row * ncols + oh * w.out_w + ow]);
+      }
+    }
+  }
+  return sum;
+}
+
+// pow for the accumulation types (float, double) on host and device alike.
+RC_HD float acc_pow(float a, float b) { return powf(a, b); }
+RC_HD double acc_pow(double a, double b) { return pow(a, b); }
+
+template <typename T>
+RC_HD bool is_nan(T v) {
+  return v != v;
+}
+
+// Max pooling over one window of a plane, with PyTorch's rules: padding acts as -inf,
+// the first maximum wins ties, and a NaN wins (the last NaN seen). The index is the
+// flat h * in_w + x position inside the plane.
+template <typename T, typename Acc>
+RC_HD void max_pool_window(const T* plane, const Window2d& w, int64_t oh, int64_t ow, T* max_out,
+                           int64_t* index_out) {
+  int64_t h0 = oh * w.stride_h - w.pad_h;
+  int64_t x0 = ow * w.stride_w - w.pad_w;
+  const int64_t h1 = (h0 + (w.kernel_h - 1) * w.dil_h + 1) < w.in_h ? h0 + (w.kernel_h - 1) * w.dil_h + 1 : w.in_h;
+  const int64_t x1 = (x0 + (w.kernel_w - 1) * w.dil_w + 1) < w.in_w ? x0 + (w.kernel_w - 1) * w.dil_w + 1 : w.in_w;
+  while (h0 < 0) h0 += w.dil_h;
+  while (x0 < 0) x0 += w.dil_w;
+  int64_t best_index = h0 * w.in_w + x0;
+  Acc best = -std::numeric_limits<Acc>::infinity();
+  for (int64_t h = h0; h < h1; h += w.dil_h) {
+    for (int64_t x = x0; x < x1; x += w.dil_w) {
+      const Acc v = static_cast<Acc>(plane[h * w.in_w + x]);
+      if (v > best || is_nan(v)) {
+        best = v;
+        best_index = h * w.in_w + x;
+      }
+    }
+  }
+  *max_out = static_cast<T>(best);
+  *index_out = best_index;
+}
+
+// Max pooling backward as a gather: the gradient reaching input (h, x) of one plane is
+// the sum over the windows that contain it and chose it as their maximum.
+template <typename T, typename Acc>
+RC_HD Acc max_pool_gather(const T* grad_plane, const int64_t* index_plane, const Window2d& w,
+                          int64_t h, int64_t x) {
+  const int64_t flat = h * w.in_w + x;
+  Acc sum = Acc(0);
+  for (int64_t i = 0; i < w.kernel_h; ++i) {
+    int64_t oh;
+    if (!window_hit(h, i, w.stride_h, w.pad_h, w.dil_h, w.out_h, &oh)) continue;
+    for (int64_t j = 0; j < w.kernel_w; ++j) {
+      int64_t ow;
+      if (!window_hit(x, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow)) continue;
+      const int64_t o = oh * w.out_w + ow;
+      if (index_plane[o] == flat) sum += static_cast<Acc>(grad_plane[o]);
+    }
+  }
+  return sum;
+}
+
+// Local response normalization across channels, with torch.nn.functional semantics:
+//   D_c = k + alpha / size * sum_{j = c - size/2}^{c + (size-1)/2} x_j^2   (clipped to [0, C))
+//   y_c = x_c * D_c^-beta
+// The input is viewed as (N, C, S); `column` points at (n, 0, s) and `step` == S.
+struct LrnParams {
+  int64_t channels, size;
+  double alpha, beta, k;
+};
+
+template <typename T, typename Acc>
+RC_HD Acc lrn_denominator(const T* column, int64_t step, const LrnParams& p, int64_t c) {
+  const int64_t lo = c - p.size / 2 < 0 ? 0 : c - p.size / 2;
+  const int64_t hi = c + (p.size - 1) / 2 >= p.channels ? p.channels - 1 : c + (p.size - 1) / 2;
+  Acc sum = Acc(0);
+  for (int64_t j = lo; j <= hi; ++j) {
+    const Acc v = static_cast<Acc>(column[j * step]);
+    sum += v * v;
+  }
+  return static_cast<Acc>(p.k) + static_cast<Acc>(p.alpha) / static_cast<Acc>(p.size) * sum;
+}
+
+template <typename T, typename Acc>
+RC_HD Acc lrn_value(const T* column, int64_t step, const LrnParams& p, int64_t c) {
+  const Acc d = lrn_denominator<T, Acc>(column, step, p, c);
+  return static_cast<Acc>(column[c * step]) * acc_pow(d, -static_cast<Acc>(p.beta));
+}
+
+// dL/dx_j = g_j D_j^-beta - (2 alpha beta / size) x_j sum_{c : j in window(c)} g_c x_c D_c^(-beta-1)
+// where j in window(c)  <=>  j - (size-1)/2 <= c <= j + size/2.
+template <typename T, typename Acc>
+RC_HD Acc lrn_grad(const T* grad_column, const T* column, int64_t step, const LrnParams& p,
+                   int64_t j) {
+  const Acc beta = static_cast<Acc>(p.beta);
+  const Acc own = static_cast<Acc>(grad_column[j * step]) *
+                  acc_pow(lrn_denominator<T, Acc>(column, step, p, j), -beta);
+  const int64_t lo = j - (p.size - 1) / 2 < 0 ? 0 : j - (p.size - 1) / 2;
+  const int64_t hi = j + p.size / 2 >= p.channels ? p.channels - 1 : j + p.size / 2;
+  Acc cross = Acc(0);
+  for (int64_t c = lo; c <= hi; ++c) {
+    const Acc d = lrn_denominator<T, Acc>(column, step, p, c);
+    cross += static_cast<Acc>(grad_column[c * step]) * static_cast<Acc>(column[c * step]) *
+             acc_pow(d, -beta - Acc(1));
+  }
+  const Acc scale = Acc(2) * static_cast<Acc>(p.alpha) * beta / static_cast<Acc>(p.size);
+  return own - scale * static_cast<Acc>(column[j * step]) * cross;
+}
+
+}  // namespace rollconv

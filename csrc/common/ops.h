@@ -1,0 +1,60 @@
+// Every rollconv op, written once against the DeviceKernels table. The schemas are in
+// csrc/registration.cpp; common/register_kernels.h binds these to each device.
+#pragma once
+
+#include <optional>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+
+#include "common/device_kernels.h"
+
+namespace rollconv::ops {
+
+using at::IntArrayRef;
+using at::Tensor;
+
+// --- convolution by im2col + GEMM (groups as GEMM blocks) -------------------------------
+Tensor conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
+                      const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding,
+                      IntArrayRef dilation, int64_t groups);
+Tensor conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
+                             const Tensor& weight, IntArrayRef input_size, IntArrayRef stride,
+                             IntArrayRef padding, IntArrayRef dilation, int64_t groups);
+Tensor conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
+                              const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,
+                              IntArrayRef padding, IntArrayRef dilation, int64_t groups);
+// Bias gradient: grad_output summed over every dim but 1, whose entries are folded modulo
+// `channels` (rolling convolution: R*F output channels share F biases).
+Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t channels);
+
+// --- rolling-filter convolution (rolls as GEMM blocks over one shared im2col) -----------
+Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
+                           const std::optional<Tensor>& bias, IntArrayRef stride,
+                           IntArrayRef padding, IntArrayRef dilation, int64_t rolls, bool relu);
+Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
+                                  const Tensor& weight, IntArrayRef input_size,
+                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                  int64_t rolls);
+Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
+                                   const Tensor& input, IntArrayRef kernel_size,
+                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                   int64_t rolls);
+
+// --- max pooling -------------------------------------------------------------------------
+std::tuple<Tensor, Tensor> max_pool2d_forward(const DeviceKernels& k, const Tensor& input,
+                                              IntArrayRef kernel_size, IntArrayRef stride,
+                                              IntArrayRef padding, IntArrayRef dilation,
+                                              bool ceil_mode);
+Tensor max_pool2d_backward(const DeviceKernels& k, const Tensor& grad_output,
+                           const Tensor& indices, IntArrayRef input_size, IntArrayRef kernel_size,
+                           IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation);
+
+// --- local response normalization --------------------------------------------------------
+Tensor local_response_norm_forward(const DeviceKernels& k, const Tensor& input, int64_t size,
+                                   double alpha, double beta, double k_);
+Tensor local_response_norm_backward(const DeviceKernels& k, const Tensor& grad_output,
+                                    const Tensor& input, int64_t size, double alpha, double beta,
+                                    double k_);
+
+}  // namespace rollconv::ops

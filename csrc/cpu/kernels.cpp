@@ -1,0 +1,164 @@
+// CPU primitives: OpenMP loops around the shared index math of common/index_math.h.
+// (The loops are templates outside the AT_DISPATCH macros: a pragma cannot sit inside a
+// macro argument.)
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include "common/device_kernels.h"
+#include "common/register_kernels.h"
+
+namespace rollconv {
+namespace {
+
+// Threads for an OpenMP region: torch's setting (torch.set_num_threads), one thread for
+// small work so tiny layers do not pay the fork/join.
+int threads_for(int64_t work) {
+  return work < (int64_t(1) << 14) || at::in_parallel_region() ? 1 : at::get_num_threads();
+}
+
+template <typename T>
+void im2col_loops(const T* x, T* out, int64_t batch, const ColumnLayout& L) {
+  const int64_t rows = column_rows(L), ncols = column_cols(L);
+  const int64_t image_numel = L.channels * L.win.in_h * L.win.in_w;
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * rows * ncols))
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t row = 0; row < rows; ++row) {
+      const RowSource src = column_row_source(L, row);
+      const T* image = x + b * image_numel;
+      T* dst = out + (b * rows + row) * ncols;
+      for (int64_t oh = 0; oh < L.win.out_h; ++oh) {
+        for (int64_t ow = 0; ow < L.win.out_w; ++ow) {
+          dst[oh * L.win.out_w + ow] = im2col_value(image, L.win, src, oh, ow);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void col2im_loops(const T* cols, T* x, int64_t batch, const ColumnLayout& L) {
+  const int64_t rows = column_rows(L), ncols = column_cols(L);
+  const int64_t plane = L.win.in_h * L.win.in_w;
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * rows * ncols))
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t c = 0; c < L.channels; ++c) {
+      const T* sample_cols = cols + b * rows * ncols;
+      T* dst = x + (b * L.channels + c) * plane;
+      for (int64_t h = 0; h < L.win.in_h; ++h) {
+        for (int64_t w = 0; w < L.win.in_w; ++w) {
+          dst[h * L.win.in_w + w] = col2im_gather<T, T>(sample_cols, L, c, h, w);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, const Window2d& w) {
+#pragma omp parallel for num_threads(threads_for(planes * w.out_h * w.out_w * w.kernel_h * w.kernel_w))
+  for (int64_t p = 0; p < planes; ++p) {
+    for (int64_t oh = 0; oh < w.out_h; ++oh) {
+      for (int64_t ow = 0; ow < w.out_w; ++ow) {
+        const int64_t o = (p * w.out_h + oh) * w.out_w + ow;
+        max_pool_window<T, T>(x + p * w.in_h * w.in_w, w, oh, ow, y + o, idx + o);
+      }
+    }
+  }
+}
+
+template <typename T>
+void max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t planes, const Window2d& w) {
+  const int64_t out_plane = w.out_h * w.out_w;
+#pragma omp parallel for num_threads(threads_for(planes * w.in_h * w.in_w * w.kernel_h * w.kernel_w))
+  for (int64_t p = 0; p < planes; ++p) {
+    for (int64_t h = 0; h < w.in_h; ++h) {
+      for (int64_t x = 0; x < w.in_w; ++x) {
+        gx[(p * w.in_h + h) * w.in_w + x] =
+            max_pool_gather<T, T>(gy + p * out_plane, idx + p * out_plane, w, h, x);
+      }
+    }
+  }
+}
+
+// LRN: element (n, c, s) of an (N, C, S) tensor; `grad` is null for the forward.
+template <typename T>
+void lrn_loops(const T* grad, const T* x, T* out, int64_t n, int64_t s, const LrnParams& p) {
+  const int64_t c = p.channels;
+#pragma omp parallel for collapse(2) num_threads(threads_for(n * c * s * p.size))
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      for (int64_t j = 0; j < s; ++j) {
+        const int64_t column = i * c * s + j;
+        out[(i * c + ch) * s + j] = grad ? lrn_grad<T, T>(grad + column, x + column, s, p, ch)
+                                         : lrn_value<T, T>(x + column, s, p, ch);
+      }
+    }
+  }
+}
+
+void im2col_cpu(const at::Tensor& images, const at::Tensor& cols, const ColumnLayout& L) {
+  AT_DISPATCH_FLOATING_TYPES(images.scalar_type(), "rollconv_im2col_cpu", [&] {
+    im2col_loops(images.const_data_ptr<scalar_t>(), cols.data_ptr<scalar_t>(), images.size(0), L);
+  });
+}
+
+void col2im_cpu(const at::Tensor& cols, const at::Tensor& images, const ColumnLayout& L) {
+  AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "rollconv_col2im_cpu", [&] {
+    col2im_loops(cols.const_data_ptr<scalar_t>(), images.data_ptr<scalar_t>(), images.size(0), L);
+  });
+}
+
+void max_pool_forward_cpu(const at::Tensor& input, const at::Tensor& output,
+                          const at::Tensor& indices, const Window2d& w) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_max_pool_cpu", [&] {
+    max_pool_forward_loops(input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
+                           indices.data_ptr<int64_t>(), input.size(0), w);
+  });
+}
+
+void max_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                           const at::Tensor& grad_input, const Window2d& w) {
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rollconv_max_pool_backward_cpu", [&] {
+    max_pool_backward_loops(grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
+                            grad_input.data_ptr<scalar_t>(), grad_input.size(0), w);
+  });
+}
+
+void lrn_forward_cpu(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_lrn_cpu", [&] {
+    lrn_loops<scalar_t>(nullptr, input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
+                        input.size(0), input.size(2), p);
+  });
+}
+
+void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                      const at::Tensor& grad_input, const LrnParams& p) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_lrn_backward_cpu", [&] {
+    lrn_loops<scalar_t>(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                        grad_input.data_ptr<scalar_t>(), input.size(0), input.size(2), p);
+  });
+}
+
+}  // namespace
+
+const DeviceKernels& cpu_kernels() {
+  static const DeviceKernels kernels{
+      "CPU",
+      /*supports_reduced_precision=*/false,
+      im2col_cpu,
+      col2im_cpu,
+      max_pool_forward_cpu,
+      max_pool_backward_cpu,
+      lrn_forward_cpu,
+      lrn_backward_cpu,
+  };
+  return kernels;
+}
+
+}  // namespace rollconv
+
+TORCH_LIBRARY_IMPL(rollconv, CPU, m) {
+  rollconv::register_device_kernels<&rollconv::cpu_kernels>(m);
+}

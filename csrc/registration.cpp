@@ -1,0 +1,81 @@
+// The rollconv op library: every schema, once. Kernels are registered per device in
+// cpu/ and cuda/; autograd and fake (meta) kernels in rollconv/_ops.py.
+#include <Python.h>
+
+#include <string>
+
+#include <torch/library.h>
+
+namespace {
+
+// Schemas. Backward passes are ops of their own, so every device implements forward,
+// dX (backward_input) and dK (backward_weight) and nothing else.
+constexpr const char* kSchemas[] = {
+    "conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+    "int[2] dilation, int groups) -> Tensor",
+    "conv2d_backward_input(Tensor grad_output, Tensor weight, int[2] input_size, int[2] stride, "
+    "int[2] padding, int[2] dilation, int groups) -> Tensor",
+    "conv2d_backward_weight(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+    "int[2] padding, int[2] dilation, int groups) -> Tensor",
+    "bias_backward(Tensor grad_output, int channels) -> Tensor",
+    "roll_conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+    "int[2] dilation, int rolls, bool relu) -> Tensor",
+    "roll_conv2d_backward_input(Tensor grad_output, Tensor weight, int[2] input_size, "
+    "int[2] stride, int[2] padding, int[2] dilation, int rolls) -> Tensor",
+    "roll_conv2d_backward_weight(Tensor grad_output, Tensor input, int[2] kernel_size, "
+    "int[2] stride, int[2] padding, int[2] dilation, int rolls) -> Tensor",
+    "max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+    "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)",
+    "max_pool2d_backward(Tensor grad_output, Tensor indices, int[2] input_size, "
+    "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor",
+    "local_response_norm_forward(Tensor input, int size, float alpha, float beta, float k) -> Tensor",
+    "local_response_norm_backward(Tensor grad_output, Tensor input, int size, float alpha, "
+    "float beta, float k) -> Tensor",
+};
+
+}  // namespace
+
+TORCH_LIBRARY(rollconv, m) {
+  for (const char* schema : kSchemas) m.def(schema);
+}
+
+#ifndef ROLLCONV_WITH_CUDA
+// A CPU-only build still gets CUDA tensors from users: answer with how to fix it
+// rather than the dispatcher's "could not run ... with arguments from the CUDA backend".
+namespace {
+void cuda_not_built(const c10::OperatorHandle& op, torch::jit::Stack*) {
+  TORCH_CHECK(false, op.schema().name(),
+              ": rollconv was built without CUDA kernels, so it cannot run on CUDA tensors. "
+              "Reinstall it where a CUDA toolkit is found (or set FORCE_CUDA=1 and CUDA_HOME): "
+              "pip install --no-build-isolation --force-reinstall .");
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rollconv, CUDA, m) {
+  for (const char* schema : kSchemas) {
+    const std::string s(schema);
+    m.impl(s.substr(0, s.find('(')).c_str(),
+           torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
+  }
+}
+#endif
+
+// The Python module rollconv._C: loading it registers the ops; it also carries the
+// facts of this build for rollconv.info().
+#ifndef ROLLCONV_CUDA_ARCHS
+#define ROLLCONV_CUDA_ARCHS ""
+#endif
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "rollconv compiled ops", -1, nullptr};
+  PyObject* m = PyModule_Create(&module);
+  if (m == nullptr) return nullptr;
+#ifdef ROLLCONV_WITH_CUDA
+  PyModule_AddIntConstant(m, "with_cuda", 1);
+#else
+  PyModule_AddIntConstant(m, "with_cuda", 0);
+#endif
+  PyModule_AddStringConstant(m, "cuda_archs", ROLLCONV_CUDA_ARCHS);
+  PyModule_AddStringConstant(m, "version", ROLLCONV_VERSION);
+  return m;
+}

@@ -1,0 +1,31 @@
+"""Facts of this build and machine, printed by ``python -m rollconv info``."""
+import os
+import platform
+
+import torch
+
+from . import _C
+
+
+def build_facts():
+    return {
+        "rollconv": _C.version,
+        "torch": torch.__version__,
+        "torch CUDA": torch.version.cuda or "none (CPU-only torch)",
+        "CUDA kernels compiled": bool(_C.with_cuda),
+        "CUDA architectures": _C.cuda_archs or "-",
+        "GPU visible": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no"),
+        "CPU threads (torch / OpenMP)": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def info(file=None):
+    """Print the rollconv, torch and CUDA versions, the compiled CUDA architectures,
+    whether a GPU is visible and the thread count; return them as a dict."""
+    facts = build_facts()
+    width = max(len(k) for k in facts)
+    for key, value in facts.items():
+        print(f"{key:<{width}}  {value}", file=file)
+    return facts

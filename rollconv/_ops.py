@@ -1,0 +1,284 @@
+"""Fake (meta) kernels and autograd formulas of the torch.ops.rollconv ops.
+
+The fake kernels give output shapes (symbolic sizes included) for torch.compile and
+torch.export; validation lives in the C++ kernels. Every backward is built from the
+ops themselves, so double backward works: the derivatives of the dX and dK passes are
+again a forward, a dX or a dK pass.
+"""
+import torch
+
+ops = torch.ops.rollconv
+
+
+def _conv_out(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv_out_hw(in_hw, kernel_hw, stride, padding, dilation):
+    return [_conv_out(in_hw[i], kernel_hw[i], stride[i], padding[i], dilation[i]) for i in (0, 1)]
+
+
+# --- fake kernels ---------------------------------------------------------------------
+
+
+@torch.library.register_fake("rollconv::conv2d_forward")
+def _(input, weight, bias, stride, padding, dilation, groups):
+    torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "rollconv.conv2d: expected 4-D input and weight")
+    h, w = _conv_out_hw(input.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return input.new_empty((input.shape[0], weight.shape[0], h, w))
+
+
+@torch.library.register_fake("rollconv::conv2d_backward_input")
+def _(grad_output, weight, input_size, stride, padding, dilation, groups):
+    return grad_output.new_empty((grad_output.shape[0], weight.shape[1] * groups, *input_size))
+
+
+@torch.library.register_fake("rollconv::conv2d_backward_weight")
+def _(grad_output, input, kernel_size, stride, padding, dilation, groups):
+    return input.new_empty((grad_output.shape[1], input.shape[1] // groups, *kernel_size))
+
+
+@torch.library.register_fake("rollconv::bias_backward")
+def _(grad_output, channels):
+    return grad_output.new_empty((channels,))
+
+
+@torch.library.register_fake("rollconv::roll_conv2d_forward")
+def _(input, weight, bias, stride, padding, dilation, rolls, relu):
+    torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "rollconv.roll_conv2d: expected 4-D input and weight")
+    h, w = _conv_out_hw(input.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return input.new_empty((input.shape[0], rolls * weight.shape[0], h, w))
+
+
+@torch.library.register_fake("rollconv::roll_conv2d_backward_input")
+def _(grad_output, weight, input_size, stride, padding, dilation, rolls):
+    return grad_output.new_empty((grad_output.shape[0], weight.shape[1], *input_size))
+
+
+@torch.library.register_fake("rollconv::roll_conv2d_backward_weight")
+def _(grad_output, input, kernel_size, stride, padding, dilation, rolls):
+    return input.new_empty((grad_output.shape[1] // rolls, input.shape[1], *kernel_size))
+
+
+def _pool_out(size, kernel, stride, padding, dilation, ceil_mode):
+    numerator = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out = out - 1
+    return out
+
+
+@torch.library.register_fake("rollconv::max_pool2d_forward")
+def _(input, kernel_size, stride, padding, dilation, ceil_mode):
+    h, w = (_pool_out(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode) for i in (0, 1))
+    shape = (input.shape[0], input.shape[1], h, w)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("rollconv::max_pool2d_backward")
+def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation):
+    return grad_output.new_empty((grad_output.shape[0], grad_output.shape[1], *input_size))
+
+
+@torch.library.register_fake("rollconv::local_response_norm_forward")
+def _(input, size, alpha, beta, k):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("rollconv::local_response_norm_backward")
+def _(grad_output, input, size, alpha, beta, k):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+# --- autograd -------------------------------------------------------------------------
+# Conventions: ctx.geometry holds the non-tensor arguments shared by a pass and its
+# partners; backward returns one entry per op input (None for non-tensors).
+
+
+# conv2d: y = conv(x, w) + b
+
+
+def _conv2d_setup(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.args = (stride, padding, dilation, groups)
+
+
+def _conv2d_backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = ops.conv2d_backward_input(grad, weight, list(input.shape[2:]), *ctx.args)
+    if ctx.needs_input_grad[1]:
+        grad_weight = ops.conv2d_backward_weight(grad, input, list(weight.shape[2:]), *ctx.args)
+    if ctx.needs_input_grad[2]:
+        grad_bias = ops.bias_backward(grad, weight.shape[0])
+    return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+# dX(g, w) = conv^T(g, w): d/dg -> conv(gg, w);  d/dw -> dK(g, gg)
+
+
+def _conv2d_backward_input_setup(ctx, inputs, output):
+    grad_output, weight, input_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad_output, weight)
+    ctx.args = (stride, padding, dilation, groups)
+
+
+def _conv2d_backward_input_backward(ctx, gg):
+    grad_output, weight = ctx.saved_tensors
+    d_grad = d_weight = None
+    if ctx.needs_input_grad[0]:
+        d_grad = ops.conv2d_forward(gg, weight, None, *ctx.args)
+    if ctx.needs_input_grad[1]:
+        d_weight = ops.conv2d_backward_weight(grad_output, gg, list(weight.shape[2:]), *ctx.args)
+    return d_grad, d_weight, None, None, None, None, None
+
+
+# dK(g, x): d/dg -> conv(x, gg);  d/dx -> dX(g, gg)
+
+
+def _conv2d_backward_weight_setup(ctx, inputs, output):
+    grad_output, input, kernel_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad_output, input)
+    ctx.args = (stride, padding, dilation, groups)
+
+
+def _conv2d_backward_weight_backward(ctx, gg):
+    grad_output, input = ctx.saved_tensors
+    d_grad = d_input = None
+    if ctx.needs_input_grad[0]:
+        d_grad = ops.conv2d_forward(input, gg, None, *ctx.args)
+    if ctx.needs_input_grad[1]:
+        d_input = ops.conv2d_backward_input(grad_output, gg, list(input.shape[2:]), *ctx.args)
+    return d_grad, d_input, None, None, None, None, None
+
+
+# bias_backward is linear: its adjoint broadcasts gg back over grad_output's shape.
+
+
+def _bias_backward_setup(ctx, inputs, output):
+    grad_output, channels = inputs
+    ctx.shape = grad_output.shape
+
+
+def _bias_backward_backward(ctx, gg):
+    shape = ctx.shape
+    folds = shape[1] // gg.shape[0]
+    per_channel = gg.repeat(folds).view(1, shape[1], *([1] * (len(shape) - 2)))
+    return per_channel.expand(shape), None
+
+
+# roll_conv2d: y = act(rollconv(x, w) + b); the ReLU mask comes from the saved output.
+
+
+def _roll_setup(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, rolls, relu = inputs
+    ctx.save_for_backward(input, weight, output if relu else None)
+    ctx.args = (stride, padding, dilation, rolls)
+
+
+def _roll_backward(ctx, grad):
+    input, weight, output = ctx.saved_tensors
+    if output is not None:
+        grad = torch.where(output > 0, grad, torch.zeros_like(grad))
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = ops.roll_conv2d_backward_input(grad, weight, list(input.shape[2:]), *ctx.args)
+    if ctx.needs_input_grad[1]:
+        grad_weight = ops.roll_conv2d_backward_weight(grad, input, list(weight.shape[2:]), *ctx.args)
+    if ctx.needs_input_grad[2]:
+        grad_bias = ops.bias_backward(grad, weight.shape[0])
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _roll_backward_input_setup(ctx, inputs, output):
+    grad_output, weight, input_size, stride, padding, dilation, rolls = inputs
+    ctx.save_for_backward(grad_output, weight)
+    ctx.args = (stride, padding, dilation, rolls)
+
+
+def _roll_backward_input_backward(ctx, gg):
+    grad_output, weight = ctx.saved_tensors
+    d_grad = d_weight = None
+    if ctx.needs_input_grad[0]:
+        d_grad = ops.roll_conv2d_forward(gg, weight, None, *ctx.args, False)
+    if ctx.needs_input_grad[1]:
+        d_weight = ops.roll_conv2d_backward_weight(grad_output, gg, list(weight.shape[2:]), *ctx.args)
+    return d_grad, d_weight, None, None, None, None, None
+
+
+def _roll_backward_weight_setup(ctx, inputs, output):
+    grad_output, input, kernel_size, stride, padding, dilation, rolls = inputs
+    ctx.save_for_backward(grad_output, input)
+    ctx.args = (stride, padding, dilation, rolls)
+
+
+def _roll_backward_weight_backward(ctx, gg):
+    grad_output, input = ctx.saved_tensors
+    d_grad = d_input = None
+    if ctx.needs_input_grad[0]:
+        d_grad = ops.roll_conv2d_forward(input, gg, None, *ctx.args, False)
+    if ctx.needs_input_grad[1]:
+        d_input = ops.roll_conv2d_backward_input(grad_output, gg, list(input.shape[2:]), *ctx.args)
+    return d_grad, d_input, None, None, None, None, None
+
+
+# max pooling: the backward routes the gradient to the saved argmax; its own adjoint
+# gathers gg at those indices.
+
+
+def _max_pool_setup(ctx, inputs, output):
+    input, kernel_size, stride, padding, dilation, ceil_mode = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.args = (list(input.shape[2:]), kernel_size, stride, padding, dilation)
+
+
+def _max_pool_backward(ctx, grad, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    return ops.max_pool2d_backward(grad, indices, *ctx.args), None, None, None, None, None
+
+
+def _max_pool_backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _max_pool_backward_backward(ctx, gg):
+    (indices,) = ctx.saved_tensors
+    picked = gg.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+    return picked, None, None, None, None, None, None
+
+
+# local response normalization: the analytic backward kernel (no double backward).
+
+
+def _lrn_setup(ctx, inputs, output):
+    input, size, alpha, beta, k = inputs
+    ctx.save_for_backward(input)
+    ctx.args = (size, alpha, beta, k)
+
+
+def _lrn_backward(ctx, grad):
+    (input,) = ctx.saved_tensors
+    return ops.local_response_norm_backward(grad, input, *ctx.args), None, None, None, None
+
+
+_AUTOGRAD = {
+    "conv2d_forward": (_conv2d_backward, _conv2d_setup),
+    "conv2d_backward_input": (_conv2d_backward_input_backward, _conv2d_backward_input_setup),
+    "conv2d_backward_weight": (_conv2d_backward_weight_backward, _conv2d_backward_weight_setup),
+    "bias_backward": (_bias_backward_backward, _bias_backward_setup),
+    "roll_conv2d_forward": (_roll_backward, _roll_setup),
+    "roll_conv2d_backward_input": (_roll_backward_input_backward, _roll_backward_input_setup),
+    "roll_conv2d_backward_weight": (_roll_backward_weight_backward, _roll_backward_weight_setup),
+    "max_pool2d_forward": (_max_pool_backward, _max_pool_setup),
+    "max_pool2d_backward": (_max_pool_backward_backward, _max_pool_backward_setup),
+    "local_response_norm_forward": (_lrn_backward, _lrn_setup),
+}
+
+for _name, (_backward, _setup) in _AUTOGRAD.items():
+    torch.library.register_autograd(f"rollconv::{_name}", _backward, setup_context=_setup)
+
+#: Every op of the library, for tests (opcheck) and docs.
+OP_NAMES = sorted(list(_AUTOGRAD) + ["local_response_norm_backward"])

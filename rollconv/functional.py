@@ -1,0 +1,173 @@
+"""Functional API, mirroring ``torch.nn.functional`` argument forms.
+
+Each function normalizes its arguments (ints or pairs, string padding, unbatched
+input) and calls one ``torch.ops.rollconv`` op; kernels, autograd and validation are
+the op's.
+"""
+import torch
+
+ops = torch.ops.rollconv
+
+__all__ = [
+    "conv2d",
+    "conv_transpose2d",
+    "roll_conv2d",
+    "roll",
+    "max_pool2d",
+    "local_response_norm",
+]
+
+
+def _pair(value, name):
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, but got {value!r}")
+    if isinstance(value, int):
+        return [value, value]
+    if isinstance(value, (tuple, list, torch.Size)) and len(value) in (1, 2) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return [int(value[0]), int(value[-1])]
+    raise TypeError(f"{name} must be an int or a pair of ints, but got {value!r}")
+
+
+def _batched(input, name="input"):
+    """Accept (C, H, W) like torch.nn.functional: returns the 4-D input and whether to squeeze."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name} must be a Tensor, but got {type(input).__name__}")
+    if input.dim() == 3:
+        return input.unsqueeze(0), True
+    if input.dim() != 4:
+        raise ValueError(f"expected {name} to be 3-D (C, H, W) or 4-D (N, C, H, W), but got shape {tuple(input.shape)}")
+    return input, False
+
+
+def _padding_args(input, weight, padding, stride, dilation):
+    """Resolve padding (int, pair, 'valid' or 'same') to symmetric padding, padding the
+    input first when 'same' needs one more row/column on the bottom/right (as torch does)."""
+    if not isinstance(padding, str):
+        return input, _pair(padding, "padding")
+    if padding == "valid":
+        return input, [0, 0]
+    if padding != "same":
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', but got {padding!r}")
+    if stride != [1, 1]:
+        raise ValueError("padding='same' is not supported for strided convolutions")
+    total = [dilation[i] * (weight.shape[2 + i] - 1) for i in (0, 1)]
+    extra = [t % 2 for t in total]
+    if any(extra):
+        input = torch.nn.functional.pad(input, [0, extra[1], 0, extra[0]])
+    return input, [t // 2 for t in total]
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution by im2col + GEMM, same arguments as ``torch.nn.functional.conv2d``.
+
+    input (N, C, H, W) or (C, H, W); weight (C_out, C / groups, kh, kw); bias (C_out,).
+    padding: int, pair, 'valid' or 'same'. CPU: float32/float64; CUDA: also float16/bfloat16.
+    """
+    x, squeeze = _batched(input)
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    x, padding = _padding_args(x, weight, padding, stride, dilation)
+    out = ops.conv2d_forward(x, weight, bias, stride, padding, dilation, int(groups))
+    return out.squeeze(0) if squeeze else out
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """Transposed convolution, same arguments as ``torch.nn.functional.conv_transpose2d``.
+
+    It is conv2d's input-gradient pass (``conv2d_backward_input``): weight has shape
+    (C_in, C_out / groups, kh, kw); its gradients are conv2d's forward and weight passes.
+    """
+    x, squeeze = _batched(input)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    dilation, output_padding = _pair(dilation, "dilation"), _pair(output_padding, "output_padding")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(f"expected weight to be a 4-D tensor (C_in, C_out / groups, kh, kw), got {getattr(weight, 'shape', weight)}")
+    for i in (0, 1):
+        if output_padding[i] < 0 or (output_padding[i] >= stride[i] and output_padding[i] >= dilation[i]):
+            raise ValueError(
+                f"output_padding must be non-negative and smaller than either stride or dilation, "
+                f"but got output_padding={tuple(output_padding)}, stride={tuple(stride)}, dilation={tuple(dilation)}"
+            )
+    out_hw = [
+        (x.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + output_padding[i] + 1
+        for i in (0, 1)
+    ]
+    if min(out_hw) <= 0:
+        raise ValueError(f"conv_transpose2d: the output would be empty ({out_hw[0]} x {out_hw[1]})")
+    # With output_padding >= stride (allowed when < dilation) the matching convolution has
+    # more output rows than x: they receive zeros.
+    conv_hw = [(out_hw[i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1 for i in (0, 1)]
+    if conv_hw != list(x.shape[2:]):
+        x = torch.nn.functional.pad(x, [0, conv_hw[1] - x.shape[3], 0, conv_hw[0] - x.shape[2]])
+    out = ops.conv2d_backward_input(x, weight, out_hw, stride, padding, dilation, int(groups))
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out.squeeze(0) if squeeze else out
+
+
+def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls=None, activation=None):
+    """Rolling-filter convolution: a bank of ``rolls * F`` filters made by cyclically
+    rolling each base filter along the input-channel axis, computed without building it.
+
+    input (N, C, H, W) or (C, H, W); weight (F, C, kh, kw); bias (F,), shared across rolls.
+    Output channel ``r * F + f`` (roll-major) is::
+
+        y[n, r*F + f] = sum_c conv(x[n, (c + r) mod C], w[f, c])  (+ bias[f])
+
+    i.e. ``conv2d(x, cat([roll(w, r, dims=1) for r in range(rolls)]))``. rolls defaults to
+    C (any 1 <= rolls <= C); activation is None or 'relu' (fused). With rolls == C,
+    rolling x's channels by one rolls the output's blocks of F channels by one.
+    """
+    x, squeeze = _batched(input)
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', but got {activation!r}")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(f"expected weight to be a 4-D tensor (F, C, kh, kw), got {getattr(weight, 'shape', weight)}")
+    rolls = x.shape[1] if rolls is None else rolls
+    if isinstance(rolls, bool) or not isinstance(rolls, int):
+        raise TypeError(f"rolls must be an int or None, but got {rolls!r}")
+    x, padding = _padding_args(x, weight, padding, stride, dilation)
+    out = ops.roll_conv2d_forward(x, weight, bias, stride, padding, dilation, rolls, activation == "relu")
+    return out.squeeze(0) if squeeze else out
+
+
+def roll(input, weight, stride=1, padding=0):
+    """The seed notebook's ``roll(input, weight, stride, padding)``: ReLU of the
+    convolution with all C rolls of ``weight``, as one fused op."""
+    return roll_conv2d(input, weight, None, stride, padding, activation="relu")
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """2-D max pooling, same arguments and results as ``torch.nn.functional.max_pool2d``.
+
+    Padding counts as -inf, a NaN in a window is its maximum, and the gradient of a window
+    goes to one element: the first maximum in row-major order (PyTorch's rule; the seed's
+    backward instead gave it to every element equal to the maximum).
+    """
+    x, squeeze = _batched(input)
+    kernel_size = _pair(kernel_size, "kernel_size")
+    stride = kernel_size if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride, "stride")
+    out, indices = ops.max_pool2d_forward(
+        x, kernel_size, stride, _pair(padding, "padding"), _pair(dilation, "dilation"), bool(ceil_mode)
+    )
+    if squeeze:
+        out, indices = out.squeeze(0), indices.squeeze(0)
+    return (out, indices) if return_indices else out
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Local response normalization across channels, as ``torch.nn.functional.local_response_norm``::
+
+        y[:, c] = x[:, c] / (k + alpha / size * sum_{j=c-size//2}^{c+(size-1)//2} x[:, j]^2) ** beta
+
+    for input of shape (N, C, *) with at least 3 dims. The backward is an analytic kernel.
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a Tensor, but got {type(input).__name__}")
+    if input.dim() < 3:
+        raise ValueError(f"expected input with at least 3 dimensions (N, C, *), but got shape {tuple(input.shape)}")
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be an int, but got {size!r}")
+    return ops.local_response_norm_forward(input, size, float(alpha), float(beta), float(k))

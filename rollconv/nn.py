@@ -1,0 +1,146 @@
+"""Modules mirroring ``torch.nn``: same constructor arguments, parameter names, init and
+state_dict as the torch module they replace, computed with rollconv ops."""
+import math
+
+import torch
+from torch import nn
+
+from . import functional as F
+
+__all__ = ["Conv2d", "ConvTranspose2d", "RollConv2d", "MaxPool2d", "LocalResponseNorm"]
+
+
+class Conv2d(nn.Conv2d):
+    """Drop-in for ``torch.nn.Conv2d`` (all padding modes: non-zero modes pad first,
+    as torch does); loads a ``torch.nn.Conv2d`` state_dict."""
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            input = nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """Drop-in for ``torch.nn.ConvTranspose2d`` (padding_mode 'zeros', as torch)."""
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            raise ValueError("Only 'zeros' padding mode is supported for ConvTranspose2d")
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
+        )
+        return F.conv_transpose2d(
+            input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+        )
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """Drop-in for ``torch.nn.MaxPool2d``."""
+
+    def forward(self, input):
+        return F.max_pool2d(
+            input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.return_indices
+        )
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """Drop-in for ``torch.nn.LocalResponseNorm``."""
+
+    def forward(self, input):
+        return F.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+
+
+class RollConv2d(nn.Module):
+    """Rolling-filter convolution layer (see ``rollconv.functional.roll_conv2d``).
+
+    Parameters: ``weight`` (filters, in_channels, kh, kw) and ``bias`` (filters,), shared
+    across the rolls; ``out_channels == rolls * filters`` in roll-major order. Init as
+    ``torch.nn.Conv2d`` with the same fan-in.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        filters,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias=True,
+        rolls=None,
+        activation=None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        rolls = in_channels if rolls is None else rolls
+        if not 1 <= rolls <= in_channels:
+            raise ValueError(f"rolls must be in [1, in_channels={in_channels}], but got {rolls}")
+        if filters < 1:
+            raise ValueError(f"filters must be positive, but got {filters}")
+        if activation not in (None, "relu"):
+            raise ValueError(f"activation must be None or 'relu', but got {activation!r}")
+        self.in_channels, self.filters, self.rolls = in_channels, filters, rolls
+        self.out_channels = rolls * filters
+        self.kernel_size = tuple(F._pair(kernel_size, "kernel_size"))
+        self.stride = tuple(F._pair(stride, "stride"))
+        self.padding = padding if isinstance(padding, str) else tuple(F._pair(padding, "padding"))
+        self.dilation = tuple(F._pair(dilation, "dilation"))
+        self.activation = activation
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty((filters, in_channels, *self.kernel_size), **factory))
+        self.bias = nn.Parameter(torch.empty(filters, **factory)) if bias else None
+        self.register_parameter("bias", self.bias)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input):
+        return F.roll_conv2d(
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.rolls, self.activation
+        )
+
+    def filter_bank(self):
+        """The expanded (rolls * filters, in_channels, kh, kw) bank: roll r of every filter."""
+        return torch.cat([torch.roll(self.weight, shifts=r, dims=1) for r in range(self.rolls)], dim=0)
+
+    def to_conv2d(self):
+        """An equivalent plain ``torch.nn.Conv2d`` (bank expanded, bias repeated per roll),
+        followed by ``torch.nn.ReLU`` in an ``nn.Sequential`` when activation='relu'."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self.filter_bank())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias.repeat(self.rolls))
+        return nn.Sequential(conv, nn.ReLU()) if self.activation == "relu" else conv
+
+    def extra_repr(self):
+        text = (
+            f"{self.in_channels}, filters={self.filters}, rolls={self.rolls} "
+            f"(out_channels={self.out_channels}), kernel_size={self.kernel_size}, stride={self.stride}"
+        )
+        if self.padding not in ((0, 0), "valid"):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.bias is None:
+            text += ", bias=False"
+        if self.activation:
+            text += f", activation={self.activation!r}"
+        return text
