@@ -84,7 +84,7 @@ def extension():
     sources += glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")
     archs = os.environ["TORCH_CUDA_ARCH_LIST"]
     cxx_flags += ["-DROLLCONV_WITH_CUDA", f"-DROLLCONV_CUDA_ARCHS=\"{archs}\""]
-    nvcc_flags = ["-O3", "-DROLLCONV_WITH_CUDA", "--expt-relaxed-constexpr"]
+    nvcc_flags = ["-O3", "-DROLLCONV_WITH_CUDA", "--expt-relaxed-constexpr", "--extended-lambda"]
     return CUDAExtension(
         "rollconv._C",
         sorted(sources),
@@ -94,7 +94,16 @@ def extension():
     )
 
 
+class BuildExt(BuildExtension):
+    """Compile into a fixed directory under build/ so that ninja rebuilds only what
+    changed, also for `pip install -e .` (which otherwise uses a fresh temp dir)."""
+
+    def run(self):
+        self.build_temp = os.path.join(ROOT, "build", "cuda" if with_cuda else "cpu")
+        super().run()
+
+
 setup(
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

@@ -1,7 +1,5 @@
 // The rollconv op library: every schema, once. Kernels are registered per device in
 // cpu/ and cuda/; autograd and fake (meta) kernels in rollconv/_ops.py.
-#include <Python.h>
-
 #include <string>
 
 #include <torch/library.h>
@@ -60,22 +58,3 @@ TORCH_LIBRARY_IMPL(rollconv, CUDA, m) {
 }
 #endif
 
-// The Python module rollconv._C: loading it registers the ops; it also carries the
-// facts of this build for rollconv.info().
-#ifndef ROLLCONV_CUDA_ARCHS
-#define ROLLCONV_CUDA_ARCHS ""
-#endif
-
-extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "rollconv compiled ops", -1, nullptr};
-  PyObject* m = PyModule_Create(&module);
-  if (m == nullptr) return nullptr;
-#ifdef ROLLCONV_WITH_CUDA
-  PyModule_AddIntConstant(m, "with_cuda", 1);
-#else
-  PyModule_AddIntConstant(m, "with_cuda", 0);
-#endif
-  PyModule_AddStringConstant(m, "cuda_archs", ROLLCONV_CUDA_ARCHS);
-  PyModule_AddStringConstant(m, "version", ROLLCONV_VERSION);
-  return m;
-}

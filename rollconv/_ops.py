@@ -21,8 +21,20 @@ def _conv_out_hw(in_hw, kernel_hw, stride, padding, dilation):
 # --- fake kernels ---------------------------------------------------------------------
 
 
+def _same_device(op, **tensors):
+    """The check the device kernels make, for fake tensors (and mixed real/meta inputs)."""
+    named = [(k, t) for k, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        torch._check(
+            t.device == first.device,
+            lambda: f"{op}: expected {name} on the same device as {first_name} ({first.device}), but it is on {t.device}",
+        )
+
+
 @torch.library.register_fake("rollconv::conv2d_forward")
 def _(input, weight, bias, stride, padding, dilation, groups):
+    _same_device("rollconv.conv2d", input=input, weight=weight, bias=bias)
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "rollconv.conv2d: expected 4-D input and weight")
     h, w = _conv_out_hw(input.shape[2:], weight.shape[2:], stride, padding, dilation)
     return input.new_empty((input.shape[0], weight.shape[0], h, w))
@@ -45,6 +57,7 @@ def _(grad_output, channels):
 
 @torch.library.register_fake("rollconv::roll_conv2d_forward")
 def _(input, weight, bias, stride, padding, dilation, rolls, relu):
+    _same_device("rollconv.roll_conv2d", input=input, weight=weight, bias=bias)
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "rollconv.roll_conv2d: expected 4-D input and weight")
     h, w = _conv_out_hw(input.shape[2:], weight.shape[2:], stride, padding, dilation)
     return input.new_empty((input.shape[0], rolls * weight.shape[0], h, w))

@@ -10,6 +10,8 @@
 // The GEMMs go through ATen (bmm), the im2col/col2im primitives through DeviceKernels.
 #include <ATen/ATen.h>
 
+#include <cstdlib>
+
 #include "common/checks.h"
 #include "common/ops.h"
 
@@ -17,8 +19,13 @@ namespace rollconv::ops {
 namespace {
 
 // Upper bound of the column-matrix workspace: the batch is processed in chunks of
-// samples whose columns fit, so memory does not grow with N.
-constexpr int64_t kWorkspaceBytes = int64_t(64) << 20;
+// samples whose columns fit, so memory does not grow with N. 64 MiB unless the
+// environment variable ROLLCONV_WORKSPACE_MB says otherwise (read at each call).
+int64_t workspace_bytes() {
+  const char* env = std::getenv("ROLLCONV_WORKSPACE_MB");
+  const int64_t mb = env ? std::max<int64_t>(0, std::atoll(env)) : 64;
+  return mb << 20;
+}
 
 struct BlockPlan {
   int64_t blocks;         // groups, or rolls
@@ -35,7 +42,7 @@ struct BlockPlan {
 int64_t samples_per_chunk(int64_t batch, const ColumnLayout& layout, const at::Tensor& like) {
   const int64_t per_sample =
       std::max<int64_t>(1, column_rows(layout) * column_cols(layout) * like.element_size());
-  return std::max<int64_t>(1, std::min<int64_t>(batch, kWorkspaceBytes / per_sample));
+  return std::max<int64_t>(1, std::min<int64_t>(batch, workspace_bytes() / per_sample));
 }
 
 at::ScalarType accumulate_type(at::ScalarType t) {

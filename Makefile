@@ -1,0 +1,67 @@
+# make demo   set up, build, train the digits CNN made of rollconv layers
+# make test   set up, build, run the C++ tests (ctest) and the Python tests (pytest)
+# make build  set up and build (incremental: ninja recompiles only what changed)
+# make bench  set up, build, benchmark against torch (writes bench/results/)
+#
+# Everything lives in a virtual environment in .venv with the pinned packages of
+# requirements.txt. CUDA kernels are compiled when a CUDA toolkit is found (see setup.py;
+# FORCE_ONLY_CPU=1 for a CPU-only build, FORCE_CUDA=1 to insist on CUDA).
+
+PYTHON_SYSTEM ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu') setup.py pyproject.toml
+CMAKE_DIR := build/cmake
+PYTEST_ARGS ?=
+
+.PHONY: all demo test build bench venv cpp-test py-test cpu-only-test info clean
+
+all: build
+
+venv: $(VENV)/.deps
+
+$(VENV)/.deps: requirements.txt
+	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+build: $(VENV)/.built
+
+# pip install -e re-runs only when a source changed; ninja then recompiles only the
+# changed files (objects are kept in build/cuda or build/cpu, see setup.py).
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+info: build
+	$(PY) -m rollconv info
+
+demo: build
+	$(PY) -m rollconv info
+	$(PY) examples/train_digits.py
+
+test: cpp-test py-test cpu-only-test
+
+$(CMAKE_DIR)/build.ninja: CMakeLists.txt $(VENV)/.deps
+	$(VENV)/bin/cmake -S . -B $(CMAKE_DIR) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
+
+cpp-test: $(CMAKE_DIR)/build.ninja
+	$(VENV)/bin/cmake --build $(CMAKE_DIR)
+	cd $(CMAKE_DIR) && $(abspath $(VENV)/bin/ctest) --output-on-failure
+
+py-test: build
+	$(PY) -m rollconv info
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The CPU-only build (FORCE_ONLY_CPU=1) compiled on its own and tested from build/,
+# without touching the installed package.
+cpu-only-test: $(VENV)/.deps
+	bash tests/cpu_only_build.sh $(PY)
+
+bench: build
+	$(PY) bench/run.py
+
+clean:
+	rm -rf build rollconv/*.so $(VENV)/.built

@@ -1,0 +1,147 @@
+// CUDA primitives: one grid-stride loop per primitive, one thread per output element,
+// calling the same index math as the CPU loops (common/index_math.h). Gathers only,
+// no atomics, so results are deterministic. Launched on the current stream.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "common/device_kernels.h"
+
+namespace rollconv {
+namespace {
+
+template <typename Body>
+__global__ void for_each_index(int64_t n, Body body) {
+  const int64_t step = int64_t(blockDim.x) * gridDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) body(i);
+}
+
+// Run body(i) for i in [0, n) on the current stream of `like`'s device.
+template <typename Body>
+void launch(const at::Tensor& like, int64_t n, Body body) {
+  if (n <= 0) return;
+  const c10::cuda::CUDAGuard guard(like.device());
+  constexpr int kThreads = 256;
+  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 16);
+  for_each_index<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(n, body);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+#define ROLLCONV_DISPATCH(type, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
+
+void im2col_cuda(const at::Tensor& images, const at::Tensor& cols, const ColumnLayout& L) {
+  const int64_t rows = column_rows(L), ncols = column_cols(L);
+  const int64_t image_numel = L.channels * L.win.in_h * L.win.in_w;
+  ROLLCONV_DISPATCH(images.scalar_type(), "rollconv_im2col_cuda", [&] {
+    const scalar_t* x = images.const_data_ptr<scalar_t>();
+    scalar_t* out = cols.data_ptr<scalar_t>();
+    launch(images, cols.numel(), [=] __device__(int64_t i) {
+      const int64_t col = i % ncols;
+      const int64_t row = (i / ncols) % rows;
+      const int64_t b = i / (ncols * rows);
+      out[i] = im2col_value(x + b * image_numel, L.win, column_row_source(L, row),
+                            col / L.win.out_w, col % L.win.out_w);
+    });
+  });
+}
+
+void col2im_cuda(const at::Tensor& cols, const at::Tensor& images, const ColumnLayout& L) {
+  const int64_t sample_cols = column_rows(L) * column_cols(L);
+  const int64_t w_ = L.win.in_w, h_ = L.win.in_h, c_ = L.channels;
+  ROLLCONV_DISPATCH(cols.scalar_type(), "rollconv_col2im_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* src = cols.const_data_ptr<scalar_t>();
+    scalar_t* x = images.data_ptr<scalar_t>();
+    launch(images, images.numel(), [=] __device__(int64_t i) {
+      const int64_t w = i % w_;
+      const int64_t h = (i / w_) % h_;
+      const int64_t c = (i / (w_ * h_)) % c_;
+      const int64_t b = i / (w_ * h_ * c_);
+      x[i] = static_cast<scalar_t>(col2im_gather<scalar_t, acc_t>(src + b * sample_cols, L, c, h, w));
+    });
+  });
+}
+
+void max_pool_forward_cuda(const at::Tensor& input, const at::Tensor& output,
+                           const at::Tensor& indices, const Window2d& w) {
+  ROLLCONV_DISPATCH(input.scalar_type(), "rollconv_max_pool_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* y = output.data_ptr<scalar_t>();
+    int64_t* idx = indices.data_ptr<int64_t>();
+    launch(input, output.numel(), [=] __device__(int64_t i) {
+      const int64_t ow = i % w.out_w;
+      const int64_t oh = (i / w.out_w) % w.out_h;
+      const int64_t p = i / (w.out_w * w.out_h);
+      max_pool_window<scalar_t, acc_t>(x + p * w.in_h * w.in_w, w, oh, ow, y + i, idx + i);
+    });
+  });
+}
+
+void max_pool_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
+                            const at::Tensor& grad_input, const Window2d& w) {
+  const int64_t out_plane = w.out_h * w.out_w;
+  ROLLCONV_DISPATCH(grad_output.scalar_type(), "rollconv_max_pool_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+    const int64_t* idx = indices.const_data_ptr<int64_t>();
+    scalar_t* gx = grad_input.data_ptr<scalar_t>();
+    launch(grad_input, grad_input.numel(), [=] __device__(int64_t i) {
+      const int64_t x = i % w.in_w;
+      const int64_t h = (i / w.in_w) % w.in_h;
+      const int64_t p = i / (w.in_w * w.in_h);
+      gx[i] = static_cast<scalar_t>(
+          max_pool_gather<scalar_t, acc_t>(gy + p * out_plane, idx + p * out_plane, w, h, x));
+    });
+  });
+}
+
+// LRN element i of an (N, C, S) tensor; grad == nullptr selects the forward.
+void lrn_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& out,
+              const LrnParams& p) {
+  const int64_t s_ = input.size(2), c_ = p.channels;
+  ROLLCONV_DISPATCH(input.scalar_type(), "rollconv_lrn_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* gy = grad_output.defined() ? grad_output.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* y = out.data_ptr<scalar_t>();
+    launch(input, input.numel(), [=] __device__(int64_t i) {
+      const int64_t s = i % s_;
+      const int64_t c = (i / s_) % c_;
+      const int64_t column = (i / (s_ * c_)) * c_ * s_ + s;
+      y[i] = static_cast<scalar_t>(gy ? lrn_grad<scalar_t, acc_t>(gy + column, x + column, s_, p, c)
+                                      : lrn_value<scalar_t, acc_t>(x + column, s_, p, c));
+    });
+  });
+}
+
+void lrn_forward_cuda(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {
+  lrn_cuda(at::Tensor(), input, output, p);
+}
+
+void lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                       const at::Tensor& grad_input, const LrnParams& p) {
+  lrn_cuda(grad_output, input, grad_input, p);
+}
+
+}  // namespace
+
+const DeviceKernels& cuda_kernels() {
+  static const DeviceKernels kernels{
+      "CUDA",
+      /*supports_reduced_precision=*/true,
+      im2col_cuda,
+      col2im_cuda,
+      max_pool_forward_cuda,
+      max_pool_backward_cuda,
+      lrn_forward_cuda,
+      lrn_backward_cuda,
+  };
+  return kernels;
+}
+
+}  // namespace rollconv
