@@ -277,6 +277,18 @@ def _lrn_backward(ctx, grad):
     return ops.local_response_norm_backward(grad, input, *ctx.args), None, None, None, None
 
 
+def _lrn_double_backward(ctx, gg):
+    raise NotImplementedError(
+        "rollconv.local_response_norm: double backward is not implemented (the first "
+        "backward is an analytic kernel); use torch.nn.functional.local_response_norm for "
+        "higher-order gradients"
+    )
+
+
+def _no_setup(ctx, inputs, output):
+    pass
+
+
 _AUTOGRAD = {
     "conv2d_forward": (_conv2d_backward, _conv2d_setup),
     "conv2d_backward_input": (_conv2d_backward_input_backward, _conv2d_backward_input_setup),
@@ -288,10 +300,11 @@ _AUTOGRAD = {
     "max_pool2d_forward": (_max_pool_backward, _max_pool_setup),
     "max_pool2d_backward": (_max_pool_backward_backward, _max_pool_backward_setup),
     "local_response_norm_forward": (_lrn_backward, _lrn_setup),
+    "local_response_norm_backward": (_lrn_double_backward, _no_setup),
 }
 
 for _name, (_backward, _setup) in _AUTOGRAD.items():
     torch.library.register_autograd(f"rollconv::{_name}", _backward, setup_context=_setup)
 
 #: Every op of the library, for tests (opcheck) and docs.
-OP_NAMES = sorted(list(_AUTOGRAD) + ["local_response_norm_backward"])
+OP_NAMES = sorted(_AUTOGRAD)

@@ -83,6 +83,13 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     dilation, output_padding = _pair(dilation, "dilation"), _pair(output_padding, "output_padding")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError(f"expected weight to be a 4-D tensor (C_in, C_out / groups, kh, kw), got {getattr(weight, 'shape', weight)}")
+    # Checked here because the output size below divides by them; the op checks the rest.
+    if min(stride) <= 0 or min(dilation) <= 0:
+        raise ValueError(f"stride and dilation must be positive, but got stride={tuple(stride)}, dilation={tuple(dilation)}")
+    if x.shape[1] != weight.shape[0]:
+        raise ValueError(
+            f"expected input with weight.shape[0] = {weight.shape[0]} channels, but got {x.shape[1]} channels"
+        )
     for i in (0, 1):
         if output_padding[i] < 0 or (output_padding[i] >= stride[i] and output_padding[i] >= dilation[i]):
             raise ValueError(

@@ -90,8 +90,10 @@ class RollConv2d(nn.Module):
         self.activation = activation
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty((filters, in_channels, *self.kernel_size), **factory))
-        self.bias = nn.Parameter(torch.empty(filters, **factory)) if bias else None
-        self.register_parameter("bias", self.bias)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(filters, **factory))
+        else:
+            self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -40,10 +40,11 @@ Tensor max_pool2d_backward(const DeviceKernels& k, const Tensor& grad_output_,
               grad_output_.device(), ", but got ", indices_.scalar_type(), " ", indices_.sizes(),
               " on ", indices_.device());
   const Pair in = pair_arg(op, "input_size", input_size);
-  // The windows' geometry, with the output size taken from grad_output (ceil_mode or not).
+  // The windows' geometry, with the output size taken from grad_output (the larger
+  // ceil_mode size only serves the validation).
   Window2d w = pool_window(op, in, pair_arg(op, "kernel_size", kernel_size),
                            pair_arg(op, "stride", stride), pair_arg(op, "padding", padding),
-                           pair_arg(op, "dilation", dilation), /*ceil_mode=*/false);
+                           pair_arg(op, "dilation", dilation), /*ceil_mode=*/true);
   w.out_h = grad_output_.size(2);
   w.out_w = grad_output_.size(3);
   const Tensor grad_output = grad_output_.contiguous();

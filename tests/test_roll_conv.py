@@ -1,0 +1,242 @@
+"""The rolling-filter convolution: seed 000's numbers, the seed's own method as the
+reference, equivariance, gradcheck, opcheck, torch.compile, RollConv2d and bad input."""
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rollconv
+import rollconv.functional as RF
+
+ops = torch.ops.rollconv
+
+
+def seed_bank(w, rolls=None):
+    """The seed's filter bank: roll the base weight along its input channels, concatenate."""
+    rolls = w.shape[1] if rolls is None else rolls
+    return torch.cat([torch.roll(w, shifts=r, dims=1) for r in range(rolls)], dim=0)
+
+
+def seed_roll(x, w, b=None, stride=1, padding=0, dilation=1, rolls=None, relu=True):
+    """Seed 000's method: roll + cat + torch.nn.functional.conv2d (+ ReLU)."""
+    bias = None if b is None else b.repeat(w.shape[1] if rolls is None else rolls)
+    y = F.conv2d(x, seed_bank(w, rolls), bias, stride, padding, dilation)
+    return F.relu(y) if relu else y
+
+
+SEED_X = [[[1, 2, 3], [4, 5, 6], [7, 8, 9]], [[9, -8, 7], [9, 8, 7], [3, -2, -1]]]
+SEED_W = [[[1, -1], [-1, 1]], [[1, 2], [-1, -2]]]
+SEED_OUT1 = [[[0.0, 0.0], [26.0, 26.0]], [[7.0, 0.0], [0.0, 0.0]]]
+SEED_W_GRAD = [[[-11.8125, -1.9688], [-15.7500, -16.4062]], [[-11.8125, -11.1562], [-3.2812, -1.3125]]]
+SEED_X_GRAD = [
+    [[-0.6562, -1.3125, 0.0000], [0.0000, 1.3125, 0.6562], [0.6562, 0.0000, -0.6562]],
+    [[-0.6562, 0.6562, 0.0000], [0.0000, -2.6250, -1.3125], [0.6562, 1.9688, 1.3125]],
+]
+
+
+@pytest.mark.parametrize("call", ["roll_conv2d", "roll"])
+def test_seed_000_example(call):
+    x = torch.tensor(SEED_X, dtype=torch.float32).unsqueeze(0).requires_grad_()
+    w = torch.nn.Parameter(torch.tensor(SEED_W, dtype=torch.float32).unsqueeze(0))
+    out1 = RF.roll(x, w) if call == "roll" else RF.roll_conv2d(x, w, activation="relu")
+    assert out1.shape == (1, 2, 2, 2)
+    assert out1[0].tolist() == SEED_OUT1
+    out2 = out1.mean()
+    assert out2.item() == 7.375
+    ((10 - out2) ** 2).backward()
+    torch.testing.assert_close(w.grad[0], torch.tensor(SEED_W_GRAD), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x.grad[0], torch.tensor(SEED_X_GRAD), atol=1e-4, rtol=0)
+
+
+def _compare_with_seed(x, w, b, atol=1e-10, **kw):
+    relu = kw.pop("relu", False)
+    outs = []
+    for fn in ("seed", "ours"):
+        xs, ws = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        bs = None if b is None else b.detach().clone().requires_grad_()
+        if fn == "seed":
+            y = seed_roll(xs, ws, bs, relu=relu, **kw)
+        else:
+            y = RF.roll_conv2d(xs, ws, bs, activation="relu" if relu else None, **kw)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype).to(y.device))
+        outs.append((y, xs.grad, ws.grad, None if bs is None else bs.grad))
+    for r, o in zip(*outs):
+        if r is not None:
+            torch.testing.assert_close(o, r, atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_configs_match_the_seed_method(seed, device):
+    rng = random.Random(seed)
+    c = rng.choice([1, 2, 3, 4, 5, 8, 13, 16, 33, 64])
+    f = rng.randint(1, 4)
+    rolls = rng.choice([None, rng.randint(1, c)])
+    kh, kw = rng.randint(1, 4), rng.randint(1, 4)
+    stride = (rng.randint(1, 3), rng.randint(1, 3))
+    dilation = (rng.randint(1, 2), rng.randint(1, 2))
+    padding = (rng.randint(0, 2), rng.randint(0, 2))
+    h = rng.randint(1, 8) + dilation[0] * (kh - 1)
+    wd = rng.randint(1, 8) + dilation[1] * (kw - 1)
+    x = torch.randn(rng.randint(1, 3), c, h, wd, dtype=torch.float64, device=device)
+    w = torch.randn(f, c, kh, kw, dtype=torch.float64, device=device)
+    b = torch.randn(f, dtype=torch.float64, device=device) if rng.random() < 0.6 else None
+    _compare_with_seed(x, w, b, stride=stride, padding=padding, dilation=dilation, rolls=rolls, relu=rng.random() < 0.5)
+
+
+@pytest.mark.parametrize("c, f", [(64, 2), (96, 1)])
+def test_many_channels(c, f):
+    x = torch.randn(2, c, 6, 7, dtype=torch.float64)
+    w = torch.randn(f, c, 3, 3, dtype=torch.float64)
+    _compare_with_seed(x, w, torch.randn(f, dtype=torch.float64), padding=1, rolls=c - 1)
+    _compare_with_seed(x, w, None, padding=1)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_string_padding(padding):
+    x = torch.randn(2, 3, 8, 9, dtype=torch.float64)
+    w = torch.randn(2, 3, 2, 3, dtype=torch.float64)
+    y = RF.roll_conv2d(x, w, padding=padding)
+    torch.testing.assert_close(y, F.conv2d(x, seed_bank(w), padding=padding))
+
+
+def test_unbatched_and_float32(small_workspace):
+    x = torch.randn(5, 10, 10)
+    w = torch.randn(3, 5, 3, 3)
+    torch.testing.assert_close(RF.roll_conv2d(x, w, padding=1), F.conv2d(x, seed_bank(w), padding=1), rtol=1e-4, atol=1e-4)
+    xb = torch.randn(48, 16, 20, 20)  # several chunks with a 1 MiB workspace
+    wb = torch.randn(4, 16, 3, 3)
+    torch.testing.assert_close(RF.roll_conv2d(xb, wb, padding=1), F.conv2d(xb, seed_bank(wb), padding=1), rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_and_non_contiguous():
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    w = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    ref = F.conv2d(x, seed_bank(w))
+    torch.testing.assert_close(RF.roll_conv2d(x.to(memory_format=torch.channels_last), w), ref)
+    torch.testing.assert_close(RF.roll_conv2d(x, w.transpose(2, 3).contiguous().transpose(2, 3)), ref)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 4, 7, 7, requires_grad=True)
+    w = torch.randn(3, 4, 3, 3, requires_grad=True)
+    y = RF.roll_conv2d(x, w)
+    assert y.shape == (0, 12, 5, 5)
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_equivariance_to_channel_rolls(relu):
+    n, c, f = 2, 6, 3
+    x = torch.randn(n, c, 9, 9, dtype=torch.float64)
+    w = torch.randn(f, c, 3, 3, dtype=torch.float64)
+    b = torch.randn(f, dtype=torch.float64)
+    act = "relu" if relu else None
+    y = RF.roll_conv2d(x, w, b, padding=1, activation=act).view(n, c, f, 9, 9)
+    y_rolled_input = RF.roll_conv2d(torch.roll(x, 1, dims=1), w, b, padding=1, activation=act).view(n, c, f, 9, 9)
+    torch.testing.assert_close(y_rolled_input, torch.roll(y, 1, dims=1))
+
+
+def test_gradcheck_and_gradgradcheck():
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    for rolls in (3, 2):
+        fn = lambda x, w, b: RF.roll_conv2d(x, w, b, (2, 1), (1, 0), (1, 2), rolls)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x, w, b))
+        assert torch.autograd.gradgradcheck(fn, (x, w, b))
+    # with the fused ReLU (inputs kept away from the kink)
+    fn = lambda x, w, b: RF.roll_conv2d(x, w, b, activation="relu")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def _samples(device="cpu"):
+    mk = lambda *s: torch.randn(*s, dtype=torch.float64, device=device, requires_grad=True)  # noqa: E731
+    geo = ([2, 1], [1, 0], [1, 2])
+    return {
+        "roll_conv2d_forward": [
+            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), mk(2), *geo, 3, False),
+            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), None, *geo, 2, True),
+        ],
+        "roll_conv2d_backward_input": [(mk(2, 6, 4, 4), mk(2, 3, 3, 2), [7, 6], *geo, 3)],
+        "roll_conv2d_backward_weight": [(mk(2, 4, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, 2)],
+    }
+
+
+@pytest.mark.parametrize("name", ["roll_conv2d_forward", "roll_conv2d_backward_input", "roll_conv2d_backward_weight"])
+def test_opcheck(name, device):
+    for args in _samples(device)[name]:
+        torch.library.opcheck(getattr(ops, name).default, args)
+
+
+def test_torch_compile_fullgraph():
+    model = torch.nn.Sequential(rollconv.nn.RollConv2d(3, 4, 3, padding=1, activation="relu"), rollconv.nn.RollConv2d(12, 2, 3, rolls=5))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 10, 10, requires_grad=True)
+    y = compiled(x)
+    torch.testing.assert_close(y, model(x))
+    y.sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    model(x).sum().backward()
+    torch.testing.assert_close(gx, x.grad)
+
+
+# --- RollConv2d -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_module_and_to_conv2d(activation):
+    m = rollconv.nn.RollConv2d(4, 3, (3, 2), stride=(1, 2), padding=1, rolls=3, activation=activation).double()
+    assert m.out_channels == 9 and m.weight.shape == (3, 4, 3, 2) and m.bias.shape == (3,)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    plain = m.to_conv2d()
+    conv = plain[0] if activation else plain
+    assert isinstance(conv, torch.nn.Conv2d) and conv.out_channels == 9
+    torch.testing.assert_close(plain(x), m(x))
+    torch.testing.assert_close(m(x), seed_roll(x, m.weight, m.bias, (1, 2), 1, rolls=3, relu=activation == "relu"))
+
+
+def test_module_state_dict_same_in_train_and_eval():
+    m = rollconv.nn.RollConv2d(3, 2, 3)
+    keys = list(m.state_dict())
+    m.eval()
+    assert list(m.state_dict()) == keys == ["weight", "bias"]
+    assert rollconv.nn.RollConv2d(3, 2, 3, bias=False).bias is None
+    assert "rolls=3" in repr(m)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def _x(*s, **kw):
+    return torch.randn(*s, **kw)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 4, 3, 3)), "weight.shape\\[1\\] \\(4\\) to equal the input channels \\(3\\)"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3, 3), rolls=4), "rolls must be in \\[1, 3\\]"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3, 3), rolls=0), "rolls must be in"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3, 3), rolls=2.0), "rolls must be an int"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3, 3), _x(6)), "bias of shape \\(2\\)"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3, 3), activation="tanh"), "activation must be"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3)), "4-D tensor"),
+        (lambda: RF.roll_conv2d(_x(3, 5), _x(2, 3, 3, 3)), "3-D .* or 4-D"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3, 3), stride=0), "stride must be positive"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3, 3), padding=-2), "padding must be non-negative"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 2, 5), _x(2, 3, 3, 3)), "larger than the padded input"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3, 3, dtype=torch.float64)), "same dtype"),
+        (lambda: RF.roll_conv2d(torch.ones(1, 3, 5, 5, dtype=torch.int32), torch.ones(2, 3, 3, 3, dtype=torch.int32)), "float32 and float64"),
+        (lambda: RF.roll_conv2d(_x(1, 3, 5, 5), _x(2, 3, 3, 3, device="meta")), "device"),
+        (lambda: ops.roll_conv2d_backward_weight(_x(1, 5, 3, 3), _x(1, 3, 5, 5), [3, 3], [1, 1], [0, 0], [1, 1], 2), "rolls=2"),
+        (lambda: ops.roll_conv2d_backward_input(_x(1, 6, 4, 4), _x(2, 3, 3, 3), [5, 5], [1, 1], [0, 0], [1, 1], 3), "grad_output of shape"),
+        (lambda: rollconv.nn.RollConv2d(3, 2, 3, rolls=4), "rolls must be in"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(make, match):
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        make()
