@@ -41,7 +41,7 @@ demo: build
 	$(PY) -m rollconv info
 	$(PY) examples/train_digits.py
 
-test: cpp-test py-test cpu-only-test
+test: cpp-test cpu-only-test py-test
 
 $(CMAKE_DIR)/build.ninja: CMakeLists.txt $(VENV)/.deps
 	$(VENV)/bin/cmake -S . -B $(CMAKE_DIR) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \

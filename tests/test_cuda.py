@@ -1,0 +1,99 @@
+"""CUDA-specific tests. Only the registration checks run without a GPU; the rest is
+skipped here and runs on a GPU machine (`pytest -m cuda`)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rollconv
+import rollconv.functional as RF
+from rollconv import _C, _ops
+
+from conftest import requires_gpu
+
+pytestmark = pytest.mark.cuda
+
+
+def test_every_op_has_a_kernel_for_cpu_and_cuda():
+    """CUDA builds register the CUDA kernels; CPU-only builds register a stub that says
+    how to rebuild. Either way the dispatcher never answers 'could not run'."""
+    for name in _ops.OP_NAMES:
+        for key in ("CPU", "CUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rollconv::{name}", key), (name, key)
+
+
+def test_info_reports_the_build():
+    facts = rollconv.info(file=open("/dev/null", "w"))
+    assert facts["CUDA kernels compiled"] == bool(_C.with_cuda)
+    assert facts["torch"] == torch.__version__
+
+
+def _cases():
+    """(function of x, x): weights follow x's dtype and device via Tensor.to(x)."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 3, 3, 2, dtype=torch.float64)
+    rw = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    tw = torch.randn(6, 2, 3, 3, dtype=torch.float64)
+    return [
+        lambda t: RF.conv2d(t, w.to(t), None, (2, 1), 1, (1, 2), 2),
+        lambda t: RF.roll_conv2d(t, rw.to(t), None, 1, 1, 1, None, "relu"),
+        lambda t: RF.roll_conv2d(t, rw.to(t), None, 2, 0, 1, 4),
+        lambda t: RF.conv_transpose2d(t, tw.to(t), None, 2, 1, 1, 1),
+        lambda t: RF.max_pool2d(t, 3, 2, 1, ceil_mode=True),
+        lambda t: RF.local_response_norm(t, 3, 0.1, 0.75, 1.0),
+    ]
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+def test_cuda_matches_float64_cpu_forward_and_backward(dtype, tol):
+    x = torch.randn(4, 6, 17, 15, dtype=torch.float64)
+    for fn in _cases():
+        ref_x = x.clone().requires_grad_()
+        ref = fn(ref_x)
+        ref.backward(torch.ones_like(ref))
+        cx = x.to("cuda", dtype).requires_grad_()
+        out = fn(cx)
+        out.backward(torch.ones_like(out))
+        assert out.dtype == dtype and out.device.type == "cuda"
+        torch.testing.assert_close(out.double().cpu(), ref.detach(), rtol=tol, atol=tol * 10)
+        torch.testing.assert_close(cx.grad.double().cpu(), ref_x.grad, rtol=tol, atol=tol * 10)
+
+
+@requires_gpu
+def test_cuda_results_are_deterministic():
+    x = torch.randn(8, 16, 20, 20, device="cuda")
+    w = torch.randn(4, 16, 3, 3, device="cuda", requires_grad=True)
+    grads = []
+    for _ in range(3):
+        w.grad = None
+        RF.roll_conv2d(x, w, padding=1).square().sum().backward()
+        grads.append(w.grad.clone())
+    assert all(torch.equal(g, grads[0]) for g in grads)
+
+
+@requires_gpu
+def test_cuda_on_current_stream_and_second_device():
+    s = torch.cuda.Stream()
+    x = torch.randn(2, 3, 9, 9, device="cuda")
+    w = torch.randn(4, 3, 3, 3, device="cuda")
+    with torch.cuda.stream(s):
+        y = RF.conv2d(x, w)
+    s.synchronize()
+    torch.testing.assert_close(y, F.conv2d(x, w), rtol=1e-4, atol=1e-4)
+    if torch.cuda.device_count() > 1:
+        x1, w1 = x.to("cuda:1"), w.to("cuda:1")
+        torch.testing.assert_close(RF.conv2d(x1, w1).cpu(), y.cpu(), rtol=1e-4, atol=1e-4)
+
+
+@requires_gpu
+def test_cuda_device_mismatch():
+    with pytest.raises(RuntimeError, match="same device"):
+        RF.conv2d(torch.randn(1, 3, 5, 5, device="cuda"), torch.randn(4, 3, 3, 3))
+
+
+@requires_gpu
+def test_cuda_compile_and_module():
+    model = torch.nn.Sequential(rollconv.nn.RollConv2d(3, 4, 3, padding=1, activation="relu"), rollconv.nn.MaxPool2d(2)).cuda()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 16, 16, device="cuda", requires_grad=True)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
