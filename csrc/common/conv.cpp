@@ -39,9 +39,12 @@ struct BlockPlan {
   int64_t weight_rows() const { return weight_step == 0 ? out_per_block : blocks * out_per_block; }
 };
 
-int64_t samples_per_chunk(int64_t batch, const ColumnLayout& layout, const at::Tensor& like) {
-  const int64_t per_sample =
-      std::max<int64_t>(1, column_rows(layout) * column_cols(layout) * like.element_size());
+// Samples per chunk: the column matrix and the GEMM's (out_channels x columns) result
+// of one chunk must fit the workspace.
+int64_t samples_per_chunk(int64_t batch, const ColumnLayout& layout, int64_t out_channels,
+                          const at::Tensor& like) {
+  const int64_t per_sample = std::max<int64_t>(
+      1, (column_rows(layout) + out_channels) * column_cols(layout) * like.element_size());
   return std::max<int64_t>(1, std::min<int64_t>(batch, workspace_bytes() / per_sample));
 }
 
@@ -49,66 +52,84 @@ at::ScalarType accumulate_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
-// y = W * im2col(x) per block, then bias and ReLU applied to the chunk while it is hot.
+// (b, C, L) chunk of an NCHW tensor, seen as the GEMM's (C, b * L) layout.
+Tensor channels_first(const Tensor& nchw_chunk) {
+  return nchw_chunk.reshape({nchw_chunk.size(0), nchw_chunk.size(1), -1}).transpose(0, 1);
+}
+
+// Column matrices are (rows, b * L): one 2-D GEMM per block covers the whole chunk.
+//   forward:  Y[blk] = W[blk] @ cols[blk rows]                 (out_per_block x b*L)
+//   dX:       dcols[blk rows] (+)= W[blk]^T @ dY[blk]
+//   dK:       dW[blk] += dY[blk] @ cols[blk rows]^T
+// A block's column rows are a row window of the column matrix: a view, never a copy.
+
+// y = W * im2col(x) per block, then bias and ReLU while copying the chunk into y.
 Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Tensor& weight_mat,
                          const std::optional<Tensor>& bias, const ColumnLayout& layout,
                          const BlockPlan& plan, bool relu) {
   const Tensor input = input_.contiguous();
   const int64_t batch = input.size(0);
   const int64_t ncols = column_cols(layout);
-  Tensor output =
-      at::empty({batch, plan.out_channels(), layout.win.out_h, layout.win.out_w}, input.options());
+  const int64_t cout = plan.out_channels();
+  Tensor output = at::empty({batch, cout, layout.win.out_h, layout.win.out_w}, input.options());
   if (batch == 0) return output;
-  const int64_t chunk = samples_per_chunk(batch, layout, input);
-  Tensor cols = at::empty({chunk, column_rows(layout), ncols}, input.options());
+  const int64_t chunk = samples_per_chunk(batch, layout, cout, input);
+  Tensor cols = at::empty({column_rows(layout), chunk * ncols}, input.options());
+  Tensor result = at::empty({cout, chunk * ncols}, input.options());
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
-    Tensor cols_b = cols.narrow(0, 0, b);
+    Tensor cols_b = cols.narrow(1, 0, b * ncols);
+    Tensor result_b = result.narrow(1, 0, b * ncols);
     k.im2col(input.narrow(0, n0, b), cols_b, layout);
-    Tensor out_b = output.narrow(0, n0, b).view({b, plan.out_channels(), ncols});
     for (int64_t blk = 0; blk < plan.blocks; ++blk) {
-      Tensor w = weight_mat.narrow(0, blk * plan.weight_step, plan.out_per_block)
-                     .expand({b, plan.out_per_block, plan.inner});
-      Tensor out_blk = out_b.narrow(1, blk * plan.out_per_block, plan.out_per_block);
-      at::bmm_out(out_blk, w, cols_b.narrow(1, blk * plan.col_step, plan.inner));
+      Tensor target = result_b.narrow(0, blk * plan.out_per_block, plan.out_per_block);
+      at::mm_out(target, weight_mat.narrow(0, blk * plan.weight_step, plan.out_per_block),
+                 cols_b.narrow(0, blk * plan.col_step, plan.inner));
     }
     if (bias.has_value() && bias->defined()) {
-      out_b.view({b, plan.out_channels() / plan.bias_period, plan.bias_period, ncols})
-          .add_(bias->view({1, 1, plan.bias_period, 1}));
+      result_b.view({cout / plan.bias_period, plan.bias_period, b * ncols})
+          .add_(bias->view({1, plan.bias_period, 1}));
     }
-    if (relu) out_b.relu_();
+    Tensor out_b = channels_first(output.narrow(0, n0, b));
+    Tensor result_3d = result_b.view({cout, b, ncols});
+    if (relu) {
+      at::clamp_min_out(out_b, result_3d, 0);
+    } else {
+      out_b.copy_(result_3d);
+    }
   }
   return output;
 }
 
 // dX = col2im(W^T * dY) per block; rolls share column rows, so their blocks accumulate.
-Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_output_,
+Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_output,
                                 const Tensor& weight_mat, const ColumnLayout& layout,
                                 const BlockPlan& plan) {
-  const Tensor grad_output = grad_output_.contiguous();
   const int64_t batch = grad_output.size(0);
   const int64_t ncols = column_cols(layout);
+  const int64_t cout = plan.out_channels();
   Tensor grad_input = at::empty({batch, layout.channels, layout.win.in_h, layout.win.in_w},
                                 grad_output.options());
   if (batch == 0) return grad_input;
   const bool blocks_overlap = plan.blocks > 1 && plan.col_step < plan.inner;
-  const int64_t chunk = samples_per_chunk(batch, layout, grad_output);
-  Tensor dcols = at::empty({chunk, column_rows(layout), ncols}, grad_output.options());
+  const int64_t chunk = samples_per_chunk(batch, layout, cout, grad_output);
+  Tensor dcols = at::empty({column_rows(layout), chunk * ncols}, grad_output.options());
+  Tensor grad_cf = at::empty({cout, chunk, ncols}, grad_output.options());
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
-    Tensor dcols_b = dcols.narrow(0, 0, b);
+    Tensor dcols_b = dcols.narrow(1, 0, b * ncols);
+    Tensor grad_b = grad_cf.narrow(1, 0, b);
+    grad_b.copy_(channels_first(grad_output.narrow(0, n0, b)));
+    Tensor grad_2d = grad_b.view({cout, b * ncols});
     if (blocks_overlap) dcols_b.zero_();
-    Tensor grad_b = grad_output.narrow(0, n0, b).view({b, plan.out_channels(), ncols});
     for (int64_t blk = 0; blk < plan.blocks; ++blk) {
-      Tensor wt = weight_mat.narrow(0, blk * plan.weight_step, plan.out_per_block)
-                      .t()
-                      .expand({b, plan.inner, plan.out_per_block});
-      Tensor g = grad_b.narrow(1, blk * plan.out_per_block, plan.out_per_block);
-      Tensor target = dcols_b.narrow(1, blk * plan.col_step, plan.inner);
+      Tensor wt = weight_mat.narrow(0, blk * plan.weight_step, plan.out_per_block).t();
+      Tensor g = grad_2d.narrow(0, blk * plan.out_per_block, plan.out_per_block);
+      Tensor target = dcols_b.narrow(0, blk * plan.col_step, plan.inner);
       if (blocks_overlap) {
-        target.baddbmm_(wt, g);
+        target.addmm_(wt, g);
       } else {
-        at::bmm_out(target, wt, g);
+        at::mm_out(target, wt, g);
       }
     }
     k.col2im(dcols_b, grad_input.narrow(0, n0, b), layout);
@@ -116,31 +137,38 @@ Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_outpu
   return grad_input;
 }
 
-// dW = sum_n dY * im2col(x)^T per block; rolls share the weight, so their blocks fold
-// onto the same rows (dw[f, c] = sum_r dbank[r*F + f, (c + r) mod C]). Fixed order,
-// accumulated in float32 for half/bfloat16.
-Tensor gemm_conv_backward_weight(const DeviceKernels& k, const Tensor& grad_output_,
+// dW = dY * im2col(x)^T per block, over the batch; rolls share the weight, so their
+// blocks fold onto the same rows (dw[f, c] = sum_r dbank[r*F + f, (c + r) mod C]).
+// Fixed order; accumulated in float32 for half/bfloat16.
+Tensor gemm_conv_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
                                  const Tensor& input_, const ColumnLayout& layout,
                                  const BlockPlan& plan) {
-  const Tensor grad_output = grad_output_.contiguous();
   const Tensor input = input_.contiguous();
   const int64_t batch = input.size(0);
   const int64_t ncols = column_cols(layout);
+  const int64_t cout = plan.out_channels();
   const auto acc = accumulate_type(input.scalar_type());
   Tensor grad_weight = at::zeros({plan.weight_rows(), plan.inner}, input.options().dtype(acc));
   if (batch == 0) return grad_weight.to(input.scalar_type());
-  const int64_t chunk = samples_per_chunk(batch, layout, input);
-  Tensor cols = at::empty({chunk, column_rows(layout), ncols}, input.options());
+  const int64_t chunk = samples_per_chunk(batch, layout, cout, input);
+  Tensor cols = at::empty({column_rows(layout), chunk * ncols}, input.options());
+  Tensor grad_cf = at::empty({cout, chunk, ncols}, input.options());
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
-    Tensor cols_b = cols.narrow(0, 0, b);
+    Tensor cols_b = cols.narrow(1, 0, b * ncols);
     k.im2col(input.narrow(0, n0, b), cols_b, layout);
-    Tensor grad_b = grad_output.narrow(0, n0, b).view({b, plan.out_channels(), ncols});
+    Tensor grad_b = grad_cf.narrow(1, 0, b);
+    grad_b.copy_(channels_first(grad_output.narrow(0, n0, b)));
+    Tensor grad_2d = grad_b.view({cout, b * ncols});
     for (int64_t blk = 0; blk < plan.blocks; ++blk) {
-      Tensor g = grad_b.narrow(1, blk * plan.out_per_block, plan.out_per_block);
-      Tensor per_sample = at::bmm(g, cols_b.narrow(1, blk * plan.col_step, plan.inner).transpose(1, 2));
-      grad_weight.narrow(0, blk * plan.weight_step, plan.out_per_block)
-          .add_(per_sample.sum(0, /*keepdim=*/false, acc));
+      Tensor g = grad_2d.narrow(0, blk * plan.out_per_block, plan.out_per_block);
+      Tensor c = cols_b.narrow(0, blk * plan.col_step, plan.inner).t();
+      Tensor target = grad_weight.narrow(0, blk * plan.weight_step, plan.out_per_block);
+      if (acc == input.scalar_type()) {
+        target.addmm_(g, c);
+      } else {
+        target.add_(at::mm(g, c));
+      }
     }
   }
   return grad_weight.to(input.scalar_type());

@@ -13,9 +13,9 @@ struct DeviceKernels {
   const char* device_name;
   bool supports_reduced_precision;  // float16 / bfloat16 inputs
 
-  // images (B, C, H, W) contiguous  ->  cols (B, column_rows, column_cols) contiguous
+  // images (B, C, H, W) contiguous  ->  cols (column_rows, B * column_cols) contiguous
   void (*im2col)(const at::Tensor& images, const at::Tensor& cols, const ColumnLayout& layout);
-  // cols (B, column_rows, column_cols)  ->  images (B, C, H, W), overwritten (a gather)
+  // cols (column_rows, B * column_cols)  ->  images (B, C, H, W), overwritten (a gather)
   void (*col2im)(const at::Tensor& cols, const at::Tensor& images, const ColumnLayout& layout);
   // input (P, H, W) planes -> output and indices (P, out_h, out_w)
   void (*max_pool_forward)(const at::Tensor& input, const at::Tensor& output,

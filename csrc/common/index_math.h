@@ -26,8 +26,9 @@ struct Window2d {
   int64_t dil_h, dil_w;
 };
 
-// The column matrix of one sample: rows are (virtual channel v, tap i, tap j), columns
-// are output pixels. Virtual channel v reads image channel v % channels; a plain
+// The column matrix: rows are (virtual channel v, tap i, tap j), columns are output
+// pixels, sample after sample (column b * out_h * out_w + p), so that one GEMM covers a
+// whole chunk of the batch. Virtual channel v reads image channel v % channels; a plain
 // convolution has col_channels == channels, a rolling convolution with R rolls has
 // col_channels == channels + R - 1 so that roll r is the contiguous row window that
 // starts at v = r (rolling the filter == shifting which rows it meets).
@@ -86,11 +87,12 @@ RC_HD T im2col_value(const T* image, const Window2d& w, const RowSource& src, in
 }
 
 // col2im as a gather: the sum of every column entry that im2col copied from image
-// element (c, h, x). Fixed summation order, so the result is deterministic.
+// element (c, h, x). `cols` points at the sample's first column, rows are `row_stride`
+// apart. Fixed summation order, so the result is deterministic.
 template <typename T, typename Acc>
-RC_HD Acc col2im_gather(const T* cols, const ColumnLayout& L, int64_t c, int64_t h, int64_t x) {
+RC_HD Acc col2im_gather(const T* cols, int64_t row_stride, const ColumnLayout& L, int64_t c,
+                        int64_t h, int64_t x) {
   const Window2d& w = L.win;
-  const int64_t ncols = w.out_h * w.out_w;
   Acc sum = Acc(0);
   for (int64_t v = c; v < L.col_channels; v += L.channels) {
     for (int64_t i = 0; i < w.kernel_h; ++i) {
@@ -100,7 +102,7 @@ RC_HD Acc col2im_gather(const T* cols, const ColumnLayout& L, int64_t c, int64_t
         int64_t ow;
         if (!window_hit(x, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow)) continue;
         const int64_t row = (v * w.kernel_h + i) * w.kernel_w + j;
-        sum += static_cast<Acc>(cols[row * ncols + oh * w.out_w + ow]);
+        sum += static_cast<Acc>(cols[row * row_stride + oh * w.out_w + ow]);
       }
     }
   }

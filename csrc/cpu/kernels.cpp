@@ -23,11 +23,11 @@ void im2col_loops(const T* x, T* out, int64_t batch, const ColumnLayout& L) {
   const int64_t rows = column_rows(L), ncols = column_cols(L);
   const int64_t image_numel = L.channels * L.win.in_h * L.win.in_w;
 #pragma omp parallel for collapse(2) num_threads(threads_for(batch * rows * ncols))
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t row = 0; row < rows; ++row) {
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t b = 0; b < batch; ++b) {
       const RowSource src = column_row_source(L, row);
       const T* image = x + b * image_numel;
-      T* dst = out + (b * rows + row) * ncols;
+      T* dst = out + (row * batch + b) * ncols;
       for (int64_t oh = 0; oh < L.win.out_h; ++oh) {
         for (int64_t ow = 0; ow < L.win.out_w; ++ow) {
           dst[oh * L.win.out_w + ow] = im2col_value(image, L.win, src, oh, ow);
@@ -44,11 +44,11 @@ void col2im_loops(const T* cols, T* x, int64_t batch, const ColumnLayout& L) {
 #pragma omp parallel for collapse(2) num_threads(threads_for(batch * rows * ncols))
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t c = 0; c < L.channels; ++c) {
-      const T* sample_cols = cols + b * rows * ncols;
+      const T* sample_cols = cols + b * ncols;
       T* dst = x + (b * L.channels + c) * plane;
       for (int64_t h = 0; h < L.win.in_h; ++h) {
         for (int64_t w = 0; w < L.win.in_w; ++w) {
-          dst[h * L.win.in_w + w] = col2im_gather<T, T>(sample_cols, L, c, h, w);
+          dst[h * L.win.in_w + w] = col2im_gather<T, T>(sample_cols, batch * ncols, L, c, h, w);
         }
       }
     }

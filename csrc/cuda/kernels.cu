@@ -34,15 +34,15 @@ void launch(const at::Tensor& like, int64_t n, Body body) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
 
 void im2col_cuda(const at::Tensor& images, const at::Tensor& cols, const ColumnLayout& L) {
-  const int64_t rows = column_rows(L), ncols = column_cols(L);
+  const int64_t batch = images.size(0), ncols = column_cols(L);
   const int64_t image_numel = L.channels * L.win.in_h * L.win.in_w;
   ROLLCONV_DISPATCH(images.scalar_type(), "rollconv_im2col_cuda", [&] {
     const scalar_t* x = images.const_data_ptr<scalar_t>();
     scalar_t* out = cols.data_ptr<scalar_t>();
     launch(images, cols.numel(), [=] __device__(int64_t i) {
       const int64_t col = i % ncols;
-      const int64_t row = (i / ncols) % rows;
-      const int64_t b = i / (ncols * rows);
+      const int64_t b = (i / ncols) % batch;
+      const int64_t row = i / (ncols * batch);
       out[i] = im2col_value(x + b * image_numel, L.win, column_row_source(L, row),
                             col / L.win.out_w, col % L.win.out_w);
     });
@@ -50,7 +50,7 @@ void im2col_cuda(const at::Tensor& images, const at::Tensor& cols, const ColumnL
 }
 
 void col2im_cuda(const at::Tensor& cols, const at::Tensor& images, const ColumnLayout& L) {
-  const int64_t sample_cols = column_rows(L) * column_cols(L);
+  const int64_t ncols = column_cols(L), row_stride = images.size(0) * ncols;
   const int64_t w_ = L.win.in_w, h_ = L.win.in_h, c_ = L.channels;
   ROLLCONV_DISPATCH(cols.scalar_type(), "rollconv_col2im_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -61,7 +61,8 @@ void col2im_cuda(const at::Tensor& cols, const at::Tensor& images, const ColumnL
       const int64_t h = (i / w_) % h_;
       const int64_t c = (i / (w_ * h_)) % c_;
       const int64_t b = i / (w_ * h_ * c_);
-      x[i] = static_cast<scalar_t>(col2im_gather<scalar_t, acc_t>(src + b * sample_cols, L, c, h, w));
+      x[i] = static_cast<scalar_t>(
+          col2im_gather<scalar_t, acc_t>(src + b * ncols, row_stride, L, c, h, w));
     });
   });
 }

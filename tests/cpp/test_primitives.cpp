@@ -61,9 +61,9 @@ void test_im2col_definition(std::mt19937& rng) {
     const ColumnLayout L = random_layout(rng, trial % 2 == 1);
     const Window2d& w = L.win;
     at::Tensor x = at::randn({2, L.channels, w.in_h, w.in_w}, opts);
-    at::Tensor cols = at::empty({2, column_rows(L), column_cols(L)}, opts);
+    at::Tensor cols = at::empty({column_rows(L), 2 * column_cols(L)}, opts);
     cpu_kernels().im2col(x, cols, L);
-    auto c = cols.accessor<double, 3>();
+    auto c = cols.accessor<double, 2>();
     auto xa = x.accessor<double, 4>();
     bool ok = true;
     for (int64_t b = 0; b < 2; ++b)
@@ -77,7 +77,7 @@ void test_im2col_definition(std::mt19937& rng) {
                 const bool inside = h >= 0 && h < w.in_h && x_ >= 0 && x_ < w.in_w;
                 const double expected = inside ? xa[b][v % L.channels][h][x_] : 0.0;
                 const int64_t row = (v * w.kernel_h + i) * w.kernel_w + j;
-                ok = ok && c[b][row][oh * w.out_w + ow] == expected;
+                ok = ok && c[row][b * column_cols(L) + oh * w.out_w + ow] == expected;
               }
     expect(ok, "im2col matches its definition for " + describe(L));
   }
@@ -89,7 +89,7 @@ void test_adjoint(std::mt19937& rng) {
     const ColumnLayout L = random_layout(rng, trial % 2 == 1);
     const int64_t batch = 1 + trial % 3;
     at::Tensor x = at::randn({batch, L.channels, L.win.in_h, L.win.in_w}, opts);
-    at::Tensor c = at::randn({batch, column_rows(L), column_cols(L)}, opts);
+    at::Tensor c = at::randn({column_rows(L), batch * column_cols(L)}, opts);
     at::Tensor cols = at::empty_like(c);
     at::Tensor back = at::empty_like(x);
     cpu_kernels().im2col(x, cols, L);
