@@ -25,7 +25,9 @@ struct DeviceKernels {
                             const at::Tensor& grad_input, const Window2d& window);
   // input (N, C, S) -> output (N, C, S)
   void (*lrn_forward)(const at::Tensor& input, const at::Tensor& output, const LrnParams& params);
+  // own and term: (N, C, S) scratch in the accumulation dtype (see lrn_grad_terms)
   void (*lrn_backward)(const at::Tensor& grad_output, const at::Tensor& input,
+                       const at::Tensor& own, const at::Tensor& term,
                        const at::Tensor& grad_input, const LrnParams& params);
 };
 

@@ -192,24 +192,30 @@ RC_HD Acc lrn_value(const T* column, int64_t step, const LrnParams& p, int64_t c
   return static_cast<Acc>(column[c * step]) * acc_pow(d, -static_cast<Acc>(p.beta));
 }
 
-// dL/dx_j = g_j D_j^-beta - (2 alpha beta / size) x_j sum_{c : j in window(c)} g_c x_c D_c^(-beta-1)
-// where j in window(c)  <=>  j - (size-1)/2 <= c <= j + size/2.
+// Backward, in two element-wise passes (O(size) work per element):
+//   dL/dx_j = g_j D_j^-beta - (2 alpha beta / size) x_j sum_{c : j in window(c)} t_c,
+//   t_c = g_c x_c D_c^(-beta-1),   and j in window(c)  <=>  j - (size-1)/2 <= c <= j + size/2.
+// Pass 1 stores own_c = g_c D_c^-beta and t_c; pass 2 combines them.
 template <typename T, typename Acc>
-RC_HD Acc lrn_grad(const T* grad_column, const T* column, int64_t step, const LrnParams& p,
-                   int64_t j) {
+RC_HD void lrn_grad_terms(const T* grad_column, const T* column, int64_t step, const LrnParams& p,
+                          int64_t c, Acc* own, Acc* t) {
   const Acc beta = static_cast<Acc>(p.beta);
-  const Acc own = static_cast<Acc>(grad_column[j * step]) *
-                  acc_pow(lrn_denominator<T, Acc>(column, step, p, j), -beta);
+  const Acc d = lrn_denominator<T, Acc>(column, step, p, c);
+  const Acc scaled = static_cast<Acc>(grad_column[c * step]) * acc_pow(d, -beta);
+  *own = scaled;
+  *t = scaled * static_cast<Acc>(column[c * step]) / d;
+}
+
+template <typename T, typename Acc>
+RC_HD Acc lrn_grad_combine(const Acc* own_column, const Acc* t_column, const T* column,
+                           int64_t step, const LrnParams& p, int64_t j) {
   const int64_t lo = j - (p.size - 1) / 2 < 0 ? 0 : j - (p.size - 1) / 2;
   const int64_t hi = j + p.size / 2 >= p.channels ? p.channels - 1 : j + p.size / 2;
   Acc cross = Acc(0);
-  for (int64_t c = lo; c <= hi; ++c) {
-    const Acc d = lrn_denominator<T, Acc>(column, step, p, c);
-    cross += static_cast<Acc>(grad_column[c * step]) * static_cast<Acc>(column[c * step]) *
-             acc_pow(d, -beta - Acc(1));
-  }
-  const Acc scale = Acc(2) * static_cast<Acc>(p.alpha) * beta / static_cast<Acc>(p.size);
-  return own - scale * static_cast<Acc>(column[j * step]) * cross;
+  for (int64_t c = lo; c <= hi; ++c) cross += t_column[c * step];
+  const Acc scale = Acc(2) * static_cast<Acc>(p.alpha) * static_cast<Acc>(p.beta) /
+                    static_cast<Acc>(p.size);
+  return own_column[j * step] - scale * static_cast<Acc>(column[j * step]) * cross;
 }
 
 }  // namespace rollconv

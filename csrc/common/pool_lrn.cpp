@@ -95,7 +95,12 @@ Tensor local_response_norm_backward(const DeviceKernels& k, const Tensor& grad_o
   const LrnParams p = lrn_params(op, input, size, alpha, beta, k_);
   const Tensor x = as_ncs(input);
   Tensor grad_input = at::empty_like(x);
-  if (x.numel() > 0) k.lrn_backward(as_ncs(grad_output), x, grad_input, p);
+  if (x.numel() > 0) {
+    const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    Tensor own = at::empty(x.sizes(), x.options().dtype(acc));
+    Tensor term = at::empty(x.sizes(), x.options().dtype(acc));
+    k.lrn_backward(as_ncs(grad_output), x, own, term, grad_input, p);
+  }
   return grad_input.view(input.sizes());
 }
 

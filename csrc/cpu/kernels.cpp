@@ -82,18 +82,14 @@ void max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t pla
   }
 }
 
-// LRN: element (n, c, s) of an (N, C, S) tensor; `grad` is null for the forward.
-template <typename T>
-void lrn_loops(const T* grad, const T* x, T* out, int64_t n, int64_t s, const LrnParams& p) {
-  const int64_t c = p.channels;
-#pragma omp parallel for collapse(2) num_threads(threads_for(n * c * s * p.size))
+// LRN: body(column, c, element) for every element (n, c, s) of an (N, C, S) tensor,
+// where column = n * C * S + s is the offset of its channel column.
+template <typename Body>
+void for_each_lrn_element(int64_t n, int64_t c, int64_t s, int64_t work_per_element, const Body& body) {
+#pragma omp parallel for collapse(2) num_threads(threads_for(n * c * s * work_per_element))
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t ch = 0; ch < c; ++ch) {
-      for (int64_t j = 0; j < s; ++j) {
-        const int64_t column = i * c * s + j;
-        out[(i * c + ch) * s + j] = grad ? lrn_grad<T, T>(grad + column, x + column, s, p, ch)
-                                         : lrn_value<T, T>(x + column, s, p, ch);
-      }
+      for (int64_t j = 0; j < s; ++j) body(i * c * s + j, ch, (i * c + ch) * s + j);
     }
   }
 }
@@ -127,17 +123,31 @@ void max_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indi
 }
 
 void lrn_forward_cpu(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {
+  const int64_t n = input.size(0), s = input.size(2);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_lrn_cpu", [&] {
-    lrn_loops<scalar_t>(nullptr, input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
-                        input.size(0), input.size(2), p);
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* y = output.data_ptr<scalar_t>();
+    for_each_lrn_element(n, p.channels, s, p.size, [&](int64_t column, int64_t c, int64_t e) {
+      y[e] = lrn_value<scalar_t, scalar_t>(x + column, s, p, c);
+    });
   });
 }
 
-void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                      const at::Tensor& grad_input, const LrnParams& p) {
+void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& own,
+                      const at::Tensor& term, const at::Tensor& grad_input, const LrnParams& p) {
+  const int64_t n = input.size(0), s = input.size(2);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_lrn_backward_cpu", [&] {
-    lrn_loops<scalar_t>(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                        grad_input.data_ptr<scalar_t>(), input.size(0), input.size(2), p);
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* own_ = own.data_ptr<scalar_t>();
+    scalar_t* term_ = term.data_ptr<scalar_t>();
+    scalar_t* gx = grad_input.data_ptr<scalar_t>();
+    for_each_lrn_element(n, p.channels, s, p.size, [&](int64_t column, int64_t c, int64_t e) {
+      lrn_grad_terms<scalar_t, scalar_t>(gy + column, x + column, s, p, c, own_ + e, term_ + e);
+    });
+    for_each_lrn_element(n, p.channels, s, p.size, [&](int64_t column, int64_t c, int64_t e) {
+      gx[e] = lrn_grad_combine<scalar_t, scalar_t>(own_ + column, term_ + column, x + column, s, p, c);
+    });
   });
 }
 

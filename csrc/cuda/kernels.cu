@@ -101,32 +101,47 @@ void max_pool_backward_cuda(const at::Tensor& grad_output, const at::Tensor& ind
   });
 }
 
-// LRN element i of an (N, C, S) tensor; grad == nullptr selects the forward.
-void lrn_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& out,
-              const LrnParams& p) {
-  const int64_t s_ = input.size(2), c_ = p.channels;
+// LRN: element i of an (N, C, S) tensor is channel c of the column starting at `column`.
+struct LrnIndex {
+  int64_t s_, c_;
+  __device__ int64_t channel(int64_t i) const { return (i / s_) % c_; }
+  __device__ int64_t column(int64_t i) const { return (i / (s_ * c_)) * c_ * s_ + i % s_; }
+};
+
+void lrn_forward_cuda(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {
+  const int64_t s = input.size(2);
+  const LrnIndex at_{s, p.channels};
   ROLLCONV_DISPATCH(input.scalar_type(), "rollconv_lrn_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const scalar_t* gy = grad_output.defined() ? grad_output.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* y = out.data_ptr<scalar_t>();
+    scalar_t* y = output.data_ptr<scalar_t>();
     launch(input, input.numel(), [=] __device__(int64_t i) {
-      const int64_t s = i % s_;
-      const int64_t c = (i / s_) % c_;
-      const int64_t column = (i / (s_ * c_)) * c_ * s_ + s;
-      y[i] = static_cast<scalar_t>(gy ? lrn_grad<scalar_t, acc_t>(gy + column, x + column, s_, p, c)
-                                      : lrn_value<scalar_t, acc_t>(x + column, s_, p, c));
+      y[i] = static_cast<scalar_t>(lrn_value<scalar_t, acc_t>(x + at_.column(i), s, p, at_.channel(i)));
     });
   });
 }
 
-void lrn_forward_cuda(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {
-  lrn_cuda(at::Tensor(), input, output, p);
-}
-
-void lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                       const at::Tensor& grad_input, const LrnParams& p) {
-  lrn_cuda(grad_output, input, grad_input, p);
+void lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& own,
+                       const at::Tensor& term, const at::Tensor& grad_input, const LrnParams& p) {
+  const int64_t s = input.size(2);
+  const LrnIndex at_{s, p.channels};
+  ROLLCONV_DISPATCH(input.scalar_type(), "rollconv_lrn_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+    acc_t* own_ = own.data_ptr<acc_t>();
+    acc_t* term_ = term.data_ptr<acc_t>();
+    scalar_t* gx = grad_input.data_ptr<scalar_t>();
+    launch(input, input.numel(), [=] __device__(int64_t i) {
+      const int64_t col = at_.column(i);
+      lrn_grad_terms<scalar_t, acc_t>(gy + col, x + col, s, p, at_.channel(i), own_ + i, term_ + i);
+    });
+    launch(input, input.numel(), [=] __device__(int64_t i) {
+      const int64_t col = at_.column(i);
+      gx[i] = static_cast<scalar_t>(
+          lrn_grad_combine<scalar_t, acc_t>(own_ + col, term_ + col, x + col, s, p, at_.channel(i)));
+    });
+  });
 }
 
 }  // namespace
