@@ -1,16 +1,23 @@
 // Convolution as im2col + GEMM, and the rolling convolution on the same engine.
 //
-// Both are "block GEMMs" over one column matrix per sample:
-//   conv2d, G groups:  block g = output channels [g*Fg, (g+1)*Fg), weight rows likewise,
-//                      column rows [g*Cg*K, (g+1)*Cg*K)
-//   roll_conv2d, R rolls: block r = output channels [r*F, (r+1)*F) (roll-major), every
-//                      block uses the same weight (F x C*K), column rows [r*K, r*K + C*K)
-//                      of a column matrix with C + R - 1 virtual channels (v reads v % C).
-// So the rolled filter bank is never built: each roll is a row window of one im2col.
-// The GEMMs go through ATen (bmm), the im2col/col2im primitives through DeviceKernels.
+// Both are "block GEMMs" over one column matrix (rows: channel x tap, columns: the output
+// pixels of a chunk of samples), each block a 2-D GEMM on a row window of it:
+//   conv2d, G groups: block g = output channels [g*Fg, (g+1)*Fg), its own weight rows,
+//                     column rows of channels [g*Cg, (g+1)*Cg).
+//   roll_conv2d, R rolls: output channel r*F + f (roll-major) reads channel (c + r) mod C
+//                     with weight w[f, c], i.e. column rows of *virtual* channels
+//                     [r, r + C) of a column matrix with C + R - 1 virtual channels
+//                     (v reads v mod C). Rolling the filter is a shift of the row window:
+//                     one im2col serves every roll and the filter bank is never built.
+//                     To give small-F layers a GEMM with enough rows, G consecutive rolls
+//                     form one block whose weight is a "roll band" of G shifted copies of
+//                     w (G*F x (C+G-1)*K, zeros elsewhere; see roll_band).
+// The GEMMs go through ATen (MKL/oneDNN on CPU, cuBLAS on CUDA); im2col/col2im through
+// DeviceKernels.
 #include <ATen/ATen.h>
 
 #include <cstdlib>
+#include <vector>
 
 #include "common/checks.h"
 #include "common/ops.h"
@@ -27,16 +34,18 @@ int64_t workspace_bytes() {
   return mb << 20;
 }
 
-struct BlockPlan {
-  int64_t blocks;         // groups, or rolls
-  int64_t out_per_block;  // output channels per block
-  int64_t weight_step;    // weight-matrix row offset between blocks (0: shared weight)
-  int64_t col_step;       // column-matrix row offset between blocks
-  int64_t inner;          // GEMM inner size: columns of the weight matrix
-  int64_t bias_period;    // bias has this many entries, repeated across the output channels
+// One GEMM: output rows [out_row, out_row + rows) = weight rows [weight_row, +rows),
+// columns [0, inner) of the weight matrix, times column rows [col_row, col_row + inner).
+struct GemmBlock {
+  int64_t out_row, rows, weight_row, col_row, inner;
+};
 
-  int64_t out_channels() const { return blocks * out_per_block; }
-  int64_t weight_rows() const { return weight_step == 0 ? out_per_block : blocks * out_per_block; }
+struct BlockPlan {
+  std::vector<GemmBlock> blocks;
+  int64_t out_channels;
+  int64_t bias_period;  // the bias has this many entries, repeated over the channels
+  int64_t weight_rows, weight_cols;  // shape of the GEMM weight matrix
+  bool shared_columns;  // blocks read overlapping column rows (rolls): dX accumulates
 };
 
 // Samples per chunk: the column matrix and the GEMM's (out_channels x columns) result
@@ -57,11 +66,15 @@ Tensor channels_first(const Tensor& nchw_chunk) {
   return nchw_chunk.reshape({nchw_chunk.size(0), nchw_chunk.size(1), -1}).transpose(0, 1);
 }
 
-// Column matrices are (rows, b * L): one 2-D GEMM per block covers the whole chunk.
-//   forward:  Y[blk] = W[blk] @ cols[blk rows]                 (out_per_block x b*L)
+Tensor block_weight(const Tensor& weight_mat, const GemmBlock& blk) {
+  return weight_mat.narrow(0, blk.weight_row, blk.rows).narrow(1, 0, blk.inner);
+}
+
+// Per chunk, with column matrices (rows, b * L):
+//   forward:  Y[blk] = W[blk] @ cols[blk rows]
 //   dX:       dcols[blk rows] (+)= W[blk]^T @ dY[blk]
 //   dK:       dW[blk] += dY[blk] @ cols[blk rows]^T
-// A block's column rows are a row window of the column matrix: a view, never a copy.
+// Every operand is a view (a row window, a column window, a transpose), never a copy.
 
 // y = W * im2col(x) per block, then bias and ReLU while copying the chunk into y.
 Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Tensor& weight_mat,
@@ -70,7 +83,7 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
   const Tensor input = input_.contiguous();
   const int64_t batch = input.size(0);
   const int64_t ncols = column_cols(layout);
-  const int64_t cout = plan.out_channels();
+  const int64_t cout = plan.out_channels;
   Tensor output = at::empty({batch, cout, layout.win.out_h, layout.win.out_w}, input.options());
   if (batch == 0) return output;
   const int64_t chunk = samples_per_chunk(batch, layout, cout, input);
@@ -81,10 +94,9 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
     Tensor cols_b = cols.narrow(1, 0, b * ncols);
     Tensor result_b = result.narrow(1, 0, b * ncols);
     k.im2col(input.narrow(0, n0, b), cols_b, layout);
-    for (int64_t blk = 0; blk < plan.blocks; ++blk) {
-      Tensor target = result_b.narrow(0, blk * plan.out_per_block, plan.out_per_block);
-      at::mm_out(target, weight_mat.narrow(0, blk * plan.weight_step, plan.out_per_block),
-                 cols_b.narrow(0, blk * plan.col_step, plan.inner));
+    for (const GemmBlock& blk : plan.blocks) {
+      Tensor target = result_b.narrow(0, blk.out_row, blk.rows);
+      at::mm_out(target, block_weight(weight_mat, blk), cols_b.narrow(0, blk.col_row, blk.inner));
     }
     if (bias.has_value() && bias->defined()) {
       result_b.view({cout / plan.bias_period, plan.bias_period, b * ncols})
@@ -101,17 +113,16 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
   return output;
 }
 
-// dX = col2im(W^T * dY) per block; rolls share column rows, so their blocks accumulate.
+// dX = col2im(W^T * dY) per block; blocks that share column rows accumulate.
 Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_output,
                                 const Tensor& weight_mat, const ColumnLayout& layout,
                                 const BlockPlan& plan) {
   const int64_t batch = grad_output.size(0);
   const int64_t ncols = column_cols(layout);
-  const int64_t cout = plan.out_channels();
+  const int64_t cout = plan.out_channels;
   Tensor grad_input = at::empty({batch, layout.channels, layout.win.in_h, layout.win.in_w},
                                 grad_output.options());
   if (batch == 0) return grad_input;
-  const bool blocks_overlap = plan.blocks > 1 && plan.col_step < plan.inner;
   const int64_t chunk = samples_per_chunk(batch, layout, cout, grad_output);
   Tensor dcols = at::empty({column_rows(layout), chunk * ncols}, grad_output.options());
   Tensor grad_cf = at::empty({cout, chunk, ncols}, grad_output.options());
@@ -121,12 +132,12 @@ Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_outpu
     Tensor grad_b = grad_cf.narrow(1, 0, b);
     grad_b.copy_(channels_first(grad_output.narrow(0, n0, b)));
     Tensor grad_2d = grad_b.view({cout, b * ncols});
-    if (blocks_overlap) dcols_b.zero_();
-    for (int64_t blk = 0; blk < plan.blocks; ++blk) {
-      Tensor wt = weight_mat.narrow(0, blk * plan.weight_step, plan.out_per_block).t();
-      Tensor g = grad_2d.narrow(0, blk * plan.out_per_block, plan.out_per_block);
-      Tensor target = dcols_b.narrow(0, blk * plan.col_step, plan.inner);
-      if (blocks_overlap) {
+    if (plan.shared_columns) dcols_b.zero_();
+    for (const GemmBlock& blk : plan.blocks) {
+      Tensor wt = block_weight(weight_mat, blk).t();
+      Tensor g = grad_2d.narrow(0, blk.out_row, blk.rows);
+      Tensor target = dcols_b.narrow(0, blk.col_row, blk.inner);
+      if (plan.shared_columns) {
         target.addmm_(wt, g);
       } else {
         at::mm_out(target, wt, g);
@@ -137,19 +148,18 @@ Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_outpu
   return grad_input;
 }
 
-// dW = dY * im2col(x)^T per block, over the batch; rolls share the weight, so their
-// blocks fold onto the same rows (dw[f, c] = sum_r dbank[r*F + f, (c + r) mod C]).
-// Fixed order; accumulated in float32 for half/bfloat16.
+// dW = dY * im2col(x)^T per block, summed over the batch in a fixed order; blocks that
+// share weight rows (rolls) accumulate. Float32 accumulation for half/bfloat16.
 Tensor gemm_conv_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
                                  const Tensor& input_, const ColumnLayout& layout,
                                  const BlockPlan& plan) {
   const Tensor input = input_.contiguous();
   const int64_t batch = input.size(0);
   const int64_t ncols = column_cols(layout);
-  const int64_t cout = plan.out_channels();
+  const int64_t cout = plan.out_channels;
   const auto acc = accumulate_type(input.scalar_type());
-  Tensor grad_weight = at::zeros({plan.weight_rows(), plan.inner}, input.options().dtype(acc));
-  if (batch == 0) return grad_weight.to(input.scalar_type());
+  Tensor grad_weight = at::zeros({plan.weight_rows, plan.weight_cols}, input.options().dtype(acc));
+  if (batch == 0) return grad_weight;
   const int64_t chunk = samples_per_chunk(batch, layout, cout, input);
   Tensor cols = at::empty({column_rows(layout), chunk * ncols}, input.options());
   Tensor grad_cf = at::empty({cout, chunk, ncols}, input.options());
@@ -160,10 +170,10 @@ Tensor gemm_conv_backward_weight(const DeviceKernels& k, const Tensor& grad_outp
     Tensor grad_b = grad_cf.narrow(1, 0, b);
     grad_b.copy_(channels_first(grad_output.narrow(0, n0, b)));
     Tensor grad_2d = grad_b.view({cout, b * ncols});
-    for (int64_t blk = 0; blk < plan.blocks; ++blk) {
-      Tensor g = grad_2d.narrow(0, blk * plan.out_per_block, plan.out_per_block);
-      Tensor c = cols_b.narrow(0, blk * plan.col_step, plan.inner).t();
-      Tensor target = grad_weight.narrow(0, blk * plan.weight_step, plan.out_per_block);
+    for (const GemmBlock& blk : plan.blocks) {
+      Tensor g = grad_2d.narrow(0, blk.out_row, blk.rows);
+      Tensor c = cols_b.narrow(0, blk.col_row, blk.inner).t();
+      Tensor target = block_weight(grad_weight, blk);
       if (acc == input.scalar_type()) {
         target.addmm_(g, c);
       } else {
@@ -171,7 +181,7 @@ Tensor gemm_conv_backward_weight(const DeviceKernels& k, const Tensor& grad_outp
       }
     }
   }
-  return grad_weight.to(input.scalar_type());
+  return grad_weight;
 }
 
 int64_t kernel_area(const Window2d& w) { return w.kernel_h * w.kernel_w; }
@@ -184,12 +194,12 @@ void check_bias(const char* op, const std::optional<Tensor>& bias, int64_t expec
   check_same_kind(op, "bias", *bias, "input", input);
 }
 
-// --- conv2d -------------------------------------------------------------------------------
-
 struct ConvSetup {
   ColumnLayout layout;
   BlockPlan plan;
 };
+
+// --- conv2d: one block per group ------------------------------------------------------------
 
 ConvSetup conv2d_setup(const char* op, int64_t channels, int64_t out_channels,
                        int64_t weight_in_channels, Pair input_hw, Pair kernel, IntArrayRef stride,
@@ -208,11 +218,26 @@ ConvSetup conv2d_setup(const char* op, int64_t channels, int64_t out_channels,
   s.layout.channels = channels;
   s.layout.col_channels = channels;
   const int64_t k_in = weight_in_channels * kernel_area(s.layout.win);
-  s.plan = BlockPlan{groups, out_channels / groups, out_channels / groups, k_in, k_in, out_channels};
+  const int64_t per_group = out_channels / groups;
+  for (int64_t g = 0; g < groups; ++g) {
+    s.plan.blocks.push_back(GemmBlock{g * per_group, per_group, g * per_group, g * k_in, k_in});
+  }
+  s.plan.out_channels = out_channels;
+  s.plan.bias_period = out_channels;
+  s.plan.weight_rows = out_channels;
+  s.plan.weight_cols = k_in;
+  s.plan.shared_columns = false;
   return s;
 }
 
-// --- roll_conv2d --------------------------------------------------------------------------
+// --- roll_conv2d: blocks of G consecutive rolls ------------------------------------------------
+
+// Rolls per GEMM: enough to give it about 64 rows, at most C/4 so that the band's zero
+// corners (G - 1 extra channels per row) add at most a quarter to the work.
+int64_t rolls_per_gemm(int64_t filters, int64_t channels, int64_t rolls) {
+  const int64_t wanted = (64 + filters - 1) / filters;
+  return std::max<int64_t>(1, std::min({wanted, channels / 4, rolls}));
+}
 
 ConvSetup roll_setup(const char* op, int64_t channels, int64_t filters, int64_t weight_channels,
                      Pair input_hw, Pair kernel, IntArrayRef stride, IntArrayRef padding,
@@ -227,8 +252,41 @@ ConvSetup roll_setup(const char* op, int64_t channels, int64_t filters, int64_t 
   s.layout.channels = channels;
   s.layout.col_channels = channels + rolls - 1;
   const int64_t area = kernel_area(s.layout.win);
-  s.plan = BlockPlan{rolls, filters, 0, area, channels * area, filters};
+  const int64_t group = rolls_per_gemm(filters, channels, rolls);
+  for (int64_t r0 = 0; r0 < rolls; r0 += group) {
+    const int64_t g = std::min(group, rolls - r0);
+    s.plan.blocks.push_back(GemmBlock{r0 * filters, g * filters, 0, r0 * area, (channels + g - 1) * area});
+  }
+  s.plan.out_channels = rolls * filters;
+  s.plan.bias_period = filters;
+  s.plan.weight_rows = group * filters;
+  s.plan.weight_cols = (channels + group - 1) * area;
+  s.plan.shared_columns = rolls > 1;
   return s;
+}
+
+// The roll band of G rolls: band[g*F + f, (v, tap)] = w[f, v - g, tap] for 0 <= v - g < C,
+// zero elsewhere; rows (g, f) are output channels (r0 + g) * F + f of a block at r0.
+Tensor roll_band(const Tensor& weight, const BlockPlan& plan) {
+  const int64_t filters = weight.size(0);
+  const Tensor w = weight.contiguous().view({filters, -1});
+  const int64_t group = plan.weight_rows / filters;
+  const int64_t area = weight.size(2) * weight.size(3);
+  if (group == 1) return w;
+  Tensor band = at::zeros({plan.weight_rows, plan.weight_cols}, weight.options());
+  for (int64_t g = 0; g < group; ++g) band.narrow(0, g * filters, filters).narrow(1, g * area, w.size(1)).copy_(w);
+  return band;
+}
+
+// The adjoint of roll_band: dw[f, (c, tap)] = sum_g dband[g*F + f, (c + g, tap)].
+Tensor fold_roll_band(const Tensor& grad_band, int64_t filters, int64_t channels, Pair kernel) {
+  const int64_t area = kernel.h * kernel.w;
+  const int64_t group = grad_band.size(0) / filters;
+  Tensor dw = grad_band.narrow(0, 0, filters).narrow(1, 0, channels * area).clone();
+  for (int64_t g = 1; g < group; ++g) {
+    dw.add_(grad_band.narrow(0, g * filters, filters).narrow(1, g * area, channels * area));
+  }
+  return dw.view({filters, channels, kernel.h, kernel.w});
 }
 
 Pair spatial(const Tensor& t) { return Pair{t.size(2), t.size(3)}; }
@@ -279,7 +337,8 @@ Tensor conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
                                    spatial(input), kernel, stride, padding, dilation, groups);
   check_grad_output(op, grad_output, input.size(0), out_channels, s.layout.win);
   return gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan)
-      .view({out_channels, input.size(1) / groups, kernel.h, kernel.w});
+      .view({out_channels, input.size(1) / groups, kernel.h, kernel.w})
+      .to(input.scalar_type());
 }
 
 Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t channels) {
@@ -303,8 +362,7 @@ Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Te
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input),
                                  spatial(weight), stride, padding, dilation, rolls);
-  return gemm_conv_forward(k, input, weight.contiguous().view({weight.size(0), -1}), bias,
-                           s.layout, s.plan, relu);
+  return gemm_conv_forward(k, input, roll_band(weight, s.plan), bias, s.layout, s.plan, relu);
 }
 
 Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
@@ -318,9 +376,8 @@ Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_out
   const ConvSetup s = roll_setup(op, weight.size(1), weight.size(0), weight.size(1),
                                  pair_arg(op, "input_size", input_size), spatial(weight), stride,
                                  padding, dilation, rolls);
-  check_grad_output(op, grad_output, grad_output.size(0), s.plan.out_channels(), s.layout.win);
-  return gemm_conv_backward_input(k, grad_output, weight.contiguous().view({weight.size(0), -1}),
-                                  s.layout, s.plan);
+  check_grad_output(op, grad_output, grad_output.size(0), s.plan.out_channels, s.layout.win);
+  return gemm_conv_backward_input(k, grad_output, roll_band(weight, s.plan), s.layout, s.plan);
 }
 
 Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
@@ -337,9 +394,9 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
   const Pair kernel = pair_arg(op, "kernel_size", kernel_size);
   const ConvSetup s = roll_setup(op, input.size(1), filters, input.size(1), spatial(input), kernel,
                                  stride, padding, dilation, rolls);
-  check_grad_output(op, grad_output, input.size(0), s.plan.out_channels(), s.layout.win);
-  return gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan)
-      .view({filters, input.size(1), kernel.h, kernel.w});
+  check_grad_output(op, grad_output, input.size(0), s.plan.out_channels, s.layout.win);
+  const Tensor grad_band = gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan);
+  return fold_roll_band(grad_band, filters, input.size(1), kernel).to(input.scalar_type());
 }
 
 }  // namespace rollconv::ops
