@@ -64,6 +64,18 @@ RC_HD bool window_hit(int64_t in, int64_t tap, int64_t stride, int64_t pad, int6
   return true;
 }
 
+// The output positions o in [0, out_size) whose tap lands inside [0, in_size), as the
+// half-open range [*lo, *hi): lets a CPU loop split a line into zeros and a strided copy.
+RC_HD void valid_outputs(int64_t in_size, int64_t tap, int64_t stride, int64_t pad, int64_t dil,
+                         int64_t out_size, int64_t* lo, int64_t* hi) {
+  const int64_t offset = tap * dil - pad;  // input = o * stride + offset
+  int64_t first = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  int64_t last = in_size - offset <= 0 ? 0 : (in_size - offset + stride - 1) / stride;
+  last = last < out_size ? last : out_size;
+  *lo = first < last ? first : last;
+  *hi = last;
+}
+
 // Which image channel and kernel taps a column-matrix row reads.
 struct RowSource {
   int64_t channel, tap_h, tap_w;

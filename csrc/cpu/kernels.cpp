@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 #include <omp.h>
 
+#include <algorithm>
+
 #include "common/device_kernels.h"
 #include "common/register_kernels.h"
 
@@ -18,37 +20,68 @@ int threads_for(int64_t work) {
   return work < (int64_t(1) << 14) || at::in_parallel_region() ? 1 : at::get_num_threads();
 }
 
+// im2col: each (row, sample) line of the column matrix is zeros, a strided copy of an
+// input row, zeros (the CUDA kernel evaluates im2col_value per element instead).
 template <typename T>
 void im2col_loops(const T* x, T* out, int64_t batch, const ColumnLayout& L) {
+  const Window2d& w = L.win;
   const int64_t rows = column_rows(L), ncols = column_cols(L);
-  const int64_t image_numel = L.channels * L.win.in_h * L.win.in_w;
+  const int64_t plane = w.in_h * w.in_w;
 #pragma omp parallel for collapse(2) num_threads(threads_for(batch * rows * ncols))
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t b = 0; b < batch; ++b) {
       const RowSource src = column_row_source(L, row);
-      const T* image = x + b * image_numel;
+      const T* image = x + (b * L.channels + src.channel) * plane;
       T* dst = out + (row * batch + b) * ncols;
-      for (int64_t oh = 0; oh < L.win.out_h; ++oh) {
-        for (int64_t ow = 0; ow < L.win.out_w; ++ow) {
-          dst[oh * L.win.out_w + ow] = im2col_value(image, L.win, src, oh, ow);
+      int64_t ow_lo, ow_hi;
+      valid_outputs(w.in_w, src.tap_w, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow_lo, &ow_hi);
+      const int64_t x0 = input_coord(0, src.tap_w, w.stride_w, w.pad_w, w.dil_w);
+      for (int64_t oh = 0; oh < w.out_h; ++oh, dst += w.out_w) {
+        const int64_t h = input_coord(oh, src.tap_h, w.stride_h, w.pad_h, w.dil_h);
+        if (h < 0 || h >= w.in_h) {
+          std::fill(dst, dst + w.out_w, T(0));
+          continue;
         }
+        const T* line = image + h * w.in_w + x0;
+        std::fill(dst, dst + ow_lo, T(0));
+        if (w.stride_w == 1) {
+          std::copy(line + ow_lo, line + ow_hi, dst + ow_lo);
+        } else {
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow] = line[ow * w.stride_w];
+        }
+        std::fill(dst + ow_hi, dst + w.out_w, T(0));
       }
     }
   }
 }
 
+// col2im: each thread owns whole (sample, channel) planes and adds the column rows of
+// that channel into them in a fixed order, so the result is deterministic (the CUDA
+// kernel gathers per element with col2im_gather instead; the C++ tests check both agree).
 template <typename T>
 void col2im_loops(const T* cols, T* x, int64_t batch, const ColumnLayout& L) {
-  const int64_t rows = column_rows(L), ncols = column_cols(L);
-  const int64_t plane = L.win.in_h * L.win.in_w;
-#pragma omp parallel for collapse(2) num_threads(threads_for(batch * rows * ncols))
+  const Window2d& w = L.win;
+  const int64_t ncols = column_cols(L), row_stride = batch * ncols;
+  const int64_t kk = w.kernel_h * w.kernel_w;
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * column_rows(L) * ncols))
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t c = 0; c < L.channels; ++c) {
-      const T* sample_cols = cols + b * ncols;
-      T* dst = x + (b * L.channels + c) * plane;
-      for (int64_t h = 0; h < L.win.in_h; ++h) {
-        for (int64_t w = 0; w < L.win.in_w; ++w) {
-          dst[h * L.win.in_w + w] = col2im_gather<T, T>(sample_cols, batch * ncols, L, c, h, w);
+      T* plane = x + (b * L.channels + c) * w.in_h * w.in_w;
+      std::fill(plane, plane + w.in_h * w.in_w, T(0));
+      for (int64_t v = c; v < L.col_channels; v += L.channels) {
+        for (int64_t tap = 0; tap < kk; ++tap) {
+          const int64_t i = tap / w.kernel_w, j = tap % w.kernel_w;
+          const T* src = cols + (v * kk + tap) * row_stride + b * ncols;
+          int64_t ow_lo, ow_hi;
+          valid_outputs(w.in_w, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow_lo, &ow_hi);
+          const int64_t x0 = input_coord(0, j, w.stride_w, w.pad_w, w.dil_w);
+          for (int64_t oh = 0; oh < w.out_h; ++oh) {
+            const int64_t h = input_coord(oh, i, w.stride_h, w.pad_h, w.dil_h);
+            if (h < 0 || h >= w.in_h) continue;
+            T* line = plane + h * w.in_w + x0;
+            const T* s = src + oh * w.out_w;
+            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) line[ow * w.stride_w] += s[ow];
+          }
         }
       }
     }

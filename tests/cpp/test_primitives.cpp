@@ -94,6 +94,25 @@ void test_adjoint(std::mt19937& rng) {
     at::Tensor back = at::empty_like(x);
     cpu_kernels().im2col(x, cols, L);
     cpu_kernels().col2im(c, back, L);
+    // The CUDA kernels' per-element functions, evaluated on the host, give the same.
+    auto cols_a = cols.accessor<double, 2>();
+    auto back_a = back.accessor<double, 4>();
+    bool same = true;
+    const int64_t ncols = column_cols(L);
+    for (int64_t row = 0; row < column_rows(L); ++row)
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t p = 0; p < ncols; ++p)
+          same = same && cols_a[row][b * ncols + p] ==
+                             im2col_value(x[b].data_ptr<double>(), L.win, column_row_source(L, row),
+                                          p / L.win.out_w, p % L.win.out_w);
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t ch = 0; ch < L.channels; ++ch)
+        for (int64_t h = 0; h < L.win.in_h; ++h)
+          for (int64_t w = 0; w < L.win.in_w; ++w)
+            same = same && std::abs(back_a[b][ch][h][w] -
+                                    col2im_gather<double, double>(c.data_ptr<double>() + b * ncols,
+                                                                  batch * ncols, L, ch, h, w)) < 1e-12;
+    expect(same, "per-element im2col_value / col2im_gather agree with the CPU loops for " + describe(L));
     const double lhs = (cols * c).sum().item<double>();
     const double rhs = (x * back).sum().item<double>();
     expect(std::abs(lhs - rhs) <= 1e-10 * (1.0 + std::abs(lhs)),
