@@ -3,8 +3,10 @@
 For every case, the candidates are timed in interleaved rounds (so machine noise hits
 them alike); each figure is the median of the rounds and each ratio is
 baseline_time / rollconv_time (> 1: rollconv is faster). Peak memory is measured per
-candidate in a fresh subprocess as the growth of the resident-set high-water mark over
-one forward+backward (CPU; torch.cuda.max_memory_allocated on a GPU).
+candidate in a fresh subprocess: on CPU, the peak of the resident set (sampled every
+0.1 ms by a thread, with glibc told to return large blocks to the system on free) over
+one forward+backward, minus the resident set before it; on a GPU,
+torch.cuda.max_memory_allocated.
 
 Writes bench/results/results.json, bench/results/results.md and bench/results/roll_speedup.png.
 
@@ -14,10 +16,10 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -163,7 +165,8 @@ def peak_memory(case_index, candidate, device, quick):
         "import sys, torch; sys.path.insert(0, %r); import run; "
         "print(run.measure_peak(%d, %r, %r, %r))" % (HERE, case_index, candidate, device, quick)
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -178,9 +181,29 @@ def measure_peak(case_index, candidate, device, quick):
         base = torch.cuda.memory_allocated()
         fn(*inputs).sum().backward()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn(*inputs).sum().backward()  # warm-up: lazy initialization is not the op's memory
+    for t in inputs:
+        t.grad = None
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(1e-4)
+
+    base = rss()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     fn(*inputs).sum().backward()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # KiB -> MiB
+    done.set()
+    sampler.join()
+    return (max(peak[0], rss()) - base) / 2**20
 
 
 # --- report -----------------------------------------------------------------------------
