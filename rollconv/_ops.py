@@ -104,67 +104,63 @@ def _(grad_output, input, size, alpha, beta, k):
 
 
 # --- autograd -------------------------------------------------------------------------
-# Conventions: ctx.geometry holds the non-tensor arguments shared by a pass and its
-# partners; backward returns one entry per op input (None for non-tensors).
+# conv2d and roll_conv2d share their calculus. Each is bilinear in (input, weight), so
+# with the geometry fixed (stride, padding, dilation, and groups or rolls):
+#   y  = fwd(x, w) + b           dx = dX(dy, w)    dw = dK(dy, x)    db = bias_backward(dy)
+#   dX(g, w): d/dg -> fwd(gg, w)      d/dw -> dK(g, gg)
+#   dK(g, x): d/dg -> fwd(x, gg)      d/dx -> dX(g, gg)
+# so every derivative of every pass is again a pass, and double backward works.
+# roll_conv2d's fused ReLU masks dy with the saved output first.
 
 
-# conv2d: y = conv(x, w) + b
+def _register_gemm_conv_autograd(fwd, dx, dk, relu_flag=False):
+    def forward_setup(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, blocks = inputs[:7]
+        relu = relu_flag and inputs[7]
+        ctx.save_for_backward(input, weight, output if relu else None)
+        ctx.geometry = (stride, padding, dilation, blocks)
+
+    def forward_backward(ctx, grad):
+        input, weight, output = ctx.saved_tensors
+        if output is not None:
+            grad = torch.where(output > 0, grad, torch.zeros_like(grad))
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = dx(grad, weight, list(input.shape[2:]), *ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            grad_weight = dk(grad, input, list(weight.shape[2:]), *ctx.geometry)
+        if ctx.needs_input_grad[2]:
+            grad_bias = ops.bias_backward(grad, weight.shape[0])
+        return (grad_input, grad_weight, grad_bias) + (None,) * (len(ctx.needs_input_grad) - 3)
+
+    def pass_setup(ctx, inputs, output):
+        grad_output, other = inputs[:2]
+        ctx.save_for_backward(grad_output, other)
+        ctx.geometry = tuple(inputs[3:])
+
+    def forward_of(ctx, x, w):
+        return fwd(x, w, None, *ctx.geometry, *((False,) if relu_flag else ()))
+
+    def dx_backward(ctx, gg):  # dX(g, w)
+        grad_output, weight = ctx.saved_tensors
+        d_grad = forward_of(ctx, gg, weight) if ctx.needs_input_grad[0] else None
+        d_weight = dk(grad_output, gg, list(weight.shape[2:]), *ctx.geometry) if ctx.needs_input_grad[1] else None
+        return d_grad, d_weight, None, None, None, None, None
+
+    def dk_backward(ctx, gg):  # dK(g, x)
+        grad_output, input = ctx.saved_tensors
+        d_grad = forward_of(ctx, input, gg) if ctx.needs_input_grad[0] else None
+        d_input = dx(grad_output, gg, list(input.shape[2:]), *ctx.geometry) if ctx.needs_input_grad[1] else None
+        return d_grad, d_input, None, None, None, None, None
+
+    for op, backward, setup in ((fwd, forward_backward, forward_setup), (dx, dx_backward, pass_setup), (dk, dk_backward, pass_setup)):
+        torch.library.register_autograd(op.default, backward, setup_context=setup)
 
 
-def _conv2d_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.args = (stride, padding, dilation, groups)
-
-
-def _conv2d_backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.conv2d_backward_input(grad, weight, list(input.shape[2:]), *ctx.args)
-    if ctx.needs_input_grad[1]:
-        grad_weight = ops.conv2d_backward_weight(grad, input, list(weight.shape[2:]), *ctx.args)
-    if ctx.needs_input_grad[2]:
-        grad_bias = ops.bias_backward(grad, weight.shape[0])
-    return grad_input, grad_weight, grad_bias, None, None, None, None
-
-
-# dX(g, w) = conv^T(g, w): d/dg -> conv(gg, w);  d/dw -> dK(g, gg)
-
-
-def _conv2d_backward_input_setup(ctx, inputs, output):
-    grad_output, weight, input_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(grad_output, weight)
-    ctx.args = (stride, padding, dilation, groups)
-
-
-def _conv2d_backward_input_backward(ctx, gg):
-    grad_output, weight = ctx.saved_tensors
-    d_grad = d_weight = None
-    if ctx.needs_input_grad[0]:
-        d_grad = ops.conv2d_forward(gg, weight, None, *ctx.args)
-    if ctx.needs_input_grad[1]:
-        d_weight = ops.conv2d_backward_weight(grad_output, gg, list(weight.shape[2:]), *ctx.args)
-    return d_grad, d_weight, None, None, None, None, None
-
-
-# dK(g, x): d/dg -> conv(x, gg);  d/dx -> dX(g, gg)
-
-
-def _conv2d_backward_weight_setup(ctx, inputs, output):
-    grad_output, input, kernel_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(grad_output, input)
-    ctx.args = (stride, padding, dilation, groups)
-
-
-def _conv2d_backward_weight_backward(ctx, gg):
-    grad_output, input = ctx.saved_tensors
-    d_grad = d_input = None
-    if ctx.needs_input_grad[0]:
-        d_grad = ops.conv2d_forward(input, gg, None, *ctx.args)
-    if ctx.needs_input_grad[1]:
-        d_input = ops.conv2d_backward_input(grad_output, gg, list(input.shape[2:]), *ctx.args)
-    return d_grad, d_input, None, None, None, None, None
+_register_gemm_conv_autograd(ops.conv2d_forward, ops.conv2d_backward_input, ops.conv2d_backward_weight)
+_register_gemm_conv_autograd(
+    ops.roll_conv2d_forward, ops.roll_conv2d_backward_input, ops.roll_conv2d_backward_weight, relu_flag=True
+)
 
 
 # bias_backward is linear: its adjoint broadcasts gg back over grad_output's shape.
@@ -180,61 +176,6 @@ def _bias_backward_backward(ctx, gg):
     folds = shape[1] // gg.shape[0]
     per_channel = gg.repeat(folds).view(1, shape[1], *([1] * (len(shape) - 2)))
     return per_channel.expand(shape), None
-
-
-# roll_conv2d: y = act(rollconv(x, w) + b); the ReLU mask comes from the saved output.
-
-
-def _roll_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, rolls, relu = inputs
-    ctx.save_for_backward(input, weight, output if relu else None)
-    ctx.args = (stride, padding, dilation, rolls)
-
-
-def _roll_backward(ctx, grad):
-    input, weight, output = ctx.saved_tensors
-    if output is not None:
-        grad = torch.where(output > 0, grad, torch.zeros_like(grad))
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.roll_conv2d_backward_input(grad, weight, list(input.shape[2:]), *ctx.args)
-    if ctx.needs_input_grad[1]:
-        grad_weight = ops.roll_conv2d_backward_weight(grad, input, list(weight.shape[2:]), *ctx.args)
-    if ctx.needs_input_grad[2]:
-        grad_bias = ops.bias_backward(grad, weight.shape[0])
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None
-
-
-def _roll_backward_input_setup(ctx, inputs, output):
-    grad_output, weight, input_size, stride, padding, dilation, rolls = inputs
-    ctx.save_for_backward(grad_output, weight)
-    ctx.args = (stride, padding, dilation, rolls)
-
-
-def _roll_backward_input_backward(ctx, gg):
-    grad_output, weight = ctx.saved_tensors
-    d_grad = d_weight = None
-    if ctx.needs_input_grad[0]:
-        d_grad = ops.roll_conv2d_forward(gg, weight, None, *ctx.args, False)
-    if ctx.needs_input_grad[1]:
-        d_weight = ops.roll_conv2d_backward_weight(grad_output, gg, list(weight.shape[2:]), *ctx.args)
-    return d_grad, d_weight, None, None, None, None, None
-
-
-def _roll_backward_weight_setup(ctx, inputs, output):
-    grad_output, input, kernel_size, stride, padding, dilation, rolls = inputs
-    ctx.save_for_backward(grad_output, input)
-    ctx.args = (stride, padding, dilation, rolls)
-
-
-def _roll_backward_weight_backward(ctx, gg):
-    grad_output, input = ctx.saved_tensors
-    d_grad = d_input = None
-    if ctx.needs_input_grad[0]:
-        d_grad = ops.roll_conv2d_forward(input, gg, None, *ctx.args, False)
-    if ctx.needs_input_grad[1]:
-        d_input = ops.roll_conv2d_backward_input(grad_output, gg, list(input.shape[2:]), *ctx.args)
-    return d_grad, d_input, None, None, None, None, None
 
 
 # max pooling: the backward routes the gradient to the saved argmax; its own adjoint
@@ -290,13 +231,7 @@ def _no_setup(ctx, inputs, output):
 
 
 _AUTOGRAD = {
-    "conv2d_forward": (_conv2d_backward, _conv2d_setup),
-    "conv2d_backward_input": (_conv2d_backward_input_backward, _conv2d_backward_input_setup),
-    "conv2d_backward_weight": (_conv2d_backward_weight_backward, _conv2d_backward_weight_setup),
     "bias_backward": (_bias_backward_backward, _bias_backward_setup),
-    "roll_conv2d_forward": (_roll_backward, _roll_setup),
-    "roll_conv2d_backward_input": (_roll_backward_input_backward, _roll_backward_input_setup),
-    "roll_conv2d_backward_weight": (_roll_backward_weight_backward, _roll_backward_weight_setup),
     "max_pool2d_forward": (_max_pool_backward, _max_pool_setup),
     "max_pool2d_backward": (_max_pool_backward_backward, _max_pool_backward_setup),
     "local_response_norm_forward": (_lrn_backward, _lrn_setup),
@@ -307,4 +242,7 @@ for _name, (_backward, _setup) in _AUTOGRAD.items():
     torch.library.register_autograd(f"rollconv::{_name}", _backward, setup_context=_setup)
 
 #: Every op of the library, for tests (opcheck) and docs.
-OP_NAMES = sorted(_AUTOGRAD)
+OP_NAMES = sorted(
+    list(_AUTOGRAD)
+    + [f"{kind}_{part}" for kind in ("conv2d", "roll_conv2d") for part in ("forward", "backward_input", "backward_weight")]
+)

@@ -38,9 +38,18 @@ void check_same_kind(const char* op, const char* name, const at::Tensor& t, cons
               t.scalar_type());
 }
 
+void check_4d_operands(const char* op, const DeviceKernels& kernels, const char* first_name,
+                       const at::Tensor& first, const char* second_name, const at::Tensor& second) {
+  check_input(op, first_name, first, 4, kernels);
+  check_input(op, second_name, second, 4, kernels);
+  check_same_kind(op, second_name, second, first_name, first);
+}
+
 namespace {
 
-void check_window_args(const char* op, Pair kernel, Pair stride, Pair padding, Pair dilation) {
+// A window with everything but its output size, after the checks shared by all windows.
+Window2d checked_window(const char* op, Pair input, Pair kernel, Pair stride, Pair padding,
+                        Pair dilation) {
   TORCH_CHECK(kernel.h > 0 && kernel.w > 0, op, ": kernel_size must be positive, but got (",
               kernel.h, ", ", kernel.w, ")");
   TORCH_CHECK(stride.h > 0 && stride.w > 0, op, ": stride must be positive, but got (", stride.h,
@@ -49,19 +58,7 @@ void check_window_args(const char* op, Pair kernel, Pair stride, Pair padding, P
               dilation.h, ", ", dilation.w, ")");
   TORCH_CHECK(padding.h >= 0 && padding.w >= 0, op, ": padding must be non-negative, but got (",
               padding.h, ", ", padding.w, ")");
-}
-
-}  // namespace
-
-Window2d conv_window(const char* op, Pair input, Pair kernel, Pair stride, Pair padding,
-                     Pair dilation) {
-  check_window_args(op, kernel, stride, padding, dilation);
-  const int64_t span_h = dilation.h * (kernel.h - 1) + 1;
-  const int64_t span_w = dilation.w * (kernel.w - 1) + 1;
-  TORCH_CHECK(input.h + 2 * padding.h >= span_h && input.w + 2 * padding.w >= span_w, op,
-              ": the kernel (", span_h, " x ", span_w, " after dilation) is larger than the padded input (",
-              input.h + 2 * padding.h, " x ", input.w + 2 * padding.w, ")");
-  Window2d w;
+  Window2d w{};
   w.in_h = input.h;
   w.in_w = input.w;
   w.kernel_h = kernel.h;
@@ -72,6 +69,19 @@ Window2d conv_window(const char* op, Pair input, Pair kernel, Pair stride, Pair 
   w.pad_w = padding.w;
   w.dil_h = dilation.h;
   w.dil_w = dilation.w;
+  return w;
+}
+
+}  // namespace
+
+Window2d conv_window(const char* op, Pair input, Pair kernel, Pair stride, Pair padding,
+                     Pair dilation) {
+  Window2d w = checked_window(op, input, kernel, stride, padding, dilation);
+  const int64_t span_h = dilation.h * (kernel.h - 1) + 1;
+  const int64_t span_w = dilation.w * (kernel.w - 1) + 1;
+  TORCH_CHECK(input.h + 2 * padding.h >= span_h && input.w + 2 * padding.w >= span_w, op,
+              ": the kernel (", span_h, " x ", span_w, " after dilation) is larger than the padded input (",
+              input.h + 2 * padding.h, " x ", input.w + 2 * padding.w, ")");
   w.out_h = (input.h + 2 * padding.h - span_h) / stride.h + 1;
   w.out_w = (input.w + 2 * padding.w - span_w) / stride.w + 1;
   return w;
@@ -93,21 +103,10 @@ int64_t pooled_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int
 
 Window2d pool_window(const char* op, Pair input, Pair kernel, Pair stride, Pair padding,
                      Pair dilation, bool ceil_mode) {
-  check_window_args(op, kernel, stride, padding, dilation);
+  Window2d w = checked_window(op, input, kernel, stride, padding, dilation);
   TORCH_CHECK(padding.h <= kernel.h / 2 && padding.w <= kernel.w / 2, op,
               ": padding must be at most half of kernel_size, but got padding=(", padding.h, ", ",
               padding.w, ") and kernel_size=(", kernel.h, ", ", kernel.w, ")");
-  Window2d w;
-  w.in_h = input.h;
-  w.in_w = input.w;
-  w.kernel_h = kernel.h;
-  w.kernel_w = kernel.w;
-  w.stride_h = stride.h;
-  w.stride_w = stride.w;
-  w.pad_h = padding.h;
-  w.pad_w = padding.w;
-  w.dil_h = dilation.h;
-  w.dil_w = dilation.w;
   w.out_h = pooled_size(input.h, kernel.h, stride.h, padding.h, dilation.h, ceil_mode);
   w.out_w = pooled_size(input.w, kernel.w, stride.w, padding.w, dilation.w, ceil_mode);
   TORCH_CHECK(w.out_h > 0 && w.out_w > 0, op, ": the output would be empty (", w.out_h, " x ",

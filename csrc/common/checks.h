@@ -23,6 +23,10 @@ void check_input(const char* op, const char* name, const at::Tensor& t, int64_t 
 void check_same_kind(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
                      const at::Tensor& ref);
 
+// Two 4-D operands of a convolution pass: each checked as above, the second against the first.
+void check_4d_operands(const char* op, const DeviceKernels& kernels, const char* first_name,
+                       const at::Tensor& first, const char* second_name, const at::Tensor& second);
+
 // Sliding-window geometry of a convolution; checks stride/dilation > 0, padding >= 0,
 // kernel >= 1, and that the dilated kernel fits the padded input.
 Window2d conv_window(const char* op, Pair input, Pair kernel, Pair stride, Pair padding,

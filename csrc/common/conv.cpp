@@ -61,13 +61,30 @@ at::ScalarType accumulate_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
-// (b, C, L) chunk of an NCHW tensor, seen as the GEMM's (C, b * L) layout.
+// (b, C, L) chunk of an NCHW tensor, seen as the GEMM's (C, b * L) layout (a view).
 Tensor channels_first(const Tensor& nchw_chunk) {
   return nchw_chunk.reshape({nchw_chunk.size(0), nchw_chunk.size(1), -1}).transpose(0, 1);
 }
 
 Tensor block_weight(const Tensor& weight_mat, const GemmBlock& blk) {
   return weight_mat.narrow(0, blk.weight_row, blk.rows).narrow(1, 0, blk.inner);
+}
+
+// The batch loop of every pass. Allocates the workspace once: a column matrix
+// (rows, chunk * L) and a matrix (out_channels, chunk * L) in GEMM layout, and runs
+// body(n0, b, cols, outs) for each chunk of samples [n0, n0 + b) with views of both.
+template <typename Body>
+void for_each_chunk(int64_t batch, const ColumnLayout& layout, int64_t out_channels,
+                    const Tensor& like, const Body& body) {
+  if (batch == 0) return;
+  const int64_t ncols = column_cols(layout);
+  const int64_t chunk = samples_per_chunk(batch, layout, out_channels, like);
+  Tensor cols = at::empty({column_rows(layout), chunk * ncols}, like.options());
+  Tensor outs = at::empty({out_channels, chunk * ncols}, like.options());
+  for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
+    const int64_t b = std::min(chunk, batch - n0);
+    body(n0, b, cols.narrow(1, 0, b * ncols), outs.narrow(1, 0, b * ncols));
+  }
 }
 
 // Per chunk, with column matrices (rows, b * L):
@@ -81,35 +98,25 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
                          const std::optional<Tensor>& bias, const ColumnLayout& layout,
                          const BlockPlan& plan, bool relu) {
   const Tensor input = input_.contiguous();
-  const int64_t batch = input.size(0);
-  const int64_t ncols = column_cols(layout);
   const int64_t cout = plan.out_channels;
-  Tensor output = at::empty({batch, cout, layout.win.out_h, layout.win.out_w}, input.options());
-  if (batch == 0) return output;
-  const int64_t chunk = samples_per_chunk(batch, layout, cout, input);
-  Tensor cols = at::empty({column_rows(layout), chunk * ncols}, input.options());
-  Tensor result = at::empty({cout, chunk * ncols}, input.options());
-  for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
-    const int64_t b = std::min(chunk, batch - n0);
-    Tensor cols_b = cols.narrow(1, 0, b * ncols);
-    Tensor result_b = result.narrow(1, 0, b * ncols);
-    k.im2col(input.narrow(0, n0, b), cols_b, layout);
+  Tensor output = at::empty({input.size(0), cout, layout.win.out_h, layout.win.out_w}, input.options());
+  for_each_chunk(input.size(0), layout, cout, input, [&](int64_t n0, int64_t b, Tensor cols, Tensor result) {
+    k.im2col(input.narrow(0, n0, b), cols, layout);
     for (const GemmBlock& blk : plan.blocks) {
-      Tensor target = result_b.narrow(0, blk.out_row, blk.rows);
-      at::mm_out(target, block_weight(weight_mat, blk), cols_b.narrow(0, blk.col_row, blk.inner));
+      Tensor target = result.narrow(0, blk.out_row, blk.rows);
+      at::mm_out(target, block_weight(weight_mat, blk), cols.narrow(0, blk.col_row, blk.inner));
     }
     if (bias.has_value() && bias->defined()) {
-      result_b.view({cout / plan.bias_period, plan.bias_period, b * ncols})
-          .add_(bias->view({1, plan.bias_period, 1}));
+      result.view({cout / plan.bias_period, plan.bias_period, -1}).add_(bias->view({1, plan.bias_period, 1}));
     }
     Tensor out_b = channels_first(output.narrow(0, n0, b));
-    Tensor result_3d = result_b.view({cout, b, ncols});
+    Tensor result_3d = result.view(out_b.sizes());
     if (relu) {
       at::clamp_min_out(out_b, result_3d, 0);
     } else {
       out_b.copy_(result_3d);
     }
-  }
+  });
   return output;
 }
 
@@ -117,34 +124,24 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
 Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_output,
                                 const Tensor& weight_mat, const ColumnLayout& layout,
                                 const BlockPlan& plan) {
-  const int64_t batch = grad_output.size(0);
-  const int64_t ncols = column_cols(layout);
   const int64_t cout = plan.out_channels;
-  Tensor grad_input = at::empty({batch, layout.channels, layout.win.in_h, layout.win.in_w},
+  Tensor grad_input = at::empty({grad_output.size(0), layout.channels, layout.win.in_h, layout.win.in_w},
                                 grad_output.options());
-  if (batch == 0) return grad_input;
-  const int64_t chunk = samples_per_chunk(batch, layout, cout, grad_output);
-  Tensor dcols = at::empty({column_rows(layout), chunk * ncols}, grad_output.options());
-  Tensor grad_cf = at::empty({cout, chunk, ncols}, grad_output.options());
-  for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
-    const int64_t b = std::min(chunk, batch - n0);
-    Tensor dcols_b = dcols.narrow(1, 0, b * ncols);
-    Tensor grad_b = grad_cf.narrow(1, 0, b);
-    grad_b.copy_(channels_first(grad_output.narrow(0, n0, b)));
-    Tensor grad_2d = grad_b.view({cout, b * ncols});
-    if (plan.shared_columns) dcols_b.zero_();
+  for_each_chunk(grad_output.size(0), layout, cout, grad_output, [&](int64_t n0, int64_t b, Tensor dcols, Tensor grad) {
+    grad.view({cout, b, -1}).copy_(channels_first(grad_output.narrow(0, n0, b)));
+    if (plan.shared_columns) dcols.zero_();
     for (const GemmBlock& blk : plan.blocks) {
       Tensor wt = block_weight(weight_mat, blk).t();
-      Tensor g = grad_2d.narrow(0, blk.out_row, blk.rows);
-      Tensor target = dcols_b.narrow(0, blk.col_row, blk.inner);
+      Tensor g = grad.narrow(0, blk.out_row, blk.rows);
+      Tensor target = dcols.narrow(0, blk.col_row, blk.inner);
       if (plan.shared_columns) {
         target.addmm_(wt, g);
       } else {
         at::mm_out(target, wt, g);
       }
     }
-    k.col2im(dcols_b, grad_input.narrow(0, n0, b), layout);
-  }
+    k.col2im(dcols, grad_input.narrow(0, n0, b), layout);
+  });
   return grad_input;
 }
 
@@ -154,25 +151,15 @@ Tensor gemm_conv_backward_weight(const DeviceKernels& k, const Tensor& grad_outp
                                  const Tensor& input_, const ColumnLayout& layout,
                                  const BlockPlan& plan) {
   const Tensor input = input_.contiguous();
-  const int64_t batch = input.size(0);
-  const int64_t ncols = column_cols(layout);
   const int64_t cout = plan.out_channels;
   const auto acc = accumulate_type(input.scalar_type());
   Tensor grad_weight = at::zeros({plan.weight_rows, plan.weight_cols}, input.options().dtype(acc));
-  if (batch == 0) return grad_weight;
-  const int64_t chunk = samples_per_chunk(batch, layout, cout, input);
-  Tensor cols = at::empty({column_rows(layout), chunk * ncols}, input.options());
-  Tensor grad_cf = at::empty({cout, chunk, ncols}, input.options());
-  for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
-    const int64_t b = std::min(chunk, batch - n0);
-    Tensor cols_b = cols.narrow(1, 0, b * ncols);
-    k.im2col(input.narrow(0, n0, b), cols_b, layout);
-    Tensor grad_b = grad_cf.narrow(1, 0, b);
-    grad_b.copy_(channels_first(grad_output.narrow(0, n0, b)));
-    Tensor grad_2d = grad_b.view({cout, b * ncols});
+  for_each_chunk(input.size(0), layout, cout, input, [&](int64_t n0, int64_t b, Tensor cols, Tensor grad) {
+    k.im2col(input.narrow(0, n0, b), cols, layout);
+    grad.view({cout, b, -1}).copy_(channels_first(grad_output.narrow(0, n0, b)));
     for (const GemmBlock& blk : plan.blocks) {
-      Tensor g = grad_2d.narrow(0, blk.out_row, blk.rows);
-      Tensor c = cols_b.narrow(0, blk.col_row, blk.inner).t();
+      Tensor g = grad.narrow(0, blk.out_row, blk.rows);
+      Tensor c = cols.narrow(0, blk.col_row, blk.inner).t();
       Tensor target = block_weight(grad_weight, blk);
       if (acc == input.scalar_type()) {
         target.addmm_(g, c);
@@ -180,7 +167,7 @@ Tensor gemm_conv_backward_weight(const DeviceKernels& k, const Tensor& grad_outp
         target.add_(at::mm(g, c));
       }
     }
-  }
+  });
   return grad_weight;
 }
 
@@ -297,9 +284,7 @@ Tensor conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor&
                       const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding,
                       IntArrayRef dilation, int64_t groups) {
   constexpr const char* op = "rollconv.conv2d";
-  check_input(op, "input", input, 4, k);
-  check_input(op, "weight", weight, 4, k);
-  check_same_kind(op, "weight", weight, "input", input);
+  check_4d_operands(op, k, "input", input, "weight", weight);
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = conv2d_setup(op, input.size(1), weight.size(0), weight.size(1),
                                    spatial(input), spatial(weight), stride, padding, dilation, groups);
@@ -311,9 +296,7 @@ Tensor conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
                              const Tensor& weight, IntArrayRef input_size, IntArrayRef stride,
                              IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   constexpr const char* op = "rollconv.conv2d_backward_input";
-  check_input(op, "grad_output", grad_output, 4, k);
-  check_input(op, "weight", weight, 4, k);
-  check_same_kind(op, "weight", weight, "grad_output", grad_output);
+  check_4d_operands(op, k, "grad_output", grad_output, "weight", weight);
   const Pair in = pair_arg(op, "input_size", input_size);
   const ConvSetup s = conv2d_setup(op, weight.size(1) * groups, weight.size(0), weight.size(1), in,
                                    spatial(weight), stride, padding, dilation, groups);
@@ -326,9 +309,7 @@ Tensor conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
                               const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,
                               IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   constexpr const char* op = "rollconv.conv2d_backward_weight";
-  check_input(op, "grad_output", grad_output, 4, k);
-  check_input(op, "input", input, 4, k);
-  check_same_kind(op, "grad_output", grad_output, "input", input);
+  check_4d_operands(op, k, "grad_output", grad_output, "input", input);
   const Pair kernel = pair_arg(op, "kernel_size", kernel_size);
   const int64_t out_channels = grad_output.size(1);
   TORCH_CHECK(groups > 0 && input.size(1) % groups == 0, op, ": groups=", groups,
@@ -356,9 +337,7 @@ Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Te
                            const std::optional<Tensor>& bias, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, int64_t rolls, bool relu) {
   constexpr const char* op = "rollconv.roll_conv2d";
-  check_input(op, "input", input, 4, k);
-  check_input(op, "weight", weight, 4, k);
-  check_same_kind(op, "weight", weight, "input", input);
+  check_4d_operands(op, k, "input", input, "weight", weight);
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input),
                                  spatial(weight), stride, padding, dilation, rolls);
@@ -370,9 +349,7 @@ Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_out
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                   int64_t rolls) {
   constexpr const char* op = "rollconv.roll_conv2d_backward_input";
-  check_input(op, "grad_output", grad_output, 4, k);
-  check_input(op, "weight", weight, 4, k);
-  check_same_kind(op, "weight", weight, "grad_output", grad_output);
+  check_4d_operands(op, k, "grad_output", grad_output, "weight", weight);
   const ConvSetup s = roll_setup(op, weight.size(1), weight.size(0), weight.size(1),
                                  pair_arg(op, "input_size", input_size), spatial(weight), stride,
                                  padding, dilation, rolls);
@@ -385,9 +362,7 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                    int64_t rolls) {
   constexpr const char* op = "rollconv.roll_conv2d_backward_weight";
-  check_input(op, "grad_output", grad_output, 4, k);
-  check_input(op, "input", input, 4, k);
-  check_same_kind(op, "grad_output", grad_output, "input", input);
+  check_4d_operands(op, k, "grad_output", grad_output, "input", input);
   TORCH_CHECK(rolls >= 1 && grad_output.size(1) % rolls == 0, op, ": rolls=", rolls,
               " must be positive and divide grad_output.shape[1] (", grad_output.size(1), ")");
   const int64_t filters = grad_output.size(1) / rolls;

@@ -76,6 +76,21 @@ RC_HD void valid_outputs(int64_t in_size, int64_t tap, int64_t stride, int64_t p
   *hi = last;
 }
 
+// Calls visit(i, j, oh, ow) for each kernel tap (i, j) of each output window (oh, ow)
+// that covers input (h, x), in a fixed order: the skeleton of every gather backward.
+template <typename Visit>
+RC_HD void for_each_covering_tap(const Window2d& w, int64_t h, int64_t x, Visit&& visit) {
+  for (int64_t i = 0; i < w.kernel_h; ++i) {
+    int64_t oh;
+    if (!window_hit(h, i, w.stride_h, w.pad_h, w.dil_h, w.out_h, &oh)) continue;
+    for (int64_t j = 0; j < w.kernel_w; ++j) {
+      int64_t ow;
+      if (!window_hit(x, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow)) continue;
+      visit(i, j, oh, ow);
+    }
+  }
+}
+
 // Which image channel and kernel taps a column-matrix row reads.
 struct RowSource {
   int64_t channel, tap_h, tap_w;
@@ -107,16 +122,10 @@ RC_HD Acc col2im_gather(const T* cols, int64_t row_stride, const ColumnLayout& L
   const Window2d& w = L.win;
   Acc sum = Acc(0);
   for (int64_t v = c; v < L.col_channels; v += L.channels) {
-    for (int64_t i = 0; i < w.kernel_h; ++i) {
-      int64_t oh;
-      if (!window_hit(h, i, w.stride_h, w.pad_h, w.dil_h, w.out_h, &oh)) continue;
-      for (int64_t j = 0; j < w.kernel_w; ++j) {
-        int64_t ow;
-        if (!window_hit(x, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow)) continue;
-        const int64_t row = (v * w.kernel_h + i) * w.kernel_w + j;
-        sum += static_cast<Acc>(cols[row * row_stride + oh * w.out_w + ow]);
-      }
-    }
+    for_each_covering_tap(w, h, x, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
+      const int64_t row = (v * w.kernel_h + i) * w.kernel_w + j;
+      sum += static_cast<Acc>(cols[row * row_stride + oh * w.out_w + ow]);
+    });
   }
   return sum;
 }
@@ -164,16 +173,10 @@ RC_HD Acc max_pool_gather(const T* grad_plane, const int64_t* index_plane, const
                           int64_t h, int64_t x) {
   const int64_t flat = h * w.in_w + x;
   Acc sum = Acc(0);
-  for (int64_t i = 0; i < w.kernel_h; ++i) {
-    int64_t oh;
-    if (!window_hit(h, i, w.stride_h, w.pad_h, w.dil_h, w.out_h, &oh)) continue;
-    for (int64_t j = 0; j < w.kernel_w; ++j) {
-      int64_t ow;
-      if (!window_hit(x, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow)) continue;
-      const int64_t o = oh * w.out_w + ow;
-      if (index_plane[o] == flat) sum += static_cast<Acc>(grad_plane[o]);
-    }
-  }
+  for_each_covering_tap(w, h, x, [&](int64_t, int64_t, int64_t oh, int64_t ow) {
+    const int64_t o = oh * w.out_w + ow;
+    if (index_plane[o] == flat) sum += static_cast<Acc>(grad_plane[o]);
+  });
   return sum;
 }
 
@@ -186,10 +189,17 @@ struct LrnParams {
   double alpha, beta, k;
 };
 
+// Channels [before, after] around c, clipped to [0, C): [*lo, *hi].
+RC_HD void lrn_span(const LrnParams& p, int64_t c, int64_t before, int64_t after, int64_t* lo,
+                    int64_t* hi) {
+  *lo = c - before < 0 ? 0 : c - before;
+  *hi = c + after >= p.channels ? p.channels - 1 : c + after;
+}
+
 template <typename T, typename Acc>
 RC_HD Acc lrn_denominator(const T* column, int64_t step, const LrnParams& p, int64_t c) {
-  const int64_t lo = c - p.size / 2 < 0 ? 0 : c - p.size / 2;
-  const int64_t hi = c + (p.size - 1) / 2 >= p.channels ? p.channels - 1 : c + (p.size - 1) / 2;
+  int64_t lo, hi;
+  lrn_span(p, c, p.size / 2, (p.size - 1) / 2, &lo, &hi);  // the window of c
   Acc sum = Acc(0);
   for (int64_t j = lo; j <= hi; ++j) {
     const Acc v = static_cast<Acc>(column[j * step]);
@@ -221,8 +231,8 @@ RC_HD void lrn_grad_terms(const T* grad_column, const T* column, int64_t step, c
 template <typename T, typename Acc>
 RC_HD Acc lrn_grad_combine(const Acc* own_column, const Acc* t_column, const T* column,
                            int64_t step, const LrnParams& p, int64_t j) {
-  const int64_t lo = j - (p.size - 1) / 2 < 0 ? 0 : j - (p.size - 1) / 2;
-  const int64_t hi = j + p.size / 2 >= p.channels ? p.channels - 1 : j + p.size / 2;
+  int64_t lo, hi;
+  lrn_span(p, j, (p.size - 1) / 2, p.size / 2, &lo, &hi);  // the channels whose window holds j
   Acc cross = Acc(0);
   for (int64_t c = lo; c <= hi; ++c) cross += t_column[c * step];
   const Acc scale = Acc(2) * static_cast<Acc>(p.alpha) * static_cast<Acc>(p.beta) /
