@@ -3,7 +3,7 @@
 The fake kernels give output shapes (symbolic sizes included) for torch.compile and
 torch.export; validation lives in the C++ kernels. Every backward is built from the
 ops themselves, so double backward works: the derivatives of the dX and dK passes are
-again a forward, a dX or a dK pass.
+again a forward, a dX or a dK pass (LRN's double backward: see below).
 """
 import torch
 
@@ -204,7 +204,8 @@ def _max_pool_backward_backward(ctx, gg):
     return picked, None, None, None, None, None, None
 
 
-# local response normalization: the analytic backward kernel (no double backward).
+# local response normalization: the analytic backward kernel; its own derivative (double
+# backward) differentiates the same formula written in torch ops.
 
 
 def _lrn_setup(ctx, inputs, output):
@@ -218,16 +219,35 @@ def _lrn_backward(ctx, grad):
     return ops.local_response_norm_backward(grad, input, *ctx.args), None, None, None, None
 
 
+def _channel_window_sum(t, before, after):
+    """sum_{j = c - before}^{c + after} t[:, j] (zero outside [0, C)) for t of shape (N, C, S)."""
+    channels = t.shape[1]
+    padded = torch.nn.functional.pad(t, (0, 0, before, after))
+    return sum(padded[:, o : o + channels] for o in range(before + after + 1))
+
+
+def _lrn_backward_expression(grad_output, input, size, alpha, beta, k):
+    """The analytic LRN backward (the kernel's formula, index_math.h) in torch ops: used only
+    to differentiate it once more (double backward)."""
+    x = input.reshape(input.shape[0], input.shape[1], -1)
+    g = grad_output.reshape(x.shape)
+    d = k + alpha / size * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    own = g * d.pow(-beta)
+    cross = _channel_window_sum(own * x / d, (size - 1) // 2, size // 2)
+    return (own - 2 * alpha * beta / size * x * cross).reshape(input.shape)
+
+
+def _lrn_backward_setup(ctx, inputs, output):
+    grad_output, input, size, alpha, beta, k = inputs
+    ctx.save_for_backward(grad_output, input)
+    ctx.args = (size, alpha, beta, k)
+
+
 def _lrn_double_backward(ctx, gg):
-    raise NotImplementedError(
-        "rollconv.local_response_norm: double backward is not implemented (the first "
-        "backward is an analytic kernel); use torch.nn.functional.local_response_norm for "
-        "higher-order gradients"
-    )
-
-
-def _no_setup(ctx, inputs, output):
-    pass
+    grad_output, input = ctx.saved_tensors
+    _, vjp = torch.func.vjp(lambda g, x: _lrn_backward_expression(g, x, *ctx.args), grad_output, input)
+    d_grad, d_input = vjp(gg)
+    return d_grad, d_input, None, None, None, None
 
 
 _AUTOGRAD = {
@@ -235,7 +255,7 @@ _AUTOGRAD = {
     "max_pool2d_forward": (_max_pool_backward, _max_pool_setup),
     "max_pool2d_backward": (_max_pool_backward_backward, _max_pool_backward_setup),
     "local_response_norm_forward": (_lrn_backward, _lrn_setup),
-    "local_response_norm_backward": (_lrn_double_backward, _no_setup),
+    "local_response_norm_backward": (_lrn_double_backward, _lrn_backward_setup),
 }
 
 for _name, (_backward, _setup) in _AUTOGRAD.items():

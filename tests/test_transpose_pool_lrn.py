@@ -249,15 +249,11 @@ def _samples(device="cpu"):
 
 @pytest.mark.parametrize("name", ["max_pool2d_forward", "max_pool2d_backward", "local_response_norm_forward", "local_response_norm_backward"])
 def test_opcheck(name, device):
-    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
-    if name != "local_response_norm_backward":  # no double backward: see test_lrn_double_backward
-        utils += ("test_aot_dispatch_dynamic",)
     for args in _samples(device)[name]:
-        torch.library.opcheck(getattr(ops, name).default, args, test_utils=utils)
+        torch.library.opcheck(getattr(ops, name).default, args)
 
 
-def test_lrn_double_backward_says_it_is_not_implemented():
-    x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(RF.local_response_norm(x, 2).sum(), x, create_graph=True)
-    with pytest.raises(NotImplementedError, match="double backward is not implemented"):
-        g.sum().backward()
+def test_lrn_gradgradcheck():
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    for size in (1, 2, 3):
+        assert torch.autograd.gradgradcheck(lambda t: RF.local_response_norm(t, size, 0.5, 0.75, 1.5), (x,))
