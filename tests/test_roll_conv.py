@@ -228,3 +228,25 @@ def test_module_state_dict_same_in_train_and_eval():
 )
 def test_bad_input_gets_a_clear_error(make, match):
     assert_clear_error(make, match)
+
+
+def test_torch_compile_inductor_with_every_layer():
+    """The default backend (inductor) around all rollconv layers, and a second batch size
+    (which makes torch.compile retrace with symbolic shapes through the fake kernels)."""
+    model = torch.nn.Sequential(
+        rollconv.nn.RollConv2d(3, 4, 3, padding=1, activation="relu"),
+        rollconv.nn.MaxPool2d(2),
+        rollconv.nn.LocalResponseNorm(3),
+        rollconv.nn.Conv2d(12, 5, 3),
+        rollconv.nn.ConvTranspose2d(5, 2, 2, stride=2),
+    )
+    compiled = torch.compile(model, fullgraph=True)
+    for batch in (2, 5):
+        x = torch.randn(batch, 3, 12, 12, requires_grad=True)
+        y = compiled(x)
+        torch.testing.assert_close(y, model(x))
+        y.sum().backward()
+        grad = x.grad.clone()
+        x.grad = None
+        model(x).sum().backward()
+        torch.testing.assert_close(grad, x.grad)
