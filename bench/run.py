@@ -82,7 +82,9 @@ def roll_case(c, f, n=8, hw=32):
         "make": make,
         "flops": 2 * n * c * f * c * 9 * hw * hw,
         "candidates": {
-            "rollconv": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu"),
+            "rollconv": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu"),  # algorithm='auto'
+            "rollconv direct": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu", algorithm="direct"),
+            "rollconv bank": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu", algorithm="bank"),
             "seed method": lambda x, w: seed_roll(x, w, 1),
         },
     }

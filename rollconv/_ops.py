@@ -56,7 +56,7 @@ def _(grad_output, channels):
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_forward")
-def _(input, weight, bias, stride, padding, dilation, rolls, relu):
+def _(input, weight, bias, stride, padding, dilation, rolls, algorithm, relu):
     _same_device("rollconv.roll_conv2d", input=input, weight=weight, bias=bias)
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "rollconv.roll_conv2d: expected 4-D input and weight")
     h, w = _conv_out_hw(input.shape[2:], weight.shape[2:], stride, padding, dilation)
@@ -64,12 +64,12 @@ def _(input, weight, bias, stride, padding, dilation, rolls, relu):
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_backward_input")
-def _(grad_output, weight, input_size, stride, padding, dilation, rolls):
+def _(grad_output, weight, input_size, stride, padding, dilation, rolls, algorithm):
     return grad_output.new_empty((grad_output.shape[0], weight.shape[1], *input_size))
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_backward_weight")
-def _(grad_output, input, kernel_size, stride, padding, dilation, rolls):
+def _(grad_output, input, kernel_size, stride, padding, dilation, rolls, algorithm):
     return input.new_empty((grad_output.shape[1] // rolls, input.shape[1], *kernel_size))
 
 
@@ -115,15 +115,16 @@ def _(grad_output, input, size, alpha, beta, k):
 
 def _register_gemm_conv_autograd(fwd, dx, dk, relu_flag=False):
     def forward_setup(ctx, inputs, output):
-        input, weight, bias, stride, padding, dilation, blocks = inputs[:7]
-        relu = relu_flag and inputs[7]
+        input, weight = inputs[:2]
+        relu = relu_flag and inputs[-1]
         ctx.save_for_backward(input, weight, output if relu else None)
-        ctx.geometry = (stride, padding, dilation, blocks)
+        # stride, padding, dilation, groups | rolls, algorithm: the passes' trailing arguments
+        ctx.geometry = tuple(inputs[3:-1] if relu_flag else inputs[3:])
 
     def forward_backward(ctx, grad):
         input, weight, output = ctx.saved_tensors
-        if output is not None:
-            grad = torch.where(output > 0, grad, torch.zeros_like(grad))
+        if output is not None:  # ReLU's own backward (differentiable, one pass)
+            grad = torch.ops.aten.threshold_backward(grad, output, 0)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_input = dx(grad, weight, list(input.shape[2:]), *ctx.geometry)
@@ -145,13 +146,13 @@ def _register_gemm_conv_autograd(fwd, dx, dk, relu_flag=False):
         grad_output, weight = ctx.saved_tensors
         d_grad = forward_of(ctx, gg, weight) if ctx.needs_input_grad[0] else None
         d_weight = dk(grad_output, gg, list(weight.shape[2:]), *ctx.geometry) if ctx.needs_input_grad[1] else None
-        return d_grad, d_weight, None, None, None, None, None
+        return (d_grad, d_weight) + (None,) * (len(ctx.needs_input_grad) - 2)
 
     def dk_backward(ctx, gg):  # dK(g, x)
         grad_output, input = ctx.saved_tensors
         d_grad = forward_of(ctx, input, gg) if ctx.needs_input_grad[0] else None
         d_input = dx(grad_output, gg, list(input.shape[2:]), *ctx.geometry) if ctx.needs_input_grad[1] else None
-        return d_grad, d_input, None, None, None, None, None
+        return (d_grad, d_input) + (None,) * (len(ctx.needs_input_grad) - 2)
 
     for op, backward, setup in ((fwd, forward_backward, forward_setup), (dx, dx_backward, pass_setup), (dk, dk_backward, pass_setup)):
         torch.library.register_autograd(op.default, backward, setup_context=setup)

@@ -56,7 +56,7 @@ class RollConv2d(nn.Module):
 
     Parameters: ``weight`` (filters, in_channels, kh, kw) and ``bias`` (filters,), shared
     across the rolls; ``out_channels == rolls * filters`` in roll-major order. Init as
-    ``torch.nn.Conv2d`` with the same fan-in.
+    ``torch.nn.Conv2d`` with the same fan-in. ``algorithm``: 'auto', 'direct' or 'bank'.
     """
 
     def __init__(
@@ -70,6 +70,7 @@ class RollConv2d(nn.Module):
         bias=True,
         rolls=None,
         activation=None,
+        algorithm="auto",
         device=None,
         dtype=None,
     ):
@@ -87,7 +88,10 @@ class RollConv2d(nn.Module):
         self.stride = tuple(F._pair(stride, "stride"))
         self.padding = padding if isinstance(padding, str) else tuple(F._pair(padding, "padding"))
         self.dilation = tuple(F._pair(dilation, "dilation"))
+        if algorithm not in F.ROLL_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {F.ROLL_ALGORITHMS}, but got {algorithm!r}")
         self.activation = activation
+        self.algorithm = algorithm  # not part of the state_dict: a choice of computation
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty((filters, in_channels, *self.kernel_size), **factory))
         if bias:
@@ -105,7 +109,7 @@ class RollConv2d(nn.Module):
 
     def forward(self, input):
         return F.roll_conv2d(
-            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.rolls, self.activation
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.rolls, self.activation, self.algorithm
         )
 
     def filter_bank(self):
@@ -145,4 +149,6 @@ class RollConv2d(nn.Module):
             text += ", bias=False"
         if self.activation:
             text += f", activation={self.activation!r}"
+        if self.algorithm != "auto":
+            text += f", algorithm={self.algorithm!r}"
         return text

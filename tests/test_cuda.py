@@ -35,8 +35,9 @@ def _cases():
     tw = torch.randn(6, 2, 3, 3, dtype=torch.float64)
     return [
         lambda t: RF.conv2d(t, w.to(t), None, (2, 1), 1, (1, 2), 2),
-        lambda t: RF.roll_conv2d(t, rw.to(t), None, 1, 1, 1, None, "relu"),
-        lambda t: RF.roll_conv2d(t, rw.to(t), None, 2, 0, 1, 4),
+        lambda t: RF.roll_conv2d(t, rw.to(t), None, 1, 1, 1, None, "relu", "direct"),
+        lambda t: RF.roll_conv2d(t, rw.to(t), None, 2, 0, 1, 4, None, "direct"),
+        lambda t: RF.roll_conv2d(t, rw.to(t), None, 2, 0, 1, 4, "relu", "bank"),
         lambda t: RF.conv_transpose2d(t, tw.to(t), None, 2, 1, 1, 1),
         lambda t: RF.max_pool2d(t, 3, 2, 1, ceil_mode=True),
         lambda t: RF.local_response_norm(t, 3, 0.1, 0.75, 1.0),
@@ -66,7 +67,7 @@ def test_cuda_results_are_deterministic():
     grads = []
     for _ in range(3):
         w.grad = None
-        RF.roll_conv2d(x, w, padding=1).square().sum().backward()
+        RF.roll_conv2d(x, w, padding=1, algorithm="direct").square().sum().backward()
         grads.append(w.grad.clone())
     assert all(torch.equal(g, grads[0]) for g in grads)
 

@@ -36,11 +36,14 @@ SEED_X_GRAD = [
 ]
 
 
-@pytest.mark.parametrize("call", ["roll_conv2d", "roll"])
+ALGORITHMS = ["direct", "bank"]
+
+
+@pytest.mark.parametrize("call", ["roll", "direct", "bank"])
 def test_seed_000_example(call):
     x = torch.tensor(SEED_X, dtype=torch.float32).unsqueeze(0).requires_grad_()
     w = torch.nn.Parameter(torch.tensor(SEED_W, dtype=torch.float32).unsqueeze(0))
-    out1 = RF.roll(x, w) if call == "roll" else RF.roll_conv2d(x, w, activation="relu")
+    out1 = RF.roll(x, w) if call == "roll" else RF.roll_conv2d(x, w, activation="relu", algorithm=call)
     assert out1.shape == (1, 2, 2, 2)
     assert out1[0].tolist() == SEED_OUT1
     out2 = out1.mean()
@@ -50,7 +53,7 @@ def test_seed_000_example(call):
     torch.testing.assert_close(x.grad[0], torch.tensor(SEED_X_GRAD), atol=1e-4, rtol=0)
 
 
-def _compare_with_seed(x, w, b, atol=1e-10, **kw):
+def _compare_with_seed(x, w, b, atol=1e-10, algorithm="auto", **kw):
     relu = kw.pop("relu", False)
     outs = []
     for fn in ("seed", "ours"):
@@ -59,7 +62,7 @@ def _compare_with_seed(x, w, b, atol=1e-10, **kw):
         if fn == "seed":
             y = seed_roll(xs, ws, bs, relu=relu, **kw)
         else:
-            y = RF.roll_conv2d(xs, ws, bs, activation="relu" if relu else None, **kw)
+            y = RF.roll_conv2d(xs, ws, bs, activation="relu" if relu else None, algorithm=algorithm, **kw)
         y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype).to(y.device))
         outs.append((y, xs.grad, ws.grad, None if bs is None else bs.grad))
     for r, o in zip(*outs):
@@ -67,8 +70,9 @@ def _compare_with_seed(x, w, b, atol=1e-10, **kw):
             torch.testing.assert_close(o, r, atol=atol, rtol=atol)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("seed", range(60))
-def test_random_configs_match_the_seed_method(seed, device):
+def test_random_configs_match_the_seed_method(seed, algorithm, device):
     rng = random.Random(seed)
     c = rng.choice([1, 2, 3, 4, 5, 8, 13, 16, 33, 64])
     f = rng.randint(1, 4)
@@ -82,15 +86,17 @@ def test_random_configs_match_the_seed_method(seed, device):
     x = torch.randn(rng.randint(1, 3), c, h, wd, dtype=torch.float64, device=device)
     w = torch.randn(f, c, kh, kw, dtype=torch.float64, device=device)
     b = torch.randn(f, dtype=torch.float64, device=device) if rng.random() < 0.6 else None
-    _compare_with_seed(x, w, b, stride=stride, padding=padding, dilation=dilation, rolls=rolls, relu=rng.random() < 0.5)
+    _compare_with_seed(x, w, b, stride=stride, padding=padding, dilation=dilation, rolls=rolls,
+                       relu=rng.random() < 0.5, algorithm=algorithm)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("c, f", [(64, 2), (96, 1)])
-def test_many_channels(c, f):
+def test_many_channels(c, f, algorithm):
     x = torch.randn(2, c, 6, 7, dtype=torch.float64)
     w = torch.randn(f, c, 3, 3, dtype=torch.float64)
-    _compare_with_seed(x, w, torch.randn(f, dtype=torch.float64), padding=1, rolls=c - 1)
-    _compare_with_seed(x, w, None, padding=1)
+    _compare_with_seed(x, w, torch.randn(f, dtype=torch.float64), padding=1, rolls=c - 1, algorithm=algorithm)
+    _compare_with_seed(x, w, None, padding=1, algorithm=algorithm)
 
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
@@ -101,74 +107,80 @@ def test_string_padding(padding):
     torch.testing.assert_close(y, F.conv2d(x, seed_bank(w), padding=padding))
 
 
-def test_unbatched_and_float32(small_workspace):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_unbatched_and_float32(small_workspace, algorithm):
     x = torch.randn(5, 10, 10)
     w = torch.randn(3, 5, 3, 3)
-    torch.testing.assert_close(RF.roll_conv2d(x, w, padding=1), F.conv2d(x, seed_bank(w), padding=1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(RF.roll_conv2d(x, w, padding=1, algorithm=algorithm), F.conv2d(x, seed_bank(w), padding=1), rtol=1e-4, atol=1e-4)
     xb = torch.randn(48, 16, 20, 20)  # several chunks with a 1 MiB workspace
     wb = torch.randn(4, 16, 3, 3)
-    torch.testing.assert_close(RF.roll_conv2d(xb, wb, padding=1), F.conv2d(xb, seed_bank(wb), padding=1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(RF.roll_conv2d(xb, wb, padding=1, algorithm=algorithm), F.conv2d(xb, seed_bank(wb), padding=1), rtol=1e-4, atol=1e-4)
 
 
-def test_channels_last_and_non_contiguous():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_channels_last_and_non_contiguous(algorithm):
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
     w = torch.randn(3, 4, 3, 3, dtype=torch.float64)
     ref = F.conv2d(x, seed_bank(w))
-    torch.testing.assert_close(RF.roll_conv2d(x.to(memory_format=torch.channels_last), w), ref)
-    torch.testing.assert_close(RF.roll_conv2d(x, w.transpose(2, 3).contiguous().transpose(2, 3)), ref)
+    torch.testing.assert_close(RF.roll_conv2d(x.to(memory_format=torch.channels_last), w, algorithm=algorithm), ref)
+    torch.testing.assert_close(RF.roll_conv2d(x, w.transpose(2, 3).contiguous().transpose(2, 3), algorithm=algorithm), ref)
 
 
-def test_empty_batch():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_empty_batch(algorithm):
     x = torch.randn(0, 4, 7, 7, requires_grad=True)
     w = torch.randn(3, 4, 3, 3, requires_grad=True)
-    y = RF.roll_conv2d(x, w)
+    y = RF.roll_conv2d(x, w, algorithm=algorithm)
     assert y.shape == (0, 12, 5, 5)
     y.sum().backward()
     assert torch.equal(w.grad, torch.zeros_like(w))
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("relu", [False, True])
-def test_equivariance_to_channel_rolls(relu):
+def test_equivariance_to_channel_rolls(relu, algorithm):
     n, c, f = 2, 6, 3
     x = torch.randn(n, c, 9, 9, dtype=torch.float64)
     w = torch.randn(f, c, 3, 3, dtype=torch.float64)
     b = torch.randn(f, dtype=torch.float64)
-    act = "relu" if relu else None
-    y = RF.roll_conv2d(x, w, b, padding=1, activation=act).view(n, c, f, 9, 9)
-    y_rolled_input = RF.roll_conv2d(torch.roll(x, 1, dims=1), w, b, padding=1, activation=act).view(n, c, f, 9, 9)
+    kw = dict(padding=1, activation="relu" if relu else None, algorithm=algorithm)
+    y = RF.roll_conv2d(x, w, b, **kw).view(n, c, f, 9, 9)
+    y_rolled_input = RF.roll_conv2d(torch.roll(x, 1, dims=1), w, b, **kw).view(n, c, f, 9, 9)
     torch.testing.assert_close(y_rolled_input, torch.roll(y, 1, dims=1))
 
 
-def test_gradcheck_and_gradgradcheck():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_gradcheck_and_gradgradcheck(algorithm):
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, requires_grad=True)
     for rolls in (3, 2):
-        fn = lambda x, w, b: RF.roll_conv2d(x, w, b, (2, 1), (1, 0), (1, 2), rolls)  # noqa: E731
+        fn = lambda x, w, b: RF.roll_conv2d(x, w, b, (2, 1), (1, 0), (1, 2), rolls, algorithm=algorithm)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x, w, b))
         assert torch.autograd.gradgradcheck(fn, (x, w, b))
-    # with the fused ReLU (inputs kept away from the kink)
-    fn = lambda x, w, b: RF.roll_conv2d(x, w, b, activation="relu")  # noqa: E731
+    # with the fused ReLU
+    fn = lambda x, w, b: RF.roll_conv2d(x, w, b, activation="relu", algorithm=algorithm)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
 
 
-def _samples(device="cpu"):
+def _samples(device, algorithm):
     mk = lambda *s: torch.randn(*s, dtype=torch.float64, device=device, requires_grad=True)  # noqa: E731
     geo = ([2, 1], [1, 0], [1, 2])
     return {
         "roll_conv2d_forward": [
-            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), mk(2), *geo, 3, False),
-            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), None, *geo, 2, True),
+            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), mk(2), *geo, 3, algorithm, False),
+            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), None, *geo, 2, algorithm, True),
         ],
-        "roll_conv2d_backward_input": [(mk(2, 6, 4, 4), mk(2, 3, 3, 2), [7, 6], *geo, 3)],
-        "roll_conv2d_backward_weight": [(mk(2, 4, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, 2)],
+        "roll_conv2d_backward_input": [(mk(2, 6, 4, 4), mk(2, 3, 3, 2), [7, 6], *geo, 3, algorithm)],
+        "roll_conv2d_backward_weight": [(mk(2, 4, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, 2, algorithm)],
     }
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("name", ["roll_conv2d_forward", "roll_conv2d_backward_input", "roll_conv2d_backward_weight"])
-def test_opcheck(name, device):
-    for args in _samples(device)[name]:
+def test_opcheck(name, algorithm, device):
+    for args in _samples(device, algorithm)[name]:
         torch.library.opcheck(getattr(ops, name).default, args)
 
 
@@ -213,6 +225,9 @@ def test_module_state_dict_same_in_train_and_eval():
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), rolls=2.0), "rolls must be an int"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), randn(6)), "bias of shape \\(2\\)"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), activation="tanh"), "activation must be"),
+        (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), algorithm="fast"), "algorithm must be one of"),
+        (lambda: ops.roll_conv2d_forward(randn(1, 3, 5, 5), randn(2, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 3, "fft", False), "algorithm must be 'direct' or 'bank'"),
+        (lambda: rollconv.nn.RollConv2d(3, 2, 3, algorithm="fast"), "algorithm must be one of"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3)), "4-D tensor"),
         (lambda: RF.roll_conv2d(randn(3, 5), randn(2, 3, 3, 3)), "3-D .* or 4-D"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), stride=0), "stride must be positive"),
@@ -221,8 +236,8 @@ def test_module_state_dict_same_in_train_and_eval():
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3, dtype=torch.float64)), "same dtype"),
         (lambda: RF.roll_conv2d(torch.ones(1, 3, 5, 5, dtype=torch.int32), torch.ones(2, 3, 3, 3, dtype=torch.int32)), "float32 and float64"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3, device="meta")), "device"),
-        (lambda: ops.roll_conv2d_backward_weight(randn(1, 5, 3, 3), randn(1, 3, 5, 5), [3, 3], [1, 1], [0, 0], [1, 1], 2), "rolls=2"),
-        (lambda: ops.roll_conv2d_backward_input(randn(1, 6, 4, 4), randn(2, 3, 3, 3), [5, 5], [1, 1], [0, 0], [1, 1], 3), "grad_output of shape"),
+        (lambda: ops.roll_conv2d_backward_weight(randn(1, 5, 3, 3), randn(1, 3, 5, 5), [3, 3], [1, 1], [0, 0], [1, 1], 2, "direct"), "rolls=2"),
+        (lambda: ops.roll_conv2d_backward_input(randn(1, 6, 4, 4), randn(2, 3, 3, 3), [5, 5], [1, 1], [0, 0], [1, 1], 3, "bank"), "grad_output of shape"),
         (lambda: rollconv.nn.RollConv2d(3, 2, 3, rolls=4), "rolls must be in"),
     ],
 )

@@ -278,6 +278,53 @@ Tensor fold_roll_band(const Tensor& grad_band, int64_t filters, int64_t channels
 
 Pair spatial(const Tensor& t) { return Pair{t.size(2), t.size(3)}; }
 
+// --- roll_conv2d, algorithm "bank": the seed's method inside one op ------------------------
+
+bool uses_bank(const char* op, c10::string_view algorithm) {
+  TORCH_CHECK(algorithm == "direct" || algorithm == "bank", op,
+              ": algorithm must be 'direct' or 'bank', but got '", algorithm, "'");
+  return algorithm == "bank";
+}
+
+// index[r, c] = (c + shift * r) mod C, for r < R.
+Tensor roll_index(int64_t rolls, int64_t channels, int64_t shift, const Tensor& like) {
+  const auto opts = like.options().dtype(at::kLong);
+  Tensor r = at::arange(rolls, opts).view({rolls, 1});
+  Tensor c = at::arange(channels, opts).view({1, channels});
+  return (c + shift * r).remainder(channels);
+}
+
+// bank[r*F + f, c] = w[f, (c - r) mod C] (torch.cat of torch.roll(w, r, dims=1)), one gather.
+Tensor expand_bank(const Tensor& weight, int64_t rolls) {
+  const int64_t filters = weight.size(0), channels = weight.size(1);
+  const Tensor index = roll_index(rolls, channels, -1, weight).flatten();
+  return weight.index_select(1, index)
+      .view({filters, rolls, channels, weight.size(2), weight.size(3)})
+      .transpose(0, 1)
+      .reshape({rolls * filters, channels, weight.size(2), weight.size(3)});
+}
+
+// The adjoint: dw[f, c] = sum_r dbank[r*F + f, (c + r) mod C], summed over r in order
+// (float32 accumulation for half/bfloat16).
+Tensor fold_bank(const Tensor& grad_bank, int64_t rolls) {
+  const int64_t channels = grad_bank.size(1), filters = grad_bank.size(0) / rolls;
+  const int64_t area = grad_bank.size(2) * grad_bank.size(3);
+  const Tensor index = roll_index(rolls, channels, 1, grad_bank)
+                           .view({rolls, 1, channels, 1})
+                           .expand({rolls, filters, channels, area});
+  return grad_bank.reshape({rolls, filters, channels, area})
+      .gather(2, index)
+      .sum(0, /*keepdim=*/false, accumulate_type(grad_bank.scalar_type()))
+      .to(grad_bank.scalar_type())
+      .view({filters, channels, grad_bank.size(2), grad_bank.size(3)});
+}
+
+// An uninitialized tensor for the ATen calls that read a tensor only for its shape. (Not
+// a stride-0 expanded view: that steers convolution_backward away from oneDNN.)
+Tensor shape_only(const Tensor& like, at::IntArrayRef shape) {
+  return at::empty(shape, like.options());
+}
+
 }  // namespace
 
 Tensor conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
@@ -335,32 +382,48 @@ Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t 
 
 Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
                            const std::optional<Tensor>& bias, IntArrayRef stride,
-                           IntArrayRef padding, IntArrayRef dilation, int64_t rolls, bool relu) {
+                           IntArrayRef padding, IntArrayRef dilation, int64_t rolls,
+                           c10::string_view algorithm, bool relu) {
   constexpr const char* op = "rollconv.roll_conv2d";
   check_4d_operands(op, k, "input", input, "weight", weight);
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input),
                                  spatial(weight), stride, padding, dilation, rolls);
+  if (uses_bank(op, algorithm)) {
+    const std::optional<Tensor> bank_bias =
+        bias.has_value() && bias->defined() ? std::optional<Tensor>(bias->repeat({rolls})) : std::nullopt;
+    Tensor out = at::convolution(input, expand_bank(weight, rolls), bank_bias, stride, padding,
+                                 dilation, false, {0, 0}, 1);
+    return relu ? out.relu_() : out;
+  }
   return gemm_conv_forward(k, input, roll_band(weight, s.plan), bias, s.layout, s.plan, relu);
 }
 
 Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
                                   const Tensor& weight, IntArrayRef input_size,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                  int64_t rolls) {
+                                  int64_t rolls, c10::string_view algorithm) {
   constexpr const char* op = "rollconv.roll_conv2d_backward_input";
   check_4d_operands(op, k, "grad_output", grad_output, "weight", weight);
   const ConvSetup s = roll_setup(op, weight.size(1), weight.size(0), weight.size(1),
                                  pair_arg(op, "input_size", input_size), spatial(weight), stride,
                                  padding, dilation, rolls);
   check_grad_output(op, grad_output, grad_output.size(0), s.plan.out_channels, s.layout.win);
+  if (uses_bank(op, algorithm)) {
+    const Tensor input_shape = shape_only(grad_output, {grad_output.size(0), weight.size(1),
+                                                        s.layout.win.in_h, s.layout.win.in_w});
+    return std::get<0>(at::convolution_backward(grad_output.contiguous(), input_shape,
+                                                expand_bank(weight, rolls), std::nullopt, stride,
+                                                padding, dilation, false, {0, 0}, 1,
+                                                {true, false, false}));
+  }
   return gemm_conv_backward_input(k, grad_output, roll_band(weight, s.plan), s.layout, s.plan);
 }
 
 Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
                                    const Tensor& input, IntArrayRef kernel_size,
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                   int64_t rolls) {
+                                   int64_t rolls, c10::string_view algorithm) {
   constexpr const char* op = "rollconv.roll_conv2d_backward_weight";
   check_4d_operands(op, k, "grad_output", grad_output, "input", input);
   TORCH_CHECK(rolls >= 1 && grad_output.size(1) % rolls == 0, op, ": rolls=", rolls,
@@ -370,6 +433,13 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
   const ConvSetup s = roll_setup(op, input.size(1), filters, input.size(1), spatial(input), kernel,
                                  stride, padding, dilation, rolls);
   check_grad_output(op, grad_output, input.size(0), s.plan.out_channels, s.layout.win);
+  if (uses_bank(op, algorithm)) {
+    const Tensor bank_shape = shape_only(input, {grad_output.size(1), input.size(1), kernel.h, kernel.w});
+    const Tensor grad_bank = std::get<1>(at::convolution_backward(
+        grad_output.contiguous(), input, bank_shape, std::nullopt, stride, padding, dilation, false,
+        {0, 0}, 1, {false, true, false}));
+    return fold_bank(grad_bank, rolls);
+  }
   const Tensor grad_band = gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan);
   return fold_roll_band(grad_band, filters, input.size(1), kernel).to(input.scalar_type());
 }

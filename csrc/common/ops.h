@@ -29,17 +29,20 @@ Tensor conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
 Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t channels);
 
 // --- rolling-filter convolution (rolls as GEMM blocks over one shared im2col) -----------
+// algorithm "direct": the block GEMMs above; "bank": the expanded filter bank through
+// ATen's convolution (oneDNN on CPU, cuDNN on CUDA), dK folded back by a gather.
 Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
                            const std::optional<Tensor>& bias, IntArrayRef stride,
-                           IntArrayRef padding, IntArrayRef dilation, int64_t rolls, bool relu);
+                           IntArrayRef padding, IntArrayRef dilation, int64_t rolls,
+                           c10::string_view algorithm, bool relu);
 Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
                                   const Tensor& weight, IntArrayRef input_size,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                  int64_t rolls);
+                                  int64_t rolls, c10::string_view algorithm);
 Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
                                    const Tensor& input, IntArrayRef kernel_size,
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                   int64_t rolls);
+                                   int64_t rolls, c10::string_view algorithm);
 
 // --- max pooling -------------------------------------------------------------------------
 std::tuple<Tensor, Tensor> max_pool2d_forward(const DeviceKernels& k, const Tensor& input,
