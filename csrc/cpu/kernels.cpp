@@ -101,17 +101,17 @@ void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, cons
   }
 }
 
+// Max-pool backward: each thread owns whole planes and adds every window's gradient at
+// its argmax, in output order (deterministic; the CUDA kernel gathers per input element
+// with max_pool_gather instead, and the C++ tests check that both agree).
 template <typename T>
 void max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t planes, const Window2d& w) {
-  const int64_t out_plane = w.out_h * w.out_w;
-#pragma omp parallel for num_threads(threads_for(planes * w.in_h * w.in_w * w.kernel_h * w.kernel_w))
+  const int64_t out_plane = w.out_h * w.out_w, in_plane = w.in_h * w.in_w;
+#pragma omp parallel for num_threads(threads_for(planes * (in_plane + out_plane)))
   for (int64_t p = 0; p < planes; ++p) {
-    for (int64_t h = 0; h < w.in_h; ++h) {
-      for (int64_t x = 0; x < w.in_w; ++x) {
-        gx[(p * w.in_h + h) * w.in_w + x] =
-            max_pool_gather<T, T>(gy + p * out_plane, idx + p * out_plane, w, h, x);
-      }
-    }
+    T* plane = gx + p * in_plane;
+    std::fill(plane, plane + in_plane, T(0));
+    for (int64_t o = 0; o < out_plane; ++o) plane[idx[p * out_plane + o]] += gy[p * out_plane + o];
   }
 }
 

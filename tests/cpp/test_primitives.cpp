@@ -141,7 +141,16 @@ void test_max_pool_gather(std::mt19937& rng) {
     at::Tensor scattered = at::zeros({3, w.in_h * w.in_w}, opts)
                                .scatter_add_(1, idx.view({3, -1}), g.view({3, -1}))
                                .view_as(x);
-    expect(at::allclose(gathered, scattered, 1e-12, 1e-12), "max-pool gather == scatter");
+    expect(at::allclose(gathered, scattered, 1e-12, 1e-12), "max-pool backward == scatter of the indices");
+    // The CUDA kernel's per-element gather, evaluated on the host, gives the same.
+    bool same = true;
+    for (int64_t p = 0; p < 3; ++p)
+      for (int64_t h = 0; h < w.in_h; ++h)
+        for (int64_t x_ = 0; x_ < w.in_w; ++x_)
+          same = same && std::abs(gathered[p][h][x_].item<double>() -
+                                  max_pool_gather<double, double>(g[p].data_ptr<double>(),
+                                                                  idx[p].data_ptr<int64_t>(), w, h, x_)) < 1e-12;
+    expect(same, "max_pool_gather agrees with the CPU backward");
     expect(at::equal(y.view({3, -1}), x.view({3, -1}).gather(1, idx.view({3, -1}))),
            "max-pool value at its index");
   }
