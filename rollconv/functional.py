@@ -113,7 +113,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     return out.squeeze(0) if squeeze else out
 
 
-ROLL_ALGORITHMS = ("auto", "direct", "bank")
+ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
 
 
 def choose_roll_algorithm(input, weight, rolls, stride, dilation):

@@ -38,6 +38,7 @@ def _cases():
         lambda t: RF.roll_conv2d(t, rw.to(t), None, 1, 1, 1, None, "relu", "direct"),
         lambda t: RF.roll_conv2d(t, rw.to(t), None, 2, 0, 1, 4, None, "direct"),
         lambda t: RF.roll_conv2d(t, rw.to(t), None, 2, 0, 1, 4, "relu", "bank"),
+        lambda t: RF.roll_conv2d(t, rw.to(t), None, 1, 1, 1, None, "relu", "fft") if t.dtype in (torch.float32, torch.float64) else t,
         lambda t: RF.conv_transpose2d(t, tw.to(t), None, 2, 1, 1, 1),
         lambda t: RF.max_pool2d(t, 3, 2, 1, ceil_mode=True),
         lambda t: RF.local_response_norm(t, 3, 0.1, 0.75, 1.0),

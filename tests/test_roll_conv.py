@@ -36,10 +36,10 @@ SEED_X_GRAD = [
 ]
 
 
-ALGORITHMS = ["direct", "bank"]
+ALGORITHMS = ["direct", "bank", "fft"]  # fft: rolls == C only
 
 
-@pytest.mark.parametrize("call", ["roll", "direct", "bank"])
+@pytest.mark.parametrize("call", ["roll", "direct", "bank", "fft"])
 def test_seed_000_example(call):
     x = torch.tensor(SEED_X, dtype=torch.float32).unsqueeze(0).requires_grad_()
     w = torch.nn.Parameter(torch.tensor(SEED_W, dtype=torch.float32).unsqueeze(0))
@@ -77,6 +77,8 @@ def test_random_configs_match_the_seed_method(seed, algorithm, device):
     c = rng.choice([1, 2, 3, 4, 5, 8, 13, 16, 33, 64])
     f = rng.randint(1, 4)
     rolls = rng.choice([None, rng.randint(1, c)])
+    if algorithm == "fft":
+        rolls = None
     kh, kw = rng.randint(1, 4), rng.randint(1, 4)
     stride = (rng.randint(1, 3), rng.randint(1, 3))
     dilation = (rng.randint(1, 2), rng.randint(1, 2))
@@ -95,8 +97,9 @@ def test_random_configs_match_the_seed_method(seed, algorithm, device):
 def test_many_channels(c, f, algorithm):
     x = torch.randn(2, c, 6, 7, dtype=torch.float64)
     w = torch.randn(f, c, 3, 3, dtype=torch.float64)
-    _compare_with_seed(x, w, torch.randn(f, dtype=torch.float64), padding=1, rolls=c - 1, algorithm=algorithm)
-    _compare_with_seed(x, w, None, padding=1, algorithm=algorithm)
+    if algorithm != "fft":
+        _compare_with_seed(x, w, torch.randn(f, dtype=torch.float64), padding=1, rolls=c - 1, algorithm=algorithm)
+    _compare_with_seed(x, w, torch.randn(f, dtype=torch.float64), padding=1, algorithm=algorithm)
 
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
@@ -105,6 +108,19 @@ def test_string_padding(padding):
     w = torch.randn(2, 3, 2, 3, dtype=torch.float64)
     y = RF.roll_conv2d(x, w, padding=padding)
     torch.testing.assert_close(y, F.conv2d(x, seed_bank(w), padding=padding))
+
+
+@pytest.mark.parametrize("c, f", [(1, 3), (7, 2), (16, 4), (64, 1)])
+def test_fft_float32_within_1e4_of_direct(c, f):
+    x = torch.randn(4, c, 12, 11, requires_grad=True)
+    w = torch.randn(f, c, 3, 3, requires_grad=True)
+    b = torch.randn(f, requires_grad=True)
+    results = []
+    for algorithm in ("direct", "fft"):
+        y = RF.roll_conv2d(x, w, b, padding=1, algorithm=algorithm)
+        results.append((y,) + torch.autograd.grad(y, (x, w, b), torch.ones_like(y)))
+    for d, f_ in zip(*results):
+        assert ((f_ - d).abs().max() / d.abs().max()).item() < 1e-4
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -154,7 +170,7 @@ def test_gradcheck_and_gradgradcheck(algorithm):
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, requires_grad=True)
-    for rolls in (3, 2):
+    for rolls in (3,) if algorithm == "fft" else (3, 2):
         fn = lambda x, w, b: RF.roll_conv2d(x, w, b, (2, 1), (1, 0), (1, 2), rolls, algorithm=algorithm)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x, w, b))
         assert torch.autograd.gradgradcheck(fn, (x, w, b))
@@ -167,13 +183,14 @@ def test_gradcheck_and_gradgradcheck(algorithm):
 def _samples(device, algorithm):
     mk = lambda *s: torch.randn(*s, dtype=torch.float64, device=device, requires_grad=True)  # noqa: E731
     geo = ([2, 1], [1, 0], [1, 2])
+    some = 3 if algorithm == "fft" else 2  # fewer rolls than channels, where the algorithm allows
     return {
         "roll_conv2d_forward": [
             (mk(2, 3, 7, 6), mk(2, 3, 3, 2), mk(2), *geo, 3, algorithm, False),
-            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), None, *geo, 2, algorithm, True),
+            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), None, *geo, some, algorithm, True),
         ],
         "roll_conv2d_backward_input": [(mk(2, 6, 4, 4), mk(2, 3, 3, 2), [7, 6], *geo, 3, algorithm)],
-        "roll_conv2d_backward_weight": [(mk(2, 4, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, 2, algorithm)],
+        "roll_conv2d_backward_weight": [(mk(2, 2 * some, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, some, algorithm)],
     }
 
 
@@ -226,7 +243,8 @@ def test_module_state_dict_same_in_train_and_eval():
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), randn(6)), "bias of shape \\(2\\)"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), activation="tanh"), "activation must be"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), algorithm="fast"), "algorithm must be one of"),
-        (lambda: ops.roll_conv2d_forward(randn(1, 3, 5, 5), randn(2, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 3, "fft", False), "algorithm must be 'direct' or 'bank'"),
+        (lambda: ops.roll_conv2d_forward(randn(1, 3, 5, 5), randn(2, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 3, "fast", False), "algorithm must be 'direct', 'bank' or 'fft'"),
+        (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), rolls=2, algorithm="fft"), "'fft' needs rolls == C \\(3"),
         (lambda: rollconv.nn.RollConv2d(3, 2, 3, algorithm="fast"), "algorithm must be one of"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3)), "4-D tensor"),
         (lambda: RF.roll_conv2d(randn(3, 5), randn(2, 3, 3, 3)), "3-D .* or 4-D"),

@@ -283,10 +283,19 @@ Pair spatial(const Tensor& t) { return Pair{t.size(2), t.size(3)}; }
 
 // --- roll_conv2d, algorithm "bank": the seed's method inside one op ------------------------
 
-bool uses_bank(const char* op, c10::string_view algorithm) {
-  TORCH_CHECK(algorithm == "direct" || algorithm == "bank", op,
-              ": algorithm must be 'direct' or 'bank', but got '", algorithm, "'");
-  return algorithm == "bank";
+enum class RollAlgorithm { kDirect, kBank, kFft };
+
+RollAlgorithm roll_algorithm(const char* op, c10::string_view name, int64_t rolls,
+                             int64_t channels, at::ScalarType dtype) {
+  TORCH_CHECK(name == "direct" || name == "bank" || name == "fft", op,
+              ": algorithm must be 'direct', 'bank' or 'fft', but got '", name, "'");
+  if (name == "direct") return RollAlgorithm::kDirect;
+  if (name == "bank") return RollAlgorithm::kBank;
+  TORCH_CHECK(rolls == channels, op, ": algorithm 'fft' needs rolls == C (", channels,
+              ": the bank must be circulant), but got rolls=", rolls);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op,
+              ": algorithm 'fft' supports float32 and float64, but got ", dtype);
+  return RollAlgorithm::kFft;
 }
 
 // index[r, c] = (c + shift * r) mod C, for r < R.
@@ -320,6 +329,56 @@ Tensor fold_bank(const Tensor& grad_bank, int64_t rolls) {
       .sum(0, /*keepdim=*/false, accumulate_type(grad_bank.scalar_type()))
       .to(grad_bank.scalar_type())
       .view({filters, channels, grad_bank.size(2), grad_bank.size(3)});
+}
+
+// --- roll_conv2d, algorithm "fft": the channel-Fourier domain ------------------------------
+// The bank is circulant along channels, so a real FFT over the channel axis turns it into
+// C/2 + 1 independent 1-input, F-output complex convolutions (index_math.h). Transforms go
+// through ATen (pocketfft/MKL on CPU, cuFFT on CUDA); the per-frequency passes are ours.
+
+// rfft_c(w) as (K, F, kh, kw): the taps of every frequency together.
+Tensor fft_taps(const Tensor& weight) {
+  return at::fft_rfft(weight.contiguous(), std::nullopt, 1).transpose(0, 1).contiguous();
+}
+
+Tensor channel_rfft(const Tensor& t) { return at::fft_rfft(t.contiguous(), std::nullopt, 1).contiguous(); }
+
+Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
+                   const std::optional<Tensor>& bias, const Window2d& w, bool relu) {
+  const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
+  if (batch == 0) return at::empty({0, channels * filters, w.out_h, w.out_w}, input.options());
+  const Tensor spectrum = channel_rfft(input);  // (N, K, H, W)
+  Tensor out_spectrum = at::empty({batch, spectrum.size(1), filters, w.out_h, w.out_w}, spectrum.options());
+  k.fft_forward(spectrum, fft_taps(weight), out_spectrum, w);
+  // irfft over the frequencies gives the rolls: (N, R = C, F, oh, ow) is roll-major.
+  Tensor out = at::fft_irfft(out_spectrum, channels, 1).contiguous();
+  if (bias.has_value() && bias->defined()) out.add_(bias->view({1, 1, filters, 1, 1}));
+  if (relu) out.relu_();
+  return out.view({batch, channels * filters, w.out_h, w.out_w});
+}
+
+Tensor fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, const Tensor& weight,
+                          const Window2d& w) {
+  const int64_t batch = grad_output.size(0), channels = weight.size(1), filters = weight.size(0);
+  if (batch == 0) return at::empty({0, channels, w.in_h, w.in_w}, grad_output.options());
+  const Tensor grad_spectrum =
+      channel_rfft(grad_output.reshape({batch, channels, filters, w.out_h, w.out_w}));
+  Tensor input_spectrum = at::empty({batch, grad_spectrum.size(1), w.in_h, w.in_w}, grad_spectrum.options());
+  k.fft_backward_input(grad_spectrum, fft_taps(weight), input_spectrum, w);
+  return at::fft_irfft(input_spectrum, channels, 1).contiguous();
+}
+
+Tensor fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, const Tensor& input,
+                           Pair kernel, const Window2d& w) {
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int64_t filters = grad_output.size(1) / channels;
+  if (batch == 0) return at::zeros({filters, channels, kernel.h, kernel.w}, input.options());
+  const Tensor spectrum = channel_rfft(input);
+  const Tensor grad_spectrum =
+      channel_rfft(grad_output.reshape({batch, channels, filters, w.out_h, w.out_w}));
+  Tensor grad_taps = at::empty({spectrum.size(1), filters, kernel.h, kernel.w}, spectrum.options());
+  k.fft_backward_weight(spectrum, grad_spectrum, grad_taps, w);
+  return at::fft_irfft(grad_taps.transpose(0, 1), channels, 1).contiguous();
 }
 
 // An uninitialized tensor for the ATen calls that read a tensor only for its shape. (Not
@@ -392,7 +451,9 @@ Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Te
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input),
                                  spatial(weight), stride, padding, dilation, rolls);
-  if (uses_bank(op, algorithm)) {
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1), input.scalar_type());
+  if (alg == RollAlgorithm::kFft) return fft_forward(k, input, weight, bias, s.layout.win, relu);
+  if (alg == RollAlgorithm::kBank) {
     const std::optional<Tensor> bank_bias =
         bias.has_value() && bias->defined() ? std::optional<Tensor>(bias->repeat({rolls})) : std::nullopt;
     Tensor out = at::convolution(input, expand_bank(weight, rolls), bank_bias, stride, padding,
@@ -412,7 +473,9 @@ Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_out
                                  pair_arg(op, "input_size", input_size), spatial(weight), stride,
                                  padding, dilation, rolls);
   check_grad_output(op, grad_output, grad_output.size(0), s.plan.out_channels, s.layout.win);
-  if (uses_bank(op, algorithm)) {
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, weight.size(1), grad_output.scalar_type());
+  if (alg == RollAlgorithm::kFft) return fft_backward_input(k, grad_output, weight, s.layout.win);
+  if (alg == RollAlgorithm::kBank) {
     const Tensor input_shape = shape_only(grad_output, {grad_output.size(0), weight.size(1),
                                                         s.layout.win.in_h, s.layout.win.in_w});
     return std::get<0>(at::convolution_backward(grad_output.contiguous(), input_shape,
@@ -436,7 +499,9 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
   const ConvSetup s = roll_setup(op, input.size(1), filters, input.size(1), spatial(input), kernel,
                                  stride, padding, dilation, rolls);
   check_grad_output(op, grad_output, input.size(0), s.plan.out_channels, s.layout.win);
-  if (uses_bank(op, algorithm)) {
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1), input.scalar_type());
+  if (alg == RollAlgorithm::kFft) return fft_backward_weight(k, grad_output, input, kernel, s.layout.win);
+  if (alg == RollAlgorithm::kBank) {
     const Tensor bank_shape = shape_only(input, {grad_output.size(1), input.size(1), kernel.h, kernel.w});
     const Tensor grad_bank = std::get<1>(at::convolution_backward(
         grad_output.contiguous(), input, bank_shape, std::nullopt, stride, padding, dilation, false,

@@ -29,6 +29,14 @@ struct DeviceKernels {
   void (*lrn_backward)(const at::Tensor& grad_output, const at::Tensor& input,
                        const at::Tensor& own, const at::Tensor& term,
                        const at::Tensor& grad_input, const LrnParams& params);
+  // The channel-FFT rolling convolution's per-frequency passes (complex tensors, see
+  // index_math.h): spectrum X (N, K, H, W), taps Wf (K, F, kh, kw), Y / dY (N, K, F, oh, ow).
+  void (*fft_forward)(const at::Tensor& spectrum, const at::Tensor& taps, const at::Tensor& out,
+                      const Window2d& window);
+  void (*fft_backward_input)(const at::Tensor& grad, const at::Tensor& taps,
+                             const at::Tensor& grad_spectrum, const Window2d& window);
+  void (*fft_backward_weight)(const at::Tensor& spectrum, const at::Tensor& grad,
+                              const at::Tensor& grad_taps, const Window2d& window);
 };
 
 const DeviceKernels& cpu_kernels();

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 
+#include <c10/util/complex.h>
+
 #include "common/device_kernels.h"
 #include "common/register_kernels.h"
 
@@ -127,6 +129,90 @@ void for_each_lrn_element(int64_t n, int64_t c, int64_t s, int64_t work_per_elem
   }
 }
 
+// Channel-FFT per-frequency passes: one (sample, frequency) plane or one (frequency,
+// filter, tap) weight entry per iteration, the element math in index_math.h.
+template <typename Z>
+void fft_forward_loops(const Z* spectrum, const Z* taps, Z* out, int64_t batch, int64_t freqs,
+                       int64_t filters, const Window2d& w) {
+  const int64_t in_plane = w.in_h * w.in_w, out_plane = w.out_h * w.out_w;
+  const int64_t kk = w.kernel_h * w.kernel_w;
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * freqs * filters * out_plane * kk))
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t k = 0; k < freqs; ++k) {
+      const Z* plane = spectrum + (n * freqs + k) * in_plane;
+      for (int64_t f = 0; f < filters; ++f) {
+        const Z* t = taps + (k * filters + f) * kk;
+        Z* y = out + ((n * freqs + k) * filters + f) * out_plane;
+        for (int64_t oh = 0; oh < w.out_h; ++oh) {
+          for (int64_t ow = 0; ow < w.out_w; ++ow) y[oh * w.out_w + ow] = fft_forward_value(plane, t, w, oh, ow);
+        }
+      }
+    }
+  }
+}
+
+template <typename Z>
+void fft_backward_input_loops(const Z* grad, const Z* taps, Z* grad_spectrum, int64_t batch,
+                              int64_t freqs, int64_t filters, const Window2d& w) {
+  const int64_t in_plane = w.in_h * w.in_w, out_plane = w.out_h * w.out_w;
+  const int64_t kk = w.kernel_h * w.kernel_w;
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * freqs * filters * in_plane * kk))
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t k = 0; k < freqs; ++k) {
+      const Z* g = grad + (n * freqs + k) * filters * out_plane;
+      Z* dst = grad_spectrum + (n * freqs + k) * in_plane;
+      for (int64_t h = 0; h < w.in_h; ++h) {
+        for (int64_t x = 0; x < w.in_w; ++x) {
+          dst[h * w.in_w + x] = fft_input_grad_value(g, taps + k * filters * kk, filters, w, h, x);
+        }
+      }
+    }
+  }
+}
+
+template <typename Z>
+void fft_backward_weight_loops(const Z* spectrum, const Z* grad, Z* grad_taps, int64_t batch,
+                               int64_t freqs, int64_t filters, const Window2d& w) {
+  const int64_t in_plane = w.in_h * w.in_w, out_plane = w.out_h * w.out_w;
+  const int64_t kk = w.kernel_h * w.kernel_w;
+#pragma omp parallel for collapse(3) num_threads(threads_for(batch * freqs * filters * out_plane * kk))
+  for (int64_t k = 0; k < freqs; ++k) {
+    for (int64_t f = 0; f < filters; ++f) {
+      for (int64_t tap = 0; tap < kk; ++tap) {
+        grad_taps[(k * filters + f) * kk + tap] = fft_weight_grad_value(
+            spectrum + k * in_plane, freqs * in_plane, grad + (k * filters + f) * out_plane,
+            freqs * filters * out_plane, batch, w, tap / w.kernel_w, tap % w.kernel_w);
+      }
+    }
+  }
+}
+
+void fft_forward_cpu(const at::Tensor& spectrum, const at::Tensor& taps, const at::Tensor& out,
+                     const Window2d& w) {
+  AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_forward_cpu", [&] {
+    fft_forward_loops(spectrum.const_data_ptr<scalar_t>(), taps.const_data_ptr<scalar_t>(),
+                      out.data_ptr<scalar_t>(), spectrum.size(0), spectrum.size(1), taps.size(1), w);
+  });
+}
+
+void fft_backward_input_cpu(const at::Tensor& grad, const at::Tensor& taps,
+                            const at::Tensor& grad_spectrum, const Window2d& w) {
+  AT_DISPATCH_COMPLEX_TYPES(grad.scalar_type(), "rollconv_fft_backward_input_cpu", [&] {
+    fft_backward_input_loops(grad.const_data_ptr<scalar_t>(), taps.const_data_ptr<scalar_t>(),
+                             grad_spectrum.data_ptr<scalar_t>(), grad.size(0), grad.size(1),
+                             taps.size(1), w);
+  });
+}
+
+void fft_backward_weight_cpu(const at::Tensor& spectrum, const at::Tensor& grad,
+                             const at::Tensor& grad_taps, const Window2d& w) {
+  AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_backward_weight_cpu", [&] {
+    fft_backward_weight_loops(spectrum.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+                              grad_taps.data_ptr<scalar_t>(), spectrum.size(0), spectrum.size(1),
+                              grad_taps.size(1), w);
+  });
+}
+
 void im2col_cpu(const at::Tensor& images, const at::Tensor& cols, const ColumnLayout& L) {
   AT_DISPATCH_FLOATING_TYPES(images.scalar_type(), "rollconv_im2col_cpu", [&] {
     im2col_loops(images.const_data_ptr<scalar_t>(), cols.data_ptr<scalar_t>(), images.size(0), L);
@@ -196,6 +282,9 @@ const DeviceKernels& cpu_kernels() {
       max_pool_backward_cpu,
       lrn_forward_cpu,
       lrn_backward_cpu,
+      fft_forward_cpu,
+      fft_backward_input_cpu,
+      fft_backward_weight_cpu,
   };
   return kernels;
 }

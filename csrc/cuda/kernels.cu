@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/complex.h>
 
 #include "common/device_kernels.h"
 
@@ -144,6 +145,57 @@ void lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, c
   });
 }
 
+// Channel-FFT per-frequency passes, one thread per output element.
+void fft_forward_cuda(const at::Tensor& spectrum, const at::Tensor& taps, const at::Tensor& out,
+                      const Window2d& w) {
+  const int64_t freqs = spectrum.size(1), filters = taps.size(1);
+  AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_forward_cuda", [&] {
+    const scalar_t* x = spectrum.const_data_ptr<scalar_t>();
+    const scalar_t* t = taps.const_data_ptr<scalar_t>();
+    scalar_t* y = out.data_ptr<scalar_t>();
+    launch(spectrum, out.numel(), [=] __device__(int64_t i) {
+      const int64_t ow = i % w.out_w, oh = (i / w.out_w) % w.out_h;
+      const int64_t f = (i / (w.out_w * w.out_h)) % filters;
+      const int64_t nk = i / (w.out_w * w.out_h * filters);  // n * freqs + k
+      y[i] = fft_forward_value(x + nk * w.in_h * w.in_w,
+                               t + ((nk % freqs) * filters + f) * w.kernel_h * w.kernel_w, w, oh, ow);
+    });
+  });
+}
+
+void fft_backward_input_cuda(const at::Tensor& grad, const at::Tensor& taps,
+                             const at::Tensor& grad_spectrum, const Window2d& w) {
+  const int64_t freqs = grad.size(1), filters = taps.size(1);
+  AT_DISPATCH_COMPLEX_TYPES(grad.scalar_type(), "rollconv_fft_backward_input_cuda", [&] {
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* t = taps.const_data_ptr<scalar_t>();
+    scalar_t* dst = grad_spectrum.data_ptr<scalar_t>();
+    launch(grad, grad_spectrum.numel(), [=] __device__(int64_t i) {
+      const int64_t x = i % w.in_w, h = (i / w.in_w) % w.in_h;
+      const int64_t nk = i / (w.in_w * w.in_h);
+      dst[i] = fft_input_grad_value(g + nk * filters * w.out_h * w.out_w,
+                                    t + (nk % freqs) * filters * w.kernel_h * w.kernel_w, filters, w, h, x);
+    });
+  });
+}
+
+void fft_backward_weight_cuda(const at::Tensor& spectrum, const at::Tensor& grad,
+                              const at::Tensor& grad_taps, const Window2d& w) {
+  const int64_t batch = spectrum.size(0), freqs = spectrum.size(1), filters = grad_taps.size(1);
+  const int64_t in_plane = w.in_h * w.in_w, out_plane = w.out_h * w.out_w;
+  const int64_t kk = w.kernel_h * w.kernel_w;
+  AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_backward_weight_cuda", [&] {
+    const scalar_t* x = spectrum.const_data_ptr<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* dst = grad_taps.data_ptr<scalar_t>();
+    launch(spectrum, grad_taps.numel(), [=] __device__(int64_t i) {
+      const int64_t tap = i % kk, f = (i / kk) % filters, k = i / (kk * filters);
+      dst[i] = fft_weight_grad_value(x + k * in_plane, freqs * in_plane, g + (k * filters + f) * out_plane,
+                                     freqs * filters * out_plane, batch, w, tap / w.kernel_w, tap % w.kernel_w);
+    });
+  });
+}
+
 }  // namespace
 
 const DeviceKernels& cuda_kernels() {
@@ -156,6 +208,9 @@ const DeviceKernels& cuda_kernels() {
       max_pool_backward_cuda,
       lrn_forward_cuda,
       lrn_backward_cuda,
+      fft_forward_cuda,
+      fft_backward_input_cuda,
+      fft_backward_weight_cuda,
   };
   return kernels;
 }
