@@ -16,8 +16,8 @@ constexpr const char* kSchemas[] = {
     "conv2d_backward_weight(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
     "int[2] padding, int[2] dilation, int groups) -> Tensor",
     "bias_backward(Tensor grad_output, int channels) -> Tensor",
-    // algorithm: "direct" (rolls as row windows of one im2col) or "bank" (expand the bank,
-    // call ATen's convolution: oneDNN / cuDNN).
+    // algorithm: "direct" (rolls as row windows of one im2col), "bank" (expand the bank,
+    // call ATen's convolution: oneDNN / cuDNN) or "fft" (channel-FFT, rolls == C).
     "roll_conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
     "int[2] dilation, int rolls, str algorithm, bool relu) -> Tensor",
     "roll_conv2d_backward_input(Tensor grad_output, Tensor weight, int[2] input_size, "

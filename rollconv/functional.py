@@ -116,16 +116,25 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
 
 
+#: 'auto' uses the channel-FFT algorithm from this many channels on (with rolls == C).
+FFT_MIN_CHANNELS = 48
+
+
 def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     """The algorithm 'auto' picks for roll_conv2d.
 
-    Measured on the project's 2-core AVX-512 CPU (bench/run.py, fwd+bwd, float32): 'bank'
-    (oneDNN on the expanded bank) beat 'direct' (im2col + MKL GEMM) by 1.6-5.5x on 17 of
-    18 shapes tried (N 1-64, C 2-256, F 1-128, 4x4 to 64x64); the exception was
-    C=4, F=64 at 32x32 (direct 1.5x faster). So the rule is 'bank' everywhere; 'direct'
-    stays available (algorithm='direct') and is the path to make fast (issues 5 and 6).
-    On CUDA the choice is not measured (no GPU here): 'bank' runs cuDNN.
+    Rule measured on the project's 2-core AVX-512 CPU (fwd+bwd, float32, N 4-64, F 1-64,
+    8x8 to 32x32; bench/run.py and the notes of issue 5):
+    - 'fft' when rolls == C >= FFT_MIN_CHANNELS (float32/float64): 1.4x the bank at C=64,
+      2-3.4x at C=128-256, up to 9.7x at C=512; at C=16-32 the two tie.
+    - 'bank' otherwise: oneDNN on the expanded bank beat 'direct' (im2col + MKL GEMM) by
+      1.6-5.5x on 17 of 18 shapes tried (the exception: C=4, F=64 at 32x32).
+    'direct' stays available and is what issue 6's GEMM engine is to speed up. On CUDA the
+    rule is not measured (no GPU here). Override with algorithm='direct' | 'bank' | 'fft'.
     """
+    channels = input.shape[1]
+    if rolls == channels and channels >= FFT_MIN_CHANNELS and input.dtype in (torch.float32, torch.float64):
+        return "fft"
     return "bank"
 
 
@@ -144,8 +153,10 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
 
     algorithm: 'direct' computes every roll as a row window of one im2col of x (the bank is
     never built; GEMMs through ATen); 'bank' expands the bank inside the op and calls
-    ATen's convolution (oneDNN on CPU, cuDNN on CUDA), folding dK back in the op; 'auto'
-    (default) asks ``choose_roll_algorithm``. All are exact (same math, float rounding aside).
+    ATen's convolution (oneDNN on CPU, cuDNN on CUDA), folding dK back in the op; 'fft'
+    (rolls == C, float32/float64) diagonalizes the circulant bank with a real FFT over the
+    channels: C/2 + 1 small complex convolutions; 'auto' (default) asks
+    ``choose_roll_algorithm``. All are exact (same math, float rounding aside).
     """
     x, squeeze = _batched(input)
     if activation not in (None, "relu"):

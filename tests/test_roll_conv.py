@@ -110,6 +110,15 @@ def test_string_padding(padding):
     torch.testing.assert_close(y, F.conv2d(x, seed_bank(w), padding=padding))
 
 
+def test_auto_rule():
+    pick = lambda c, rolls=None, dtype=torch.float32: RF.choose_roll_algorithm(  # noqa: E731
+        torch.empty(1, c, 4, 4, dtype=dtype), torch.empty(1, c, 3, 3, dtype=dtype), c if rolls is None else rolls, [1, 1], [1, 1])
+    assert pick(RF.FFT_MIN_CHANNELS) == "fft" and pick(256) == "fft"
+    assert pick(RF.FFT_MIN_CHANNELS - 1) == "bank" and pick(4) == "bank"
+    assert pick(256, rolls=255) == "bank"  # fft needs every roll
+    assert pick(256, dtype=torch.float16) == "bank"
+
+
 @pytest.mark.parametrize("c, f", [(1, 3), (7, 2), (16, 4), (64, 1)])
 def test_fft_float32_within_1e4_of_direct(c, f):
     x = torch.randn(4, c, 12, 11, requires_grad=True)
@@ -273,13 +282,4 @@ def test_torch_compile_inductor_with_every_layer():
         rollconv.nn.Conv2d(12, 5, 3),
         rollconv.nn.ConvTranspose2d(5, 2, 2, stride=2),
     )
-    compiled = torch.compile(model, fullgraph=True)
-    for batch in (2, 5):
-        x = torch.randn(batch, 3, 12, 12, requires_grad=True)
-        y = compiled(x)
-        torch.testing.assert_close(y, model(x))
-        y.sum().backward()
-        grad = x.grad.clone()
-        x.grad = None
-        model(x).sum().backward()
-        torch.testing.assert_close(grad, x.grad)
+    assert_compiles_like_eager(model, torch.randn(2, 3, 12, 12), torch.randn(5, 3, 12, 12), backend="inductor")

@@ -336,36 +336,51 @@ Tensor fold_bank(const Tensor& grad_bank, int64_t rolls) {
 // C/2 + 1 independent 1-input, F-output complex convolutions (index_math.h). Transforms go
 // through ATen (pocketfft/MKL on CPU, cuFFT on CUDA); the per-frequency passes are ours.
 
-// rfft_c(w) as (K, F, kh, kw): the taps of every frequency together.
-Tensor fft_taps(const Tensor& weight) {
-  return at::fft_rfft(weight.contiguous(), std::nullopt, 1).transpose(0, 1).contiguous();
+// rfft over the channel axis, moved last (contiguous, so the transforms need no gathers):
+// (N, C, ...) real -> (N, ..., K) complex.
+Tensor channel_rfft(const Tensor& t) {
+  std::vector<int64_t> order{0};
+  for (int64_t d = 2; d < t.dim(); ++d) order.push_back(d);
+  order.push_back(1);
+  return at::fft_rfft(t.permute(order).contiguous(), std::nullopt, -1);
 }
-
-Tensor channel_rfft(const Tensor& t) { return at::fft_rfft(t.contiguous(), std::nullopt, 1).contiguous(); }
 
 Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
                    const std::optional<Tensor>& bias, const Window2d& w, bool relu) {
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
-  if (batch == 0) return at::empty({0, channels * filters, w.out_h, w.out_w}, input.options());
-  const Tensor spectrum = channel_rfft(input);  // (N, K, H, W)
-  Tensor out_spectrum = at::empty({batch, spectrum.size(1), filters, w.out_h, w.out_w}, spectrum.options());
-  k.fft_forward(spectrum, fft_taps(weight), out_spectrum, w);
-  // irfft over the frequencies gives the rolls: (N, R = C, F, oh, ow) is roll-major.
-  Tensor out = at::fft_irfft(out_spectrum, channels, 1).contiguous();
-  if (bias.has_value() && bias->defined()) out.add_(bias->view({1, 1, filters, 1, 1}));
-  if (relu) out.relu_();
-  return out.view({batch, channels * filters, w.out_h, w.out_w});
+  Tensor out = at::empty({batch, channels * filters, w.out_h, w.out_w}, input.options());
+  if (batch == 0) return out;
+  const Tensor spectrum = channel_rfft(input);  // (N, H, W, K)
+  const Tensor taps = channel_rfft(weight);     // (F, kh, kw, K)
+  Tensor out_spectrum = at::empty({batch, w.out_h, w.out_w, filters, taps.size(3)}, spectrum.options());
+  k.fft_forward(spectrum, taps, out_spectrum, w);
+  // A bias shared by all rolls is a constant over the channel axis: C * b at frequency 0.
+  if (bias.has_value() && bias->defined()) {
+    out_spectrum.select(4, 0).add_(bias->to(out_spectrum.scalar_type()) * static_cast<double>(channels));
+  }
+  // irfft gives the rolls (N, oh, ow, F, R = C); one pass writes them roll-major, with ReLU.
+  const Tensor rolled = at::fft_irfft(out_spectrum, channels, -1).permute({0, 4, 3, 1, 2});
+  Tensor out_view = out.view({batch, channels, filters, w.out_h, w.out_w});
+  if (relu) {
+    at::clamp_min_out(out_view, rolled, 0);
+  } else {
+    out_view.copy_(rolled);
+  }
+  return out;
 }
 
 Tensor fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, const Tensor& weight,
                           const Window2d& w) {
   const int64_t batch = grad_output.size(0), channels = weight.size(1), filters = weight.size(0);
   if (batch == 0) return at::empty({0, channels, w.in_h, w.in_w}, grad_output.options());
-  const Tensor grad_spectrum =
-      channel_rfft(grad_output.reshape({batch, channels, filters, w.out_h, w.out_w}));
-  Tensor input_spectrum = at::empty({batch, grad_spectrum.size(1), w.in_h, w.in_w}, grad_spectrum.options());
-  k.fft_backward_input(grad_spectrum, fft_taps(weight), input_spectrum, w);
-  return at::fft_irfft(input_spectrum, channels, 1).contiguous();
+  // (N, R, F, oh, ow) -> rfft over the rolls: (N, oh, ow, F, K)
+  const Tensor grad_spectrum = at::fft_rfft(
+      grad_output.reshape({batch, channels, filters, w.out_h, w.out_w}).permute({0, 3, 4, 2, 1}).contiguous(),
+      std::nullopt, -1);
+  const Tensor taps = channel_rfft(weight);
+  Tensor input_spectrum = at::empty({batch, w.in_h, w.in_w, taps.size(3)}, grad_spectrum.options());
+  k.fft_backward_input(grad_spectrum, taps, input_spectrum, w);
+  return at::fft_irfft(input_spectrum, channels, -1).permute({0, 3, 1, 2}).contiguous();
 }
 
 Tensor fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, const Tensor& input,
@@ -374,11 +389,12 @@ Tensor fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, co
   const int64_t filters = grad_output.size(1) / channels;
   if (batch == 0) return at::zeros({filters, channels, kernel.h, kernel.w}, input.options());
   const Tensor spectrum = channel_rfft(input);
-  const Tensor grad_spectrum =
-      channel_rfft(grad_output.reshape({batch, channels, filters, w.out_h, w.out_w}));
-  Tensor grad_taps = at::empty({spectrum.size(1), filters, kernel.h, kernel.w}, spectrum.options());
+  const Tensor grad_spectrum = at::fft_rfft(
+      grad_output.reshape({batch, channels, filters, w.out_h, w.out_w}).permute({0, 3, 4, 2, 1}).contiguous(),
+      std::nullopt, -1);
+  Tensor grad_taps = at::empty({filters, kernel.h, kernel.w, spectrum.size(3)}, spectrum.options());
   k.fft_backward_weight(spectrum, grad_spectrum, grad_taps, w);
-  return at::fft_irfft(grad_taps.transpose(0, 1), channels, 1).contiguous();
+  return at::fft_irfft(grad_taps, channels, -1).permute({0, 3, 1, 2}).contiguous();
 }
 
 // An uninitialized tensor for the ATen calls that read a tensor only for its shape. (Not

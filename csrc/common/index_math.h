@@ -241,71 +241,75 @@ RC_HD Acc lrn_grad_combine(const Acc* own_column, const Acc* t_column, const T* 
 }
 
 // --- the channel-FFT rolling convolution ----------------------------------------------------
-// With X = rfft_c(x) (N, K, H, W), Wf = rfft_c(w) stored as (K, F, kh, kw), every frequency k
-// is a 1-input, F-output complex convolution (DESIGN.md):
-//   forward  Y[n, k, f]  = X[n, k] (*) conj(Wf[k, f])           (correlation, conv geometry)
-//   dX       G[n, k]     = sum_f dY[n, k, f] (*)^T Wf[k, f]     (its adjoint, a gather)
-//   dK       dW[k, f, t] = sum_{n, p} X[n, k, p + t] conj(dY[n, k, f, p])
-// Z is a complex type (c10::complex<float|double>).
+// With the channel axis last and X = rfft_c(x) (N, H, W, K), taps T = rfft_c(w) (F, kh, kw, K),
+// every frequency k is a 1-input, F-output complex convolution (DESIGN.md):
+//   forward  Y[n, p, f, k]  = sum_t X[n, in(p, t), k] conj(T[f, t, k])    Y: (N, oh, ow, F, K)
+//   dX       G[n, q, k]     = sum_{f, (t, p) covering q} dY[n, p, f, k] T[f, t, k]
+//   dK       dT[f, t, k]    = sum_{n, p} X[n, in(p, t), k] conj(dY[n, p, f, k])
+// Frequencies are the fastest axis. Each function computes `span` consecutive frequencies
+// of one output position into dst[0, span): the CPU calls it with span = K (the inner
+// frequency loop vectorizes), a CUDA thread with span = 1 and pointers offset to its
+// frequency (consecutive threads read consecutive addresses). Z is c10::complex<float|double>.
 
 template <typename Z>
 RC_HD Z conj_of(const Z& z) {
   return Z(z.real(), -z.imag());
 }
 
-// Y[n, k, f, oh, ow] for the plane X[n, k] and the taps Wf[k, f].
+// Y[n, oh, ow, f, k..k+span): `spectrum` at X[n, 0, 0, k], `taps` at T[f, 0, 0, k].
 template <typename Z>
-RC_HD Z fft_forward_value(const Z* plane, const Z* taps, const Window2d& w, int64_t oh, int64_t ow) {
-  Z sum(0, 0);
+RC_HD void fft_forward_span(Z* dst, const Z* spectrum, const Z* taps, int64_t freqs, int64_t span,
+                            const Window2d& w, int64_t oh, int64_t ow) {
+  for (int64_t k = 0; k < span; ++k) dst[k] = Z(0, 0);
   for (int64_t i = 0; i < w.kernel_h; ++i) {
     const int64_t h = input_coord(oh, i, w.stride_h, w.pad_h, w.dil_h);
     if (h < 0 || h >= w.in_h) continue;
     for (int64_t j = 0; j < w.kernel_w; ++j) {
       const int64_t x = input_coord(ow, j, w.stride_w, w.pad_w, w.dil_w);
       if (x < 0 || x >= w.in_w) continue;
-      sum += plane[h * w.in_w + x] * conj_of(taps[i * w.kernel_w + j]);
+      const Z* xs = spectrum + (h * w.in_w + x) * freqs;
+      const Z* t = taps + (i * w.kernel_w + j) * freqs;
+      for (int64_t k = 0; k < span; ++k) dst[k] += xs[k] * conj_of(t[k]);
     }
   }
-  return sum;
 }
 
-// G[n, k, h, x] from dY[n, k] (F planes of out_h x out_w) and Wf[k] (F x kh x kw).
+// G[n, h, x, k..k+span): `grad` at dY[n, 0, 0, 0, k], `taps` at T[0, 0, 0, k].
 template <typename Z>
-RC_HD Z fft_input_grad_value(const Z* grad_planes, const Z* taps, int64_t filters,
-                             const Window2d& w, int64_t h, int64_t x) {
-  Z sum(0, 0);
-  const int64_t out_plane = w.out_h * w.out_w, kk = w.kernel_h * w.kernel_w;
+RC_HD void fft_input_grad_span(Z* dst, const Z* grad, const Z* taps, int64_t filters,
+                               int64_t freqs, int64_t span, const Window2d& w, int64_t h, int64_t x) {
+  for (int64_t k = 0; k < span; ++k) dst[k] = Z(0, 0);
+  const int64_t kk = w.kernel_h * w.kernel_w;
   for_each_covering_tap(w, h, x, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
     for (int64_t f = 0; f < filters; ++f) {
-      sum += grad_planes[f * out_plane + oh * w.out_w + ow] * taps[f * kk + i * w.kernel_w + j];
+      const Z* g = grad + ((oh * w.out_w + ow) * filters + f) * freqs;
+      const Z* t = taps + (f * kk + i * w.kernel_w + j) * freqs;
+      for (int64_t k = 0; k < span; ++k) dst[k] += g[k] * t[k];
     }
   });
-  return sum;
 }
 
-// dW[k, f, i, j] = sum over n and output pixels of X[n, k, in(p, t)] conj(dY[n, k, f, p]);
-// `planes` is X[0, k] and `grad_planes` dY[0, k, f], samples `plane_step` /
-// `grad_step` apart. Fixed summation order.
+// dT[f, i, j, k..k+span): `spectrum` at X[0, 0, 0, k], `grad` at dY[0, 0, 0, f, k];
+// summed over samples and pixels in a fixed order.
 template <typename Z>
-RC_HD Z fft_weight_grad_value(const Z* planes, int64_t plane_step, const Z* grad_planes,
-                              int64_t grad_step, int64_t batch, const Window2d& w, int64_t i,
-                              int64_t j) {
-  Z sum(0, 0);
+RC_HD void fft_weight_grad_span(Z* dst, const Z* spectrum, const Z* grad, int64_t batch,
+                                int64_t filters, int64_t freqs, int64_t span, const Window2d& w,
+                                int64_t i, int64_t j) {
+  for (int64_t k = 0; k < span; ++k) dst[k] = Z(0, 0);
   int64_t ow_lo, ow_hi;
   valid_outputs(w.in_w, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow_lo, &ow_hi);
   for (int64_t n = 0; n < batch; ++n) {
-    const Z* plane = planes + n * plane_step;
-    const Z* grad = grad_planes + n * grad_step;
     for (int64_t oh = 0; oh < w.out_h; ++oh) {
       const int64_t h = input_coord(oh, i, w.stride_h, w.pad_h, w.dil_h);
       if (h < 0 || h >= w.in_h) continue;
       for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
         const int64_t x = input_coord(ow, j, w.stride_w, w.pad_w, w.dil_w);
-        sum += plane[h * w.in_w + x] * conj_of(grad[oh * w.out_w + ow]);
+        const Z* xs = spectrum + ((n * w.in_h + h) * w.in_w + x) * freqs;
+        const Z* g = grad + ((n * w.out_h + oh) * w.out_w + ow) * filters * freqs;
+        for (int64_t k = 0; k < span; ++k) dst[k] += xs[k] * conj_of(g[k]);
       }
     }
   }
-  return sum;
 }
 
 }  // namespace rollconv

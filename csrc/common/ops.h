@@ -30,7 +30,8 @@ Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t 
 
 // --- rolling-filter convolution (rolls as GEMM blocks over one shared im2col) -----------
 // algorithm "direct": the block GEMMs above; "bank": the expanded filter bank through
-// ATen's convolution (oneDNN on CPU, cuDNN on CUDA), dK folded back by a gather.
+// ATen's convolution (oneDNN on CPU, cuDNN on CUDA), dK folded back by a gather; "fft":
+// rfft over the channels, our per-frequency complex passes, irfft (rolls == C).
 Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
                            const std::optional<Tensor>& bias, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, int64_t rolls,

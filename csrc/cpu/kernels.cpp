@@ -129,22 +129,20 @@ void for_each_lrn_element(int64_t n, int64_t c, int64_t s, int64_t work_per_elem
   }
 }
 
-// Channel-FFT per-frequency passes: one (sample, frequency) plane or one (frequency,
-// filter, tap) weight entry per iteration, the element math in index_math.h.
+// Channel-FFT per-frequency passes: one output position (all K frequencies) per
+// iteration, the sums in index_math.h's fft_*_span.
 template <typename Z>
-void fft_forward_loops(const Z* spectrum, const Z* taps, Z* out, int64_t batch, int64_t freqs,
-                       int64_t filters, const Window2d& w) {
-  const int64_t in_plane = w.in_h * w.in_w, out_plane = w.out_h * w.out_w;
+void fft_forward_loops(const Z* spectrum, const Z* taps, Z* out, int64_t batch, int64_t filters,
+                       int64_t freqs, const Window2d& w) {
   const int64_t kk = w.kernel_h * w.kernel_w;
-#pragma omp parallel for collapse(2) num_threads(threads_for(batch * freqs * filters * out_plane * kk))
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.out_h * w.out_w * filters * freqs * kk))
   for (int64_t n = 0; n < batch; ++n) {
-    for (int64_t k = 0; k < freqs; ++k) {
-      const Z* plane = spectrum + (n * freqs + k) * in_plane;
-      for (int64_t f = 0; f < filters; ++f) {
-        const Z* t = taps + (k * filters + f) * kk;
-        Z* y = out + ((n * freqs + k) * filters + f) * out_plane;
-        for (int64_t oh = 0; oh < w.out_h; ++oh) {
-          for (int64_t ow = 0; ow < w.out_w; ++ow) y[oh * w.out_w + ow] = fft_forward_value(plane, t, w, oh, ow);
+    for (int64_t oh = 0; oh < w.out_h; ++oh) {
+      for (int64_t ow = 0; ow < w.out_w; ++ow) {
+        for (int64_t f = 0; f < filters; ++f) {
+          fft_forward_span(out + (((n * w.out_h + oh) * w.out_w + ow) * filters + f) * freqs,
+                           spectrum + n * w.in_h * w.in_w * freqs, taps + f * kk * freqs, freqs, freqs,
+                           w, oh, ow);
         }
       }
     }
@@ -153,18 +151,14 @@ void fft_forward_loops(const Z* spectrum, const Z* taps, Z* out, int64_t batch, 
 
 template <typename Z>
 void fft_backward_input_loops(const Z* grad, const Z* taps, Z* grad_spectrum, int64_t batch,
-                              int64_t freqs, int64_t filters, const Window2d& w) {
-  const int64_t in_plane = w.in_h * w.in_w, out_plane = w.out_h * w.out_w;
-  const int64_t kk = w.kernel_h * w.kernel_w;
-#pragma omp parallel for collapse(2) num_threads(threads_for(batch * freqs * filters * in_plane * kk))
+                              int64_t filters, int64_t freqs, const Window2d& w) {
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.in_h * w.in_w * filters * freqs * 9))
   for (int64_t n = 0; n < batch; ++n) {
-    for (int64_t k = 0; k < freqs; ++k) {
-      const Z* g = grad + (n * freqs + k) * filters * out_plane;
-      Z* dst = grad_spectrum + (n * freqs + k) * in_plane;
-      for (int64_t h = 0; h < w.in_h; ++h) {
-        for (int64_t x = 0; x < w.in_w; ++x) {
-          dst[h * w.in_w + x] = fft_input_grad_value(g, taps + k * filters * kk, filters, w, h, x);
-        }
+    for (int64_t h = 0; h < w.in_h; ++h) {
+      for (int64_t x = 0; x < w.in_w; ++x) {
+        fft_input_grad_span(grad_spectrum + ((n * w.in_h + h) * w.in_w + x) * freqs,
+                            grad + n * w.out_h * w.out_w * filters * freqs, taps, filters, freqs,
+                            freqs, w, h, x);
       }
     }
   }
@@ -172,17 +166,13 @@ void fft_backward_input_loops(const Z* grad, const Z* taps, Z* grad_spectrum, in
 
 template <typename Z>
 void fft_backward_weight_loops(const Z* spectrum, const Z* grad, Z* grad_taps, int64_t batch,
-                               int64_t freqs, int64_t filters, const Window2d& w) {
-  const int64_t in_plane = w.in_h * w.in_w, out_plane = w.out_h * w.out_w;
+                               int64_t filters, int64_t freqs, const Window2d& w) {
   const int64_t kk = w.kernel_h * w.kernel_w;
-#pragma omp parallel for collapse(3) num_threads(threads_for(batch * freqs * filters * out_plane * kk))
-  for (int64_t k = 0; k < freqs; ++k) {
-    for (int64_t f = 0; f < filters; ++f) {
-      for (int64_t tap = 0; tap < kk; ++tap) {
-        grad_taps[(k * filters + f) * kk + tap] = fft_weight_grad_value(
-            spectrum + k * in_plane, freqs * in_plane, grad + (k * filters + f) * out_plane,
-            freqs * filters * out_plane, batch, w, tap / w.kernel_w, tap % w.kernel_w);
-      }
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.out_h * w.out_w * filters * freqs * kk))
+  for (int64_t f = 0; f < filters; ++f) {
+    for (int64_t tap = 0; tap < kk; ++tap) {
+      fft_weight_grad_span(grad_taps + (f * kk + tap) * freqs, spectrum, grad + f * freqs, batch,
+                           filters, freqs, freqs, w, tap / w.kernel_w, tap % w.kernel_w);
     }
   }
 }
@@ -191,7 +181,7 @@ void fft_forward_cpu(const at::Tensor& spectrum, const at::Tensor& taps, const a
                      const Window2d& w) {
   AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_forward_cpu", [&] {
     fft_forward_loops(spectrum.const_data_ptr<scalar_t>(), taps.const_data_ptr<scalar_t>(),
-                      out.data_ptr<scalar_t>(), spectrum.size(0), spectrum.size(1), taps.size(1), w);
+                      out.data_ptr<scalar_t>(), spectrum.size(0), taps.size(0), taps.size(3), w);
   });
 }
 
@@ -199,8 +189,8 @@ void fft_backward_input_cpu(const at::Tensor& grad, const at::Tensor& taps,
                             const at::Tensor& grad_spectrum, const Window2d& w) {
   AT_DISPATCH_COMPLEX_TYPES(grad.scalar_type(), "rollconv_fft_backward_input_cpu", [&] {
     fft_backward_input_loops(grad.const_data_ptr<scalar_t>(), taps.const_data_ptr<scalar_t>(),
-                             grad_spectrum.data_ptr<scalar_t>(), grad.size(0), grad.size(1),
-                             taps.size(1), w);
+                             grad_spectrum.data_ptr<scalar_t>(), grad.size(0), taps.size(0),
+                             taps.size(3), w);
   });
 }
 
@@ -208,8 +198,8 @@ void fft_backward_weight_cpu(const at::Tensor& spectrum, const at::Tensor& grad,
                              const at::Tensor& grad_taps, const Window2d& w) {
   AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_backward_weight_cpu", [&] {
     fft_backward_weight_loops(spectrum.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
-                              grad_taps.data_ptr<scalar_t>(), spectrum.size(0), spectrum.size(1),
-                              grad_taps.size(1), w);
+                              grad_taps.data_ptr<scalar_t>(), spectrum.size(0), grad_taps.size(0),
+                              grad_taps.size(3), w);
   });
 }
 

@@ -145,53 +145,50 @@ void lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, c
   });
 }
 
-// Channel-FFT per-frequency passes, one thread per output element.
+// Channel-FFT per-frequency passes, one thread per output element (frequency fastest).
 void fft_forward_cuda(const at::Tensor& spectrum, const at::Tensor& taps, const at::Tensor& out,
                       const Window2d& w) {
-  const int64_t freqs = spectrum.size(1), filters = taps.size(1);
+  const int64_t filters = taps.size(0), freqs = taps.size(3), kk = w.kernel_h * w.kernel_w;
   AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_forward_cuda", [&] {
     const scalar_t* x = spectrum.const_data_ptr<scalar_t>();
     const scalar_t* t = taps.const_data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
     launch(spectrum, out.numel(), [=] __device__(int64_t i) {
-      const int64_t ow = i % w.out_w, oh = (i / w.out_w) % w.out_h;
-      const int64_t f = (i / (w.out_w * w.out_h)) % filters;
-      const int64_t nk = i / (w.out_w * w.out_h * filters);  // n * freqs + k
-      y[i] = fft_forward_value(x + nk * w.in_h * w.in_w,
-                               t + ((nk % freqs) * filters + f) * w.kernel_h * w.kernel_w, w, oh, ow);
+      const int64_t k = i % freqs, f = (i / freqs) % filters;
+      const int64_t pixel = i / (freqs * filters);  // (n * out_h + oh) * out_w + ow
+      const int64_t ow = pixel % w.out_w, oh = (pixel / w.out_w) % w.out_h, n = pixel / (w.out_w * w.out_h);
+      fft_forward_span(y + i, x + n * w.in_h * w.in_w * freqs + k, t + f * kk * freqs + k, freqs, 1, w, oh, ow);
     });
   });
 }
 
 void fft_backward_input_cuda(const at::Tensor& grad, const at::Tensor& taps,
                              const at::Tensor& grad_spectrum, const Window2d& w) {
-  const int64_t freqs = grad.size(1), filters = taps.size(1);
+  const int64_t filters = taps.size(0), freqs = taps.size(3);
   AT_DISPATCH_COMPLEX_TYPES(grad.scalar_type(), "rollconv_fft_backward_input_cuda", [&] {
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t* t = taps.const_data_ptr<scalar_t>();
     scalar_t* dst = grad_spectrum.data_ptr<scalar_t>();
     launch(grad, grad_spectrum.numel(), [=] __device__(int64_t i) {
-      const int64_t x = i % w.in_w, h = (i / w.in_w) % w.in_h;
-      const int64_t nk = i / (w.in_w * w.in_h);
-      dst[i] = fft_input_grad_value(g + nk * filters * w.out_h * w.out_w,
-                                    t + (nk % freqs) * filters * w.kernel_h * w.kernel_w, filters, w, h, x);
+      const int64_t k = i % freqs, pixel = i / freqs;
+      const int64_t x = pixel % w.in_w, h = (pixel / w.in_w) % w.in_h, n = pixel / (w.in_w * w.in_h);
+      fft_input_grad_span(dst + i, g + n * w.out_h * w.out_w * filters * freqs + k, t + k, filters, freqs, 1, w, h, x);
     });
   });
 }
 
 void fft_backward_weight_cuda(const at::Tensor& spectrum, const at::Tensor& grad,
                               const at::Tensor& grad_taps, const Window2d& w) {
-  const int64_t batch = spectrum.size(0), freqs = spectrum.size(1), filters = grad_taps.size(1);
-  const int64_t in_plane = w.in_h * w.in_w, out_plane = w.out_h * w.out_w;
+  const int64_t batch = spectrum.size(0), filters = grad_taps.size(0), freqs = grad_taps.size(3);
   const int64_t kk = w.kernel_h * w.kernel_w;
   AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_backward_weight_cuda", [&] {
     const scalar_t* x = spectrum.const_data_ptr<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* dst = grad_taps.data_ptr<scalar_t>();
     launch(spectrum, grad_taps.numel(), [=] __device__(int64_t i) {
-      const int64_t tap = i % kk, f = (i / kk) % filters, k = i / (kk * filters);
-      dst[i] = fft_weight_grad_value(x + k * in_plane, freqs * in_plane, g + (k * filters + f) * out_plane,
-                                     freqs * filters * out_plane, batch, w, tap / w.kernel_w, tap % w.kernel_w);
+      const int64_t k = i % freqs, tap = (i / freqs) % kk, f = i / (freqs * kk);
+      fft_weight_grad_span(dst + i, x + k, g + f * freqs + k, batch, filters, freqs, 1, w, tap / w.kernel_w,
+                           tap % w.kernel_w);
     });
   });
 }

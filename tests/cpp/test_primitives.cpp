@@ -3,8 +3,10 @@
 //  - the adjoint identity <im2col(x), c> == <x, col2im(c)> for random geometries,
 //    including the rolling convolution's wrapped virtual channels;
 //  - max-pool backward (a gather) against the scatter of the forward's indices;
+//  - the channel-FFT passes as the CPU calls them against the CUDA kernels' calls;
 //  - the conv2d op through the dispatcher against at::conv2d.
 #include <ATen/ATen.h>
+#include <c10/util/complex.h>
 
 #include <cstdio>
 #include <random>
@@ -156,6 +158,50 @@ void test_max_pool_gather(std::mt19937& rng) {
   }
 }
 
+// The channel-FFT passes: the CPU kernels (span = K frequencies per call) against the
+// CUDA kernels' way of calling the same functions (span = 1, pointers offset to k).
+void test_fft_spans(std::mt19937& rng) {
+  using Z = c10::complex<double>;
+  const auto opts = at::TensorOptions().dtype(at::kComplexDouble);
+  for (int trial = 0; trial < 20; ++trial) {
+    const Window2d w = random_layout(rng, false).win;
+    const int64_t batch = 2, filters = 1 + trial % 3, freqs = 1 + trial % 5, kk = w.kernel_h * w.kernel_w;
+    at::Tensor x = at::randn({batch, w.in_h, w.in_w, freqs}, opts);
+    at::Tensor taps = at::randn({filters, w.kernel_h, w.kernel_w, freqs}, opts);
+    at::Tensor dy = at::randn({batch, w.out_h, w.out_w, filters, freqs}, opts);
+    at::Tensor y = at::empty({batch, w.out_h, w.out_w, filters, freqs}, opts);
+    at::Tensor gx = at::empty({batch, w.in_h, w.in_w, freqs}, opts);
+    at::Tensor gt = at::empty({filters, w.kernel_h, w.kernel_w, freqs}, opts);
+    cpu_kernels().fft_forward(x, taps, y, w);
+    cpu_kernels().fft_backward_input(dy, taps, gx, w);
+    cpu_kernels().fft_backward_weight(x, dy, gt, w);
+    const Z *xp = x.data_ptr<Z>(), *tp = taps.data_ptr<Z>(), *dyp = dy.data_ptr<Z>();
+    bool same = true;
+    auto close = [](Z a, Z b) { return std::abs(a.real() - b.real()) + std::abs(a.imag() - b.imag()) < 1e-10; };
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      const int64_t k = i % freqs, f = (i / freqs) % filters, p = i / (freqs * filters);
+      const int64_t ow = p % w.out_w, oh = (p / w.out_w) % w.out_h, n = p / (w.out_w * w.out_h);
+      Z one;
+      fft_forward_span(&one, xp + n * w.in_h * w.in_w * freqs + k, tp + f * kk * freqs + k, freqs, 1, w, oh, ow);
+      same = same && close(one, y.data_ptr<Z>()[i]);
+    }
+    for (int64_t i = 0; i < gx.numel(); ++i) {
+      const int64_t k = i % freqs, p = i / freqs;
+      const int64_t x_ = p % w.in_w, h = (p / w.in_w) % w.in_h, n = p / (w.in_w * w.in_h);
+      Z one;
+      fft_input_grad_span(&one, dyp + n * w.out_h * w.out_w * filters * freqs + k, tp + k, filters, freqs, 1, w, h, x_);
+      same = same && close(one, gx.data_ptr<Z>()[i]);
+    }
+    for (int64_t i = 0; i < gt.numel(); ++i) {
+      const int64_t k = i % freqs, tap = (i / freqs) % kk, f = i / (freqs * kk);
+      Z one;
+      fft_weight_grad_span(&one, xp + k, dyp + f * freqs + k, batch, filters, freqs, 1, w, tap / w.kernel_w, tap % w.kernel_w);
+      same = same && close(one, gt.data_ptr<Z>()[i]);
+    }
+    expect(same, "fft passes: span = K (CPU) == span = 1 (CUDA's calls)");
+  }
+}
+
 void test_conv2d_op() {
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   at::Tensor x = at::randn({3, 4, 11, 9}, opts);
@@ -173,6 +219,7 @@ int main() {
   test_im2col_definition(rng);
   test_adjoint(rng);
   test_max_pool_gather(rng);
+  test_fft_spans(rng);
   test_conv2d_op();
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
   return failures ? 1 : 0;
