@@ -283,3 +283,17 @@ def test_torch_compile_inductor_with_every_layer():
         rollconv.nn.ConvTranspose2d(5, 2, 2, stride=2),
     )
     assert_compiles_like_eager(model, torch.randn(2, 3, 12, 12), torch.randn(5, 3, 12, 12), backend="inductor")
+
+
+def test_torch_export_keeps_the_ops():
+    model = torch.nn.Sequential(
+        rollconv.nn.RollConv2d(3, 4, 3, padding=1, activation="relu"),
+        rollconv.nn.MaxPool2d(2),
+        rollconv.nn.Conv2d(12, 5, 3),
+        rollconv.nn.LocalResponseNorm(3),
+    )
+    x = torch.randn(2, 3, 12, 12)
+    exported = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert {"rollconv.roll_conv2d_forward.default", "rollconv.conv2d_forward.default"} <= targets
+    torch.testing.assert_close(exported.module()(x), model(x))
