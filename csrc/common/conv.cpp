@@ -13,7 +13,8 @@
 //                     form one block whose weight is a "roll band" of G shifted copies of
 //                     w (G*F x (C+G-1)*K, zeros elsewhere; see roll_band).
 // The GEMMs go through ATen (MKL/oneDNN on CPU, cuBLAS on CUDA); im2col/col2im through
-// DeviceKernels.
+// DeviceKernels. That is roll_conv2d's algorithm "direct"; further down are "bank" (the
+// expanded bank through ATen's convolution) and "fft" (the channel-Fourier domain).
 #include <ATen/ATen.h>
 
 #include <cstdlib>
