@@ -12,7 +12,8 @@
 //                     To give small-F layers a GEMM with enough rows, G consecutive rolls
 //                     form one block whose weight is a "roll band" of G shifted copies of
 //                     w (G*F x (C+G-1)*K, zeros elsewhere; see roll_band).
-// The GEMMs go through ATen (MKL/oneDNN on CPU, cuBLAS on CUDA); im2col/col2im through
+// The GEMMs run in the device's fused engine (CPU: cpu/conv_engine.cpp, im2col fused into
+// the GEMM's packing) or, without one (CUDA), through ATen (cuBLAS) with im2col/col2im from
 // DeviceKernels. That is roll_conv2d's algorithm "direct"; further down are "bank" (the
 // expanded bank through ATen's convolution) and "fft" (the channel-Fourier domain).
 #include <ATen/ATen.h>
@@ -37,20 +38,6 @@ int64_t workspace_bytes() {
   const int64_t mb = env ? std::max<int64_t>(0, std::atoll(env)) : 16;
   return mb << 20;
 }
-
-// One GEMM: output rows [out_row, out_row + rows) = weight rows [weight_row, +rows),
-// columns [0, inner) of the weight matrix, times column rows [col_row, col_row + inner).
-struct GemmBlock {
-  int64_t out_row, rows, weight_row, col_row, inner;
-};
-
-struct BlockPlan {
-  std::vector<GemmBlock> blocks;
-  int64_t out_channels;
-  int64_t bias_period;  // the bias has this many entries, repeated over the channels
-  int64_t weight_rows, weight_cols;  // shape of the GEMM weight matrix
-  bool shared_columns;  // blocks read overlapping column rows (rolls): dX accumulates
-};
 
 // Samples per chunk: the column matrix and the GEMM's (out_channels x columns) result
 // of one chunk must fit the workspace.
@@ -91,6 +78,12 @@ void for_each_chunk(int64_t batch, const ColumnLayout& layout, int64_t out_chann
   }
 }
 
+// The device's fused engine (conv_engine.h) when it has one for this dtype; otherwise
+// the passes below: per chunk of samples, im2col into a workspace and ATen GEMMs.
+bool uses_engine(const DeviceKernels& k, const Tensor& t) {
+  return k.engine != nullptr && k.engine->supports(t.scalar_type());
+}
+
 // Per chunk, with column matrices (rows, b * L):
 //   forward:  Y[blk] = W[blk] @ cols[blk rows]
 //   dX:       dcols[blk rows] (+)= W[blk]^T @ dY[blk]
@@ -104,6 +97,12 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
   const Tensor input = input_.contiguous();
   const int64_t cout = plan.out_channels;
   Tensor output = at::empty({input.size(0), cout, layout.win.out_h, layout.win.out_w}, input.options());
+  if (uses_engine(k, input)) {
+    Tensor bias_rows;
+    if (bias.has_value() && bias->defined()) bias_rows = bias->repeat({cout / plan.bias_period}).contiguous();
+    k.engine->forward(input, weight_mat.contiguous(), bias_rows, layout, plan, relu, output);
+    return output;
+  }
   for_each_chunk(input.size(0), layout, cout, input, [&](int64_t n0, int64_t b, Tensor cols, Tensor result) {
     k.im2col(input.narrow(0, n0, b), cols, layout);
     for (const GemmBlock& blk : plan.blocks) {
@@ -131,6 +130,10 @@ Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_outpu
   const int64_t cout = plan.out_channels;
   Tensor grad_input = at::empty({grad_output.size(0), layout.channels, layout.win.in_h, layout.win.in_w},
                                 grad_output.options());
+  if (uses_engine(k, grad_output)) {
+    k.engine->backward_input(grad_output.contiguous(), weight_mat.contiguous(), layout, plan, grad_input);
+    return grad_input;
+  }
   for_each_chunk(grad_output.size(0), layout, cout, grad_output, [&](int64_t n0, int64_t b, Tensor dcols, Tensor grad) {
     grad.view({cout, b, -1}).copy_(channels_first(grad_output.narrow(0, n0, b)));
     if (plan.shared_columns) dcols.zero_();
@@ -158,6 +161,10 @@ Tensor gemm_conv_backward_weight(const DeviceKernels& k, const Tensor& grad_outp
   const int64_t cout = plan.out_channels;
   const auto acc = accumulate_type(input.scalar_type());
   Tensor grad_weight = at::zeros({plan.weight_rows, plan.weight_cols}, input.options().dtype(acc));
+  if (uses_engine(k, input)) {
+    k.engine->backward_weight(grad_output.contiguous(), input, layout, plan, grad_weight);
+    return grad_weight;
+  }
   for_each_chunk(input.size(0), layout, cout, input, [&](int64_t n0, int64_t b, Tensor cols, Tensor grad) {
     k.im2col(input.narrow(0, n0, b), cols, layout);
     grad.view({cout, b, -1}).copy_(channels_first(grad_output.narrow(0, n0, b)));

@@ -1,10 +1,12 @@
 // The per-device primitives. Every op is written once (common/*.cpp) against this
 // table; cpu/ and cuda/ each provide one instance. Only these functions differ
-// between devices: the GEMMs go through ATen (MKL/oneDNN on CPU, cuBLAS on CUDA).
+// between devices. The convolutions' GEMMs go through the device's fused engine when it
+// has one (CPU: cpu/conv_engine.cpp) and through ATen otherwise (cuBLAS on CUDA).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include "common/conv_engine.h"
 #include "common/index_math.h"
 
 namespace rollconv {
@@ -12,6 +14,7 @@ namespace rollconv {
 struct DeviceKernels {
   const char* device_name;
   bool supports_reduced_precision;  // float16 / bfloat16 inputs
+  const ConvEngine* engine;          // null: im2col + ATen GEMMs (see conv_engine.h)
 
   // images (B, C, H, W) contiguous  ->  cols (column_rows, B * column_cols) contiguous
   void (*im2col)(const at::Tensor& images, const at::Tensor& cols, const ColumnLayout& layout);
@@ -40,6 +43,7 @@ struct DeviceKernels {
 };
 
 const DeviceKernels& cpu_kernels();
+const ConvEngine& cpu_conv_engine();
 #ifdef ROLLCONV_WITH_CUDA
 const DeviceKernels& cuda_kernels();
 #endif

@@ -12,6 +12,7 @@
 
 #include "common/device_kernels.h"
 #include "common/register_kernels.h"
+#include "cpu/im2col_span.h"
 
 namespace rollconv {
 namespace {
@@ -22,8 +23,8 @@ int threads_for(int64_t work) {
   return work < (int64_t(1) << 14) || at::in_parallel_region() ? 1 : at::get_num_threads();
 }
 
-// im2col: each (row, sample) line of the column matrix is zeros, a strided copy of an
-// input row, zeros (the CUDA kernel evaluates im2col_value per element instead).
+// im2col: each (row, sample) line of the column matrix is one im2col_span (the CUDA
+// kernel evaluates im2col_value per element instead).
 template <typename T>
 void im2col_loops(const T* x, T* out, int64_t batch, const ColumnLayout& L) {
   const Window2d& w = L.win;
@@ -33,26 +34,8 @@ void im2col_loops(const T* x, T* out, int64_t batch, const ColumnLayout& L) {
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t b = 0; b < batch; ++b) {
       const RowSource src = column_row_source(L, row);
-      const T* image = x + (b * L.channels + src.channel) * plane;
-      T* dst = out + (row * batch + b) * ncols;
-      int64_t ow_lo, ow_hi;
-      valid_outputs(w.in_w, src.tap_w, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow_lo, &ow_hi);
-      const int64_t x0 = input_coord(0, src.tap_w, w.stride_w, w.pad_w, w.dil_w);
-      for (int64_t oh = 0; oh < w.out_h; ++oh, dst += w.out_w) {
-        const int64_t h = input_coord(oh, src.tap_h, w.stride_h, w.pad_h, w.dil_h);
-        if (h < 0 || h >= w.in_h) {
-          std::fill(dst, dst + w.out_w, T(0));
-          continue;
-        }
-        const T* line = image + h * w.in_w + x0;
-        std::fill(dst, dst + ow_lo, T(0));
-        if (w.stride_w == 1) {
-          std::copy(line + ow_lo, line + ow_hi, dst + ow_lo);
-        } else {
-          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow] = line[ow * w.stride_w];
-        }
-        std::fill(dst + ow_hi, dst + w.out_w, T(0));
-      }
+      im2col_span(x + (b * L.channels + src.channel) * plane, w, src.tap_h, src.tap_w, 0, ncols,
+                  out + (row * batch + b) * ncols);
     }
   }
 }
@@ -72,18 +55,8 @@ void col2im_loops(const T* cols, T* x, int64_t batch, const ColumnLayout& L) {
       std::fill(plane, plane + w.in_h * w.in_w, T(0));
       for (int64_t v = c; v < L.col_channels; v += L.channels) {
         for (int64_t tap = 0; tap < kk; ++tap) {
-          const int64_t i = tap / w.kernel_w, j = tap % w.kernel_w;
-          const T* src = cols + (v * kk + tap) * row_stride + b * ncols;
-          int64_t ow_lo, ow_hi;
-          valid_outputs(w.in_w, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow_lo, &ow_hi);
-          const int64_t x0 = input_coord(0, j, w.stride_w, w.pad_w, w.dil_w);
-          for (int64_t oh = 0; oh < w.out_h; ++oh) {
-            const int64_t h = input_coord(oh, i, w.stride_h, w.pad_h, w.dil_h);
-            if (h < 0 || h >= w.in_h) continue;
-            T* line = plane + h * w.in_w + x0;
-            const T* s = src + oh * w.out_w;
-            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) line[ow * w.stride_w] += s[ow];
-          }
+          col2im_span_add(cols + (v * kk + tap) * row_stride + b * ncols, w, tap / w.kernel_w,
+                          tap % w.kernel_w, 0, ncols, plane);
         }
       }
     }
@@ -266,6 +239,7 @@ const DeviceKernels& cpu_kernels() {
   static const DeviceKernels kernels{
       "CPU",
       /*supports_reduced_precision=*/false,
+      &cpu_conv_engine(),
       im2col_cpu,
       col2im_cpu,
       max_pool_forward_cpu,

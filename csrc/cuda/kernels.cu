@@ -199,6 +199,7 @@ const DeviceKernels& cuda_kernels() {
   static const DeviceKernels kernels{
       "CUDA",
       /*supports_reduced_precision=*/true,
+      /*engine=*/nullptr,  // convolutions: im2col + cuBLAS through ATen
       im2col_cuda,
       col2im_cuda,
       max_pool_forward_cuda,

@@ -1,0 +1,334 @@
+// The CPU convolution engine: the GEMM engine of cpu/gemm with im2col fused into its
+// packing, so that no (C*kh*kw x H_out*W_out) column matrix is ever built. Per call the
+// extra memory is the packed weights plus, per thread, one packed panel of about
+// kPanelBytes, whatever the batch size.
+//
+//   forward:  per (sample, pixel block): pack the block's image columns (all channel x tap
+//             rows) as B panels straight from the image; every GEMM block (group, or band of
+//             rolls) multiplies its packed weight rows with its row window of them. A roll
+//             window that passes the last channel wraps to the first: two K segments.
+//             Bias and ReLU are applied in the micro-kernel's write-back.
+//   dX:       per (sample, range of input channels): B = dY panel, A = W^T rows of those
+//             channels, the product (a few column rows) is added into the input planes at
+//             once (col2im of a tile). Each thread owns whole planes: no races, fixed order.
+//   dK:       dW = dY * im2col(x)^T with B packed as transposed image columns; each thread
+//             owns a range of dW's columns (and, when they are too few, a group of samples
+//             with its own accumulator, summed in a fixed order afterwards).
+// Deterministic: the same inputs and thread count give bitwise the same result.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "common/conv_engine.h"
+#include "common/device_kernels.h"
+#include "cpu/gemm/gemm.h"
+#include "cpu/im2col_span.h"
+
+namespace rollconv {
+namespace {
+
+using gemm::AlignedBuffer;
+using gemm::Epilogue;
+using gemm::KSegment;
+using gemm::MicroKernel;
+using gemm::round_up;
+
+// Per-thread budget of packed panels: about L2-sized, so a panel is still cached when the
+// next GEMM block reads it again.
+constexpr int64_t kPanelBytes = int64_t(1) << 20;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int engine_threads(int64_t items, int64_t flops) {
+  if (flops < (int64_t(1) << 18) || at::in_parallel_region()) return 1;
+  return int(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items)));
+}
+
+// The row window of the column matrix a block reads, as K segments of the packed image
+// columns (which hold only the real rows, channel x tap): a rolling window that runs past
+// the last channel continues at the first.
+int block_segments(const GemmBlock& blk, int64_t real_rows, KSegment* segments) {
+  const int64_t first = std::min(blk.inner, real_rows - blk.col_row);
+  segments[0] = KSegment{0, blk.col_row, first};
+  if (first == blk.inner) return 1;
+  segments[1] = KSegment{first, 0, blk.inner - first};
+  return 2;
+}
+
+// Every block's weight rows packed once per call, as A strips.
+template <typename T>
+struct PackedBlocks {
+  AlignedBuffer<T> data;
+  std::vector<int64_t> offsets;
+
+  // transposed = false: A = W[blk rows, 0:inner]; true: A = that block's W^T (inner x rows).
+  PackedBlocks(const MicroKernel<T>& uk, const T* weight, int64_t weight_cols, const BlockPlan& plan,
+               bool transposed)
+      : data(total(uk, plan, transposed)) {
+    int64_t offset = 0;
+    for (const GemmBlock& blk : plan.blocks) {
+      offsets.push_back(offset);
+      const T* w = weight + blk.weight_row * weight_cols;
+      if (transposed) {
+        gemm::pack_a(uk, w, 1, weight_cols, blk.inner, blk.rows, data.get() + offset);
+      } else {
+        gemm::pack_a(uk, w, weight_cols, 1, blk.rows, blk.inner, data.get() + offset);
+      }
+      offset += size(uk, blk, transposed);
+    }
+  }
+  const T* operator[](size_t b) const { return data.get() + offsets[b]; }
+
+  static int64_t size(const MicroKernel<T>& uk, const GemmBlock& blk, bool transposed) {
+    return transposed ? round_up(blk.inner, uk.mr) * blk.rows : round_up(blk.rows, uk.mr) * blk.inner;
+  }
+  static int64_t total(const MicroKernel<T>& uk, const BlockPlan& plan, bool transposed) {
+    int64_t sum = 0;
+    for (const GemmBlock& blk : plan.blocks) sum += size(uk, blk, transposed);
+    return sum;
+  }
+};
+
+// B panels of one sample's image columns: rows (channel, tap) for every real channel,
+// columns = pixels [first, first + count), as strips [strip][row][NR] (im2col fused into
+// the packing).
+template <typename T>
+void pack_image_columns(const MicroKernel<T>& uk, const T* image, const ColumnLayout& L,
+                        int64_t first, int64_t count, T* dst) {
+  const Window2d& w = L.win;
+  const int64_t kk = w.kernel_h * w.kernel_w, rows = L.channels * kk, plane = w.in_h * w.in_w;
+  const int64_t nr = uk.nr;
+  for (int64_t s = 0; s * nr < count; ++s) {
+    const int64_t cols = std::min(nr, count - s * nr);
+    T* strip = dst + s * nr * rows;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t c = r / kk, tap = r - c * kk;
+      T* out = strip + r * nr;
+      im2col_span(image + c * plane, w, tap / w.kernel_w, tap % w.kernel_w, first + s * nr, cols, out);
+      std::fill(out + cols, out + nr, T(0));
+    }
+  }
+}
+
+// B panels of the transposed image columns, for dK: rows = pixels [first, first + count),
+// columns = column-matrix rows [col0, col0 + ncols) (virtual channel x tap).
+template <typename T>
+void pack_image_columns_transposed(const MicroKernel<T>& uk, const T* image, const ColumnLayout& L,
+                                   int64_t col0, int64_t ncols, int64_t first, int64_t count,
+                                   T* line, T* dst) {
+  const Window2d& w = L.win;
+  const int64_t plane = w.in_h * w.in_w, nr = uk.nr;
+  for (int64_t s = 0; s * nr < ncols; ++s) {
+    T* strip = dst + s * nr * count;
+    const int64_t cols = std::min(nr, ncols - s * nr);
+    for (int64_t j = 0; j < nr; ++j) {
+      if (j >= cols) {
+        for (int64_t p = 0; p < count; ++p) strip[p * nr + j] = T(0);
+        continue;
+      }
+      const RowSource src = column_row_source(L, col0 + s * nr + j);
+      im2col_span(image + src.channel * plane, w, src.tap_h, src.tap_w, first, count, line);
+      for (int64_t p = 0; p < count; ++p) strip[p * nr + j] = line[p];
+    }
+  }
+}
+
+template <typename T>
+void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
+                   const ColumnLayout& L, const BlockPlan& plan, bool relu, const at::Tensor& output) {
+  const MicroKernel<T>& uk = gemm::micro_kernel<T>(gemm::active_isa());
+  const Window2d& w = L.win;
+  const int64_t batch = input.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
+  const int64_t real_rows = L.channels * w.kernel_h * w.kernel_w, cout = plan.out_channels;
+  const T* x = input.const_data_ptr<T>();
+  const T* bias = bias_rows.defined() ? bias_rows.const_data_ptr<T>() : nullptr;
+  T* y = output.data_ptr<T>();
+  const PackedBlocks<T> weights(uk, weight_mat.const_data_ptr<T>(), plan.weight_cols, plan, false);
+
+  // Pixel blocks: as many B strips as fit the panel budget, fewer when the batch alone
+  // does not give every thread two items.
+  const int64_t strips = ceil_div(px, uk.nr);
+  int64_t per_item = std::clamp<int64_t>(kPanelBytes / (real_rows * uk.nr * int64_t(sizeof(T))), 1, strips);
+  while (per_item > 1 && batch * ceil_div(strips, per_item) < 2 * int64_t(at::get_num_threads())) {
+    per_item = ceil_div(per_item, 2);
+  }
+  const int64_t per_sample = ceil_div(strips, per_item), items = batch * per_sample;
+  const int threads = engine_threads(items, 2 * batch * px * cout * real_rows);
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedBuffer<T> columns(per_item * uk.nr * real_rows);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / per_sample, first = (item % per_sample) * per_item * uk.nr;
+      const int64_t count = std::min(per_item * uk.nr, px - first);
+      pack_image_columns(uk, x + n * L.channels * plane, L, first, count, columns.get());
+      for (size_t b = 0; b < plan.blocks.size(); ++b) {
+        const GemmBlock& blk = plan.blocks[b];
+        KSegment segments[2];
+        const int nseg = block_segments(blk, real_rows, segments);
+        gemm::multiply_packed(uk, blk.rows, count, segments, nseg, weights[b], blk.inner, columns.get(),
+                              real_rows, y + (n * cout + blk.out_row) * px + first, px,
+                              Epilogue<T>{T(1), T(0), bias ? bias + blk.out_row : nullptr, relu});
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weight_mat,
+                          const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_input) {
+  const MicroKernel<T>& uk = gemm::micro_kernel<T>(gemm::active_isa());
+  const Window2d& w = L.win;
+  const int64_t batch = grad_output.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
+  const int64_t kk = w.kernel_h * w.kernel_w, channels = L.channels, cout = plan.out_channels;
+  const T* dy = grad_output.const_data_ptr<T>();
+  T* dx = grad_input.data_ptr<T>();
+  const PackedBlocks<T> weights(uk, weight_mat.const_data_ptr<T>(), plan.weight_cols, plan, true);
+
+  // Items: (sample, range of input channels); ranges split the channels when the batch
+  // alone does not give every thread two items.
+  const int64_t threads_wanted = at::get_num_threads();
+  const int64_t ranges = std::clamp<int64_t>(ceil_div(2 * threads_wanted, std::max<int64_t>(1, batch)), 1, channels);
+  const int64_t per_range = ceil_div(channels, ranges);
+  const int64_t tile_rows = per_range * kk + uk.mr;  // a range's column rows, from a strip start
+  const int64_t pixels = std::clamp<int64_t>(
+      kPanelBytes / ((tile_rows + cout) * int64_t(sizeof(T))) / uk.nr * uk.nr, uk.nr, round_up(px, uk.nr));
+  const int64_t items = batch * ranges;
+  const int threads = engine_threads(items, 2 * batch * px * cout * plan.weight_cols);
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedBuffer<T> panel(pixels * cout), tile(tile_rows * pixels);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / ranges, c0 = (item % ranges) * per_range;
+      const int64_t c1 = std::min(channels, c0 + per_range);
+      if (c0 >= c1) continue;
+      T* planes = dx + n * channels * plane;
+      std::fill(planes + c0 * plane, planes + c1 * plane, T(0));
+      for (int64_t first = 0; first < px; first += pixels) {
+        const int64_t count = std::min(pixels, px - first);
+        gemm::pack_b(uk, dy + n * cout * px + first, px, 1, cout, count, panel.get());
+        for (size_t b = 0; b < plan.blocks.size(); ++b) {
+          const GemmBlock& blk = plan.blocks[b];
+          const int64_t v_lo = blk.col_row / kk, v_hi = (blk.col_row + blk.inner) / kk;
+          // Virtual channels of this block that read channels [c0, c1): v or v - C in range.
+          for (int64_t base = 0; base < L.col_channels; base += channels) {
+            const int64_t va = std::max(v_lo, c0 + base), vb = std::min(v_hi, c1 + base);
+            if (va >= vb) continue;
+            const int64_t ra = va * kk - blk.col_row, rb = vb * kk - blk.col_row;
+            const int64_t start = ra - ra % uk.mr;  // A strips start at multiples of MR
+            const KSegment all{0, blk.out_row, blk.rows};
+            gemm::multiply_packed(uk, rb - start, count, &all, 1, weights[b] + start * blk.rows,
+                                  blk.rows, panel.get(), cout, tile.get(), count, Epilogue<T>{});
+            for (int64_t r = ra; r < rb; ++r) {
+              const int64_t row = blk.col_row + r, v = row / kk, tap = row - v * kk;
+              col2im_span_add(tile.get() + (r - start) * count, w, tap / w.kernel_w, tap % w.kernel_w,
+                              first, count, planes + (v % channels) * plane);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& input,
+                           const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_weight) {
+  const MicroKernel<T>& uk = gemm::micro_kernel<T>(gemm::active_isa());
+  const Window2d& w = L.win;
+  const int64_t batch = input.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
+  const int64_t cout = plan.out_channels, wcols = plan.weight_cols, wsize = plan.weight_rows * wcols;
+  const T* x = input.const_data_ptr<T>();
+  const T* dy = grad_output.const_data_ptr<T>();
+
+  // Items: (group of samples, range of dW columns). Blocks that share dW rows (rolls) run
+  // in order inside an item, so no two threads write the same element.
+  const int64_t threads_wanted = at::get_num_threads();
+  const int64_t width = round_up(ceil_div(wcols, threads_wanted), uk.nr);
+  const int64_t pieces = ceil_div(wcols, width);
+  const int64_t groups = std::clamp<int64_t>(ceil_div(threads_wanted, pieces), 1, std::max<int64_t>(1, batch));
+  const int64_t per_group = ceil_div(batch, groups);
+  int64_t max_rows = 0;
+  for (const GemmBlock& blk : plan.blocks) max_rows = std::max(max_rows, blk.rows);
+  const int64_t pixels = std::clamp<int64_t>(kPanelBytes / ((width + max_rows) * int64_t(sizeof(T))), 16, px);
+  // Group 0 accumulates into grad_weight, the others into their own buffers.
+  std::vector<T> partial((groups - 1) * wsize, T(0));
+  const int64_t items = groups * pieces;
+  const int threads = engine_threads(items, 2 * batch * px * cout * wcols);
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedBuffer<T> a_panel(round_up(max_rows, uk.mr) * pixels), b_panel(width * pixels);
+    AlignedBuffer<T> line(pixels);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t g = item / pieces, col0 = (item % pieces) * width;
+      T* acc = g == 0 ? grad_weight.data_ptr<T>() : partial.data() + (g - 1) * wsize;
+      for (int64_t n = g * per_group; n < std::min(batch, (g + 1) * per_group); ++n) {
+        for (int64_t first = 0; first < px; first += pixels) {
+          const int64_t count = std::min(pixels, px - first);
+          for (const GemmBlock& blk : plan.blocks) {
+            const int64_t ncols = std::min(blk.inner, col0 + width) - col0;
+            if (ncols <= 0) continue;
+            gemm::pack_a(uk, dy + (n * cout + blk.out_row) * px + first, px, 1, blk.rows, count, a_panel.get());
+            pack_image_columns_transposed(uk, x + n * L.channels * plane, L, blk.col_row + col0, ncols, first,
+                                          count, line.get(), b_panel.get());
+            const KSegment all{0, 0, count};
+            gemm::multiply_packed(uk, blk.rows, ncols, &all, 1, a_panel.get(), count, b_panel.get(), count,
+                                  acc + blk.weight_row * wcols + col0, wcols, Epilogue<T>{T(1), T(1), nullptr, false});
+          }
+        }
+      }
+    }
+  }
+  T* gw = grad_weight.data_ptr<T>();
+  for (int64_t g = 1; g < groups; ++g) {  // fixed order: deterministic
+    const T* part = partial.data() + (g - 1) * wsize;
+    for (int64_t i = 0; i < wsize; ++i) gw[i] += part[i];
+  }
+}
+
+bool engine_supports(at::ScalarType dtype) {
+  // ROLLCONV_CPU_ENGINE=0 routes the CPU convolutions through im2col + ATen's GEMM (the
+  // path CUDA takes), for comparison and to keep that path tested on CPU.
+  const char* env = std::getenv("ROLLCONV_CPU_ENGINE");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  return dtype == at::kFloat || dtype == at::kDouble;
+}
+
+void engine_forward(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
+                    const ColumnLayout& L, const BlockPlan& plan, bool relu, const at::Tensor& output) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_engine_forward", [&] {
+    forward_typed<scalar_t>(input, weight_mat, bias_rows, L, plan, relu, output);
+  });
+}
+
+void engine_backward_input(const at::Tensor& grad_output, const at::Tensor& weight_mat,
+                           const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_input) {
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rollconv_engine_backward_input", [&] {
+    backward_input_typed<scalar_t>(grad_output, weight_mat, L, plan, grad_input);
+  });
+}
+
+void engine_backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                            const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_weight) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_engine_backward_weight", [&] {
+    backward_weight_typed<scalar_t>(grad_output, input, L, plan, grad_weight);
+  });
+}
+
+}  // namespace
+
+const ConvEngine& cpu_conv_engine() {
+  static const ConvEngine engine{engine_supports, engine_forward, engine_backward_input,
+                                 engine_backward_weight};
+  return engine;
+}
+
+}  // namespace rollconv

@@ -1,0 +1,269 @@
+// The ISA-independent layers of the GEMM engine: run-time ISA choice, packing, the
+// blocked loops around the micro-kernel, the parallel plain GEMM, the peak measurement.
+#include "cpu/gemm/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace rollconv::gemm {
+
+// The per-ISA tables (micro_<isa>.cpp).
+namespace portable {
+extern const MicroKernels kernels;
+double peak_loop(bool is_double, int64_t iterations, int64_t* flops);
+}  // namespace portable
+#if defined(__x86_64__)
+namespace avx2 {
+extern const MicroKernels kernels;
+double peak_loop(bool is_double, int64_t iterations, int64_t* flops);
+}  // namespace avx2
+namespace avx512 {
+extern const MicroKernels kernels;
+double peak_loop(bool is_double, int64_t iterations, int64_t* flops);
+}  // namespace avx512
+#endif
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+bool parse_isa(const char* name, Isa* isa) {
+  for (Isa candidate : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (std::strcmp(name, isa_name(candidate)) == 0) {
+      *isa = candidate;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool cpu_supports(Isa isa) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    default: return true;
+  }
+#else
+  return isa == Isa::kPortable;
+#endif
+}
+
+namespace {
+
+Isa best_isa() {
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+    if (cpu_supports(isa)) return isa;
+  }
+  return Isa::kPortable;
+}
+
+Isa initial_isa() {
+  const char* env = std::getenv("ROLLCONV_GEMM_ISA");
+  if (env == nullptr || *env == 0) return best_isa();
+  Isa isa;
+  if (!parse_isa(env, &isa)) {
+    throw std::runtime_error(std::string("ROLLCONV_GEMM_ISA must be portable, avx2 or avx512, not '") + env + "'");
+  }
+  if (!cpu_supports(isa)) {
+    throw std::runtime_error(std::string("ROLLCONV_GEMM_ISA=") + env + ": this CPU does not support it");
+  }
+  return isa;
+}
+
+std::atomic<int>& isa_setting() {
+  static std::atomic<int> setting{static_cast<int>(initial_isa())};
+  return setting;
+}
+
+}  // namespace
+
+Isa active_isa() { return static_cast<Isa>(isa_setting().load(std::memory_order_relaxed)); }
+
+void force_isa(Isa isa) {
+  if (!cpu_supports(isa)) throw std::runtime_error(std::string("this CPU does not support ") + isa_name(isa));
+  isa_setting().store(static_cast<int>(isa));
+}
+
+const MicroKernels& micro_kernels(Isa isa) {
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx512) return avx512::kernels;
+  if (isa == Isa::kAvx2) return avx2::kernels;
+#endif
+  return portable::kernels;
+}
+
+template <>
+const MicroKernel<float>& micro_kernel<float>(Isa isa) {
+  return micro_kernels(isa).f32;
+}
+template <>
+const MicroKernel<double>& micro_kernel<double>(Isa isa) {
+  return micro_kernels(isa).f64;
+}
+
+// --- blocked loops around the micro-kernel ---------------------------------------------
+
+namespace {
+// Depth of one pass: 48 KiB of B micro-panel (KC x NR). Measured on Zen 5 (32 KiB L1):
+// deeper passes win over an L1-sized panel, as C tiles are then loaded and stored less often.
+constexpr int64_t kDepthBytes = 96 * 1024;
+}  // namespace
+
+template <typename T>
+void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegment* segments,
+                     int num_segments, const T* a, int64_t a_depth, const T* b, int64_t b_depth,
+                     T* c, int64_t ldc, const Epilogue<T>& ep) {
+  const int64_t mr = uk.mr, nr = uk.nr;
+  const int64_t kc_max = std::max<int64_t>(16, kDepthBytes / 2 / (nr * int64_t(sizeof(T))));
+  int64_t total = 0;
+  for (int s = 0; s < num_segments; ++s) total += segments[s].len;
+  if (total == 0) {  // an empty sum: the epilogue of zero
+    for (int64_t i = 0; i < m; i += mr)
+      for (int64_t j = 0; j < n; j += nr)
+        uk(0, a, b, c + i * ldc + j, ldc, Epilogue<T>{ep.alpha, ep.beta, ep.bias ? ep.bias + i : nullptr, ep.relu},
+           int(std::min(mr, m - i)), int(std::min(nr, n - j)));
+    return;
+  }
+  int64_t done = 0;
+  for (int s = 0; s < num_segments; ++s) {
+    const KSegment& seg = segments[s];
+    for (int64_t p = 0; p < seg.len; p += kc_max) {
+      const int64_t kc = std::min(kc_max, seg.len - p);
+      const bool first = done == 0, last = done + kc == total;
+      done += kc;
+      Epilogue<T> pass{ep.alpha, first ? ep.beta : T(1), nullptr, last && ep.relu};
+      for (int64_t j = 0; j < n; j += nr) {
+        const T* b_panel = b + (j / nr) * nr * b_depth + (seg.b_k + p) * nr;
+        for (int64_t i = 0; i < m; i += mr) {
+          pass.bias = last && ep.bias ? ep.bias + i : nullptr;
+          uk(kc, a + (i / mr) * mr * a_depth + (seg.a_k + p) * mr, b_panel, c + i * ldc + j, ldc,
+             pass, int(std::min(mr, m - i)), int(std::min(nr, n - j)));
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void pack_a(const MicroKernel<T>& uk, const T* a, int64_t row_stride, int64_t col_stride,
+            int64_t m, int64_t k, T* dst) {
+  const int64_t mr = uk.mr;
+  for (int64_t i0 = 0; i0 < m; i0 += mr) {
+    const int64_t rows = std::min(mr, m - i0);
+    for (int64_t p = 0; p < k; ++p, dst += mr) {
+      for (int64_t i = 0; i < rows; ++i) dst[i] = a[(i0 + i) * row_stride + p * col_stride];
+      for (int64_t i = rows; i < mr; ++i) dst[i] = T(0);
+    }
+  }
+}
+
+template <typename T>
+void pack_b(const MicroKernel<T>& uk, const T* b, int64_t row_stride, int64_t col_stride,
+            int64_t k, int64_t n, T* dst) {
+  const int64_t nr = uk.nr;
+  for (int64_t j0 = 0; j0 < n; j0 += nr) {
+    const int64_t cols = std::min(nr, n - j0);
+    for (int64_t p = 0; p < k; ++p, dst += nr) {
+      const T* src = b + p * row_stride + j0 * col_stride;
+      if (col_stride == 1) {
+        std::memcpy(dst, src, cols * sizeof(T));
+      } else {
+        for (int64_t j = 0; j < cols; ++j) dst[j] = src[j * col_stride];
+      }
+      for (int64_t j = cols; j < nr; ++j) dst[j] = T(0);
+    }
+  }
+}
+
+// --- the plain parallel GEMM -----------------------------------------------------------
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc, int threads) {
+  if (m <= 0 || n <= 0) return;
+  const MicroKernel<T>& uk = micro_kernel<T>(active_isa());
+  const int nthreads = threads > 0 ? threads : omp_get_max_threads();
+  // A is packed once, whole (in parallel, by strips); the columns are split into items of
+  // at most ~8 B strips, balanced over the threads; each thread packs its items' B panels.
+  const int64_t strips = (n + uk.nr - 1) / uk.nr;
+  const int64_t items = round_up(std::max<int64_t>(1, (strips + 7) / 8), nthreads);
+  const int64_t strips_per_item = (strips + items - 1) / items;
+  AlignedBuffer<T> a_packed(round_up(m, uk.mr) * k);
+  const KSegment all{0, 0, k};
+  const Epilogue<T> ep{alpha, beta, nullptr, false};
+#pragma omp parallel num_threads(nthreads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i0 = 0; i0 < m; i0 += uk.mr) {
+      const T* src = a + (trans_a ? i0 : i0 * lda);
+      pack_a(uk, src, trans_a ? 1 : lda, trans_a ? lda : 1, std::min<int64_t>(uk.mr, m - i0), k,
+             a_packed.get() + i0 * k);
+    }
+    AlignedBuffer<T> b_packed(strips_per_item * uk.nr * k);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t j0 = item * strips_per_item * uk.nr;
+      const int64_t cols = std::min(strips_per_item * uk.nr, n - j0);
+      if (cols <= 0) continue;
+      const T* src = b + (trans_b ? j0 * ldb : j0);
+      pack_b(uk, src, trans_b ? 1 : ldb, trans_b ? ldb : 1, k, cols, b_packed.get());
+      multiply_packed(uk, m, cols, &all, 1, a_packed.get(), k, b_packed.get(), k, c + j0, ldc, ep);
+    }
+  }
+}
+
+double measure_peak_gflops(bool is_double, int threads) {
+  const Isa isa = active_isa();
+  auto loop = &portable::peak_loop;
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx512) loop = &avx512::peak_loop;
+  if (isa == Isa::kAvx2) loop = &avx2::peak_loop;
+#endif
+  const int64_t iterations = 20'000'000;
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    int64_t flops = 0;
+    volatile double sink = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads) reduction(+ : flops)
+    {
+      int64_t f = 0;
+      sink = sink + loop(is_double, iterations, &f);
+      flops += f;
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, double(flops) / seconds * 1e-9);
+  }
+  return best;
+}
+
+#define ROLLCONV_GEMM_INSTANTIATE(T)                                                              \
+  template void multiply_packed<T>(const MicroKernel<T>&, int64_t, int64_t, const KSegment*, int, \
+                                   const T*, int64_t, const T*, int64_t, T*, int64_t,            \
+                                   const Epilogue<T>&);                                          \
+  template void pack_a<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \
+  template void pack_b<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \
+  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*,    \
+                        int64_t, T, T*, int64_t, int);
+ROLLCONV_GEMM_INSTANTIATE(float)
+ROLLCONV_GEMM_INSTANTIATE(double)
+#undef ROLLCONV_GEMM_INSTANTIATE
+
+}  // namespace rollconv::gemm

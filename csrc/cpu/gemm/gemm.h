@@ -1,0 +1,115 @@
+// rollconv's CPU GEMM engine: packed panels, a register-tiled micro-kernel per ISA
+// (AVX-512, AVX2+FMA, portable), picked at run time from the CPU's features.
+//
+// The classic layered design (Goto / BLIS): C (m x n, row-major, ldc) += A (m x k) B (k x n)
+// where A is packed in strips of MR rows ([strip][k][MR]) and B in strips of NR columns
+// ([strip][k][NR]), zero-padded, and a micro-kernel computes one MR x NR tile of C from one
+// A strip and one B strip, keeping the tile in registers. Everything above the micro-kernel
+// (packing, blocking, threads) is ISA-independent; the convolution engine
+// (cpu/conv_engine.cpp) packs B straight from the input image instead of from a matrix.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+namespace rollconv::gemm {
+
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* isa_name(Isa isa);
+bool parse_isa(const char* name, Isa* isa);  // "portable" | "avx2" | "avx512"
+bool cpu_supports(Isa isa);
+// The micro-kernels in use: the best the CPU supports, unless ROLLCONV_GEMM_ISA (read at
+// first use) or force_isa() asked for another; asking for one the CPU lacks is an error.
+Isa active_isa();
+void force_isa(Isa isa);  // throws std::runtime_error if the CPU does not support it
+
+// What the micro-kernel does with a tile on its way to memory:
+//   C = alpha * AB + (beta != 0 ? beta * C : 0) + bias[row], then max(., 0) if relu.
+// With beta == 0, C is not read (BLAS semantics: NaN in C does not leak).
+template <typename T>
+struct Epilogue {
+  T alpha = 1, beta = 0;
+  const T* bias = nullptr;  // indexed by the tile's row (already offset to the tile)
+  bool relu = false;
+};
+
+template <typename T>
+struct MicroKernel {
+  int mr, nr, lanes;  // nr = lanes * vectors
+  // Tile of m <= mr valid rows and n <= nr valid columns; kc >= 0 (0: C = epilogue(0)).
+  using Fn = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, const Epilogue<T>& ep,
+                      int m, int n);
+  Fn by_vectors[4];  // [v - 1]: computes only the first v vectors of the strip (narrow edges)
+
+  void operator()(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, const Epilogue<T>& ep,
+                  int m, int n) const {
+    by_vectors[(n + lanes - 1) / lanes - 1](kc, a, b, c, ldc, ep, m, n);
+  }
+};
+
+struct MicroKernels {
+  MicroKernel<float> f32;
+  MicroKernel<double> f64;
+};
+
+const MicroKernels& micro_kernels(Isa isa);
+template <typename T>
+const MicroKernel<T>& micro_kernel(Isa isa);
+
+// Pairs A's columns [a_k, a_k + len) with B's rows [b_k, b_k + len): a product may be a
+// sum of such segments (the rolling convolution's wrap-around), all in packed form.
+struct KSegment {
+  int64_t a_k, b_k, len;
+};
+
+// C (m x n) = epilogue(sum over segments of A_packed B_packed). a: strips of MR rows
+// over a_depth columns; b: strips of NR columns over b_depth rows. Single-threaded; k is
+// blocked so a B micro-panel stays in L1 while the A strips stream through.
+template <typename T>
+void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegment* segments,
+                     int num_segments, const T* a, int64_t a_depth, const T* b, int64_t b_depth,
+                     T* c, int64_t ldc, const Epilogue<T>& ep);
+
+// Packing of strided matrices: element (i, j) of A is a[i * row_stride + j * col_stride].
+template <typename T>
+void pack_a(const MicroKernel<T>& uk, const T* a, int64_t row_stride, int64_t col_stride,
+            int64_t m, int64_t k, T* dst);
+template <typename T>
+void pack_b(const MicroKernel<T>& uk, const T* b, int64_t row_stride, int64_t col_stride,
+            int64_t k, int64_t n, T* dst);
+
+// Packed sizes (elements), padded to whole strips.
+inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// A 64-byte aligned scratch buffer for packed panels.
+template <typename T>
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(int64_t elements)
+      : data_(static_cast<T*>(std::aligned_alloc(64, round_up((elements > 0 ? elements : 1) * int64_t(sizeof(T)), 64)))) {
+    if (!data_) throw std::bad_alloc();
+  }
+  T* get() const { return data_.get(); }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> data_;
+};
+
+// C = alpha * op(A) op(B) + beta * C, row-major, parallel over `threads` OpenMP threads
+// (<= 0: the OpenMP default). op(X) = X or X^T. The reference for the C++ tests and the
+// GEMM the benchmark measures.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc, int threads = 0);
+
+// Measured FMA throughput of the active ISA's registers (GFLOP/s over `threads` threads):
+// the peak the benchmark reports the GEMM against.
+double measure_peak_gflops(bool is_double, int threads);
+
+}  // namespace rollconv::gemm

@@ -1,0 +1,143 @@
+// The register-tiled micro-kernel, written once with GCC vector extensions and compiled
+// once per ISA: each micro_<isa>.cpp sets the target ISA (#pragma GCC target), the vector
+// width and the tile shapes, then includes this file. Only the vector width and the
+// tile shape differ between ISAs; the code is the same.
+//
+// Required macros: ROLLCONV_ISA (a namespace name), ROLLCONV_VECTOR_BYTES,
+// ROLLCONV_MR_F32, ROLLCONV_NV_F32, ROLLCONV_MR_F64, ROLLCONV_NV_F64 (NV: vectors per row).
+// Everything here has internal linkage, so no ISA-specific code can be picked by the
+// linker for another translation unit.
+
+namespace rollconv::gemm {
+namespace ROLLCONV_ISA {
+namespace {
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
+};
+
+template <typename V, typename T>
+inline V load(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+inline void store(T* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+// One MR x (NV * lanes) tile of C from an A strip ([k][MR]) and a B strip ([k][NV_FULL *
+// lanes]); NV < NV_FULL for the narrow last strip of a row. Partial tiles (m < MR or
+// n < NV * lanes) go through a local buffer so that C is never touched out of bounds.
+template <typename T, int MR, int NV_FULL, int NV>
+void tile_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc,
+                 const Epilogue<T>& ep, int m, int n) {
+  using V = typename VecOf<T>::type;
+  constexpr int W = sizeof(V) / sizeof(T), NR = NV_FULL * W, TN = NV * W;
+  if (ep.beta != T(0) && m == MR) {  // C is read at the end: start fetching it now
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      for (int off = 0; off < TN; off += 64 / int(sizeof(T))) __builtin_prefetch(c + i * ldc + off, 1);
+    }
+  }
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+  }
+  for (int64_t p = 0; p < kc; ++p, a += MR, b += NR) {
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + v * W);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[i];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
+    }
+  }
+
+  const bool full = m == MR && n == TN;
+  alignas(64) T buffer[MR * TN];
+  T* dst = full ? c : buffer;
+  const int64_t ld = full ? ldc : TN;
+  if (!full && ep.beta != T(0)) {
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) buffer[i * TN + j] = c[i * ldc + j];
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    const T bias = (ep.bias != nullptr && i < m) ? ep.bias[i] : T(0);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      V r = acc[i][v] * ep.alpha;
+      if (ep.beta != T(0)) r += ep.beta * load<V>(dst + i * ld + v * W);
+      r += bias;
+      if (ep.relu) r = r < T(0) ? V{} : r;  // NaN stays NaN, as in torch.relu
+      store(dst + i * ld + v * W, r);
+    }
+  }
+  if (!full) {
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) c[i * ldc + j] = buffer[i * TN + j];
+  }
+}
+
+template <typename T, int MR, int NV>
+constexpr MicroKernel<T> make_micro_kernel() {
+  constexpr int W = sizeof(typename VecOf<T>::type) / sizeof(T);
+  static_assert(NV >= 1 && NV <= 4, "1 to 4 vectors per tile row");
+  return MicroKernel<T>{
+      MR, NV * W, W,
+      {&tile_kernel<T, MR, NV, 1>, &tile_kernel<T, MR, NV, (NV >= 2 ? 2 : NV)>,
+       &tile_kernel<T, MR, NV, (NV >= 3 ? 3 : NV)>, &tile_kernel<T, MR, NV, NV>}};
+}
+
+// Independent FMA chains on registers only: the ISA's arithmetic peak, for the benchmark.
+constexpr int kChains = 12;  // > FMA latency x pipes; with 2 operands, fits 16 registers
+
+template <typename T>
+T fma_chains(int64_t iterations, T seed) {
+  using V = typename VecOf<T>::type;
+  V acc[kChains];
+  const V x = V{} + T(0.999999), y = V{} + T(1e-7);
+#pragma GCC unroll 16
+  for (int i = 0; i < kChains; ++i) acc[i] = V{} + seed * T(i);
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = acc[i] * x + y;
+  }
+  V sum = V{};
+  for (int i = 0; i < kChains; ++i) sum += acc[i];
+  T total = 0;
+  for (int l = 0; l < int(sizeof(V) / sizeof(T)); ++l) total += sum[l];
+  return total;
+}
+
+}  // namespace
+
+extern const MicroKernels kernels;  // declared in gemm.cpp too: external linkage
+const MicroKernels kernels{make_micro_kernel<float, ROLLCONV_MR_F32, ROLLCONV_NV_F32>(),
+                           make_micro_kernel<double, ROLLCONV_MR_F64, ROLLCONV_NV_F64>()};
+
+// flops per call: iterations * chains * lanes * 2.
+double peak_loop(bool is_double, int64_t iterations, int64_t* flops) {
+  if (is_double) {
+    *flops = iterations * kChains * int64_t(sizeof(VecOf<double>::type) / sizeof(double)) * 2;
+    return fma_chains<double>(iterations, 1e-3);
+  }
+  *flops = iterations * kChains * int64_t(sizeof(VecOf<float>::type) / sizeof(float)) * 2;
+  return fma_chains<float>(iterations, 1e-3f);
+}
+
+}  // namespace ROLLCONV_ISA
+}  // namespace rollconv::gemm

@@ -1,0 +1,142 @@
+// C++ tests of the GEMM engine (run by ctest), each ISA the CPU supports forced in turn:
+//  - gemm() against a naive triple loop over odd sizes, both transposes, alpha and beta
+//    (beta = 0 must ignore NaN already in C);
+//  - multiply_packed's epilogue (bias per row, ReLU) and a product split into K segments;
+//  - the measured peak is positive (the benchmark divides by it).
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu/gemm/gemm.h"
+
+using namespace rollconv::gemm;
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL: %s\n", what.c_str());
+  }
+}
+
+template <typename T>
+std::vector<T> random_vector(std::mt19937& rng, int64_t size) {
+  std::uniform_real_distribution<double> dist(-1, 1);
+  std::vector<T> v(size);
+  for (T& x : v) x = T(dist(rng));
+  return v;
+}
+
+template <typename T>
+double tolerance(int64_t k) {
+  return (sizeof(T) == 4 ? 2e-6 : 1e-14) * (k + 4);
+}
+
+template <typename T>
+void test_gemm_against_naive(std::mt19937& rng) {
+  const int64_t sizes[] = {1, 2, 7, 17, 33, 64, 255};
+  for (int64_t m : sizes) {
+    for (int64_t n : sizes) {
+      for (int64_t k : {int64_t(1), int64_t(7), int64_t(130), int64_t(255)}) {
+        if (m * n * k > 4'000'000) continue;
+        const bool ta = (m + n) % 2, tb = (n + k) % 3 == 0;
+        const T alpha = T((m % 3) + 0.5), beta = (k % 2) ? T(0) : T(-0.75);
+        const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
+        const auto a = random_vector<T>(rng, (ta ? k : m) * lda);
+        const auto b = random_vector<T>(rng, (tb ? n : k) * ldb);
+        auto c = random_vector<T>(rng, m * ldc);
+        std::vector<T> expected = c;
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            double sum = 0;
+            for (int64_t p = 0; p < k; ++p) {
+              sum += double(ta ? a[p * lda + i] : a[i * lda + p]) * double(tb ? b[j * ldb + p] : b[p * ldb + j]);
+            }
+            expected[i * ldc + j] = T(alpha * sum + (beta != T(0) ? beta * double(c[i * ldc + j]) : 0));
+          }
+        }
+        if (beta == T(0)) {  // BLAS semantics: C is not read
+          for (int64_t i = 0; i < m; ++i) c[i * ldc] = std::numeric_limits<T>::quiet_NaN();
+        }
+        gemm<T>(ta, tb, m, n, k, alpha, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+        double err = 0;
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < ldc; ++j) {
+            const double d = std::abs(double(c[i * ldc + j]) - double(expected[i * ldc + j]));
+            err = std::isnan(d) ? INFINITY : std::max(err, d);
+          }
+        char what[160];
+        std::snprintf(what, sizeof what, "%s gemm<%s> m=%lld n=%lld k=%lld ta=%d tb=%d: err %g",
+                      isa_name(active_isa()), sizeof(T) == 4 ? "float" : "double", (long long)m,
+                      (long long)n, (long long)k, ta, tb, err);
+        expect(err <= tolerance<T>(k), what);
+      }
+    }
+  }
+}
+
+// The conv engine's uses of multiply_packed: bias + ReLU on the last pass, a product as
+// two K segments (the rolling convolution's wrap-around), an empty product.
+template <typename T>
+void test_segments_and_epilogue(std::mt19937& rng) {
+  const MicroKernel<T>& uk = micro_kernel<T>(active_isa());
+  const int64_t m = 19, n = 53, k = 300, split = 170;
+  const auto a = random_vector<T>(rng, m * k);
+  const auto b = random_vector<T>(rng, k * n);
+  const auto bias = random_vector<T>(rng, m);
+  std::vector<T> a_packed(round_up(m, uk.mr) * k), b_packed(round_up(n, uk.nr) * k);
+  pack_a(uk, a.data(), k, 1, m, k, a_packed.data());
+  pack_b(uk, b.data(), n, 1, k, n, b_packed.data());
+  // A's columns [0, k - split) meet B's rows [split, k), A's rest meets B's [0, split).
+  const KSegment segments[2] = {{0, split, k - split}, {k - split, 0, split}};
+  std::vector<T> c(m * n, std::numeric_limits<T>::quiet_NaN());
+  multiply_packed(uk, m, n, segments, 2, a_packed.data(), k, b_packed.data(), k, c.data(), n,
+                  Epilogue<T>{T(1), T(0), bias.data(), true});
+  double err = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double sum = bias[i];
+      for (int64_t p = 0; p < k; ++p) sum += double(a[i * k + p]) * double(b[((p + split) % k) * n + j]);
+      err = std::max(err, std::abs(std::max(sum, 0.0) - double(c[i * n + j])));
+    }
+  }
+  expect(err <= tolerance<T>(k), std::string(isa_name(active_isa())) + " segments + bias + relu: err " + std::to_string(err));
+
+  std::vector<T> empty(m * n, T(5));
+  multiply_packed<T>(uk, m, n, segments, 0, a_packed.data(), k, b_packed.data(), k, empty.data(), n,
+                     Epilogue<T>{T(1), T(0), bias.data(), false});
+  bool ok = true;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) ok = ok && empty[i * n + j] == bias[i];
+  expect(ok, std::string(isa_name(active_isa())) + " empty product = bias");
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(7);
+  int tested = 0;
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (!cpu_supports(isa)) {
+      std::printf("skip %s: not supported by this CPU\n", isa_name(isa));
+      continue;
+    }
+    force_isa(isa);
+    test_gemm_against_naive<float>(rng);
+    test_gemm_against_naive<double>(rng);
+    test_segments_and_epilogue<float>(rng);
+    test_segments_and_epilogue<double>(rng);
+    expect(measure_peak_gflops(false, 1) > 0, "peak measured");
+    ++tested;
+    std::printf("%s: micro-kernel f32 %dx%d, f64 %dx%d\n", isa_name(isa), micro_kernel<float>(isa).mr,
+                micro_kernel<float>(isa).nr, micro_kernel<double>(isa).mr, micro_kernel<double>(isa).nr);
+  }
+  std::printf("%d ISAs tested, %d failures\n", tested, failures);
+  return failures == 0 ? 0 : 1;
+}
