@@ -97,44 +97,91 @@ struct PackedBlocks {
 
 // B panels of one sample's image columns: rows (channel, tap) for every real channel,
 // columns = pixels [first, first + count), as strips [strip][row][NR] (im2col fused into
-// the packing).
+// the packing). The hot loop of the forward pass, so the geometry is hoisted: per strip,
+// the output lines it crosses; per (channel, tap row, line), one input row serves every
+// tap column.
 template <typename T>
 void pack_image_columns(const MicroKernel<T>& uk, const T* image, const ColumnLayout& L,
                         int64_t first, int64_t count, T* dst) {
   const Window2d& w = L.win;
-  const int64_t kk = w.kernel_h * w.kernel_w, rows = L.channels * kk, plane = w.in_h * w.in_w;
-  const int64_t nr = uk.nr;
+  const int64_t kw = w.kernel_w, kk = w.kernel_h * kw, rows = L.channels * kk;
+  const int64_t plane = w.in_h * w.in_w, nr = uk.nr, sw = w.stride_w;
+  struct TapColumn {
+    int64_t lo, hi, x0;  // valid output columns [lo, hi); input column = ow * sw + x0
+  };
+  struct Line {
+    int64_t oh, a, b, off;  // output line oh, columns [a, b), at strip column off
+  };
+  std::vector<TapColumn> taps(kw);
+  for (int64_t j = 0; j < kw; ++j) {
+    valid_outputs(w.in_w, j, sw, w.pad_w, w.dil_w, w.out_w, &taps[j].lo, &taps[j].hi);
+    taps[j].x0 = input_coord(0, j, sw, w.pad_w, w.dil_w);
+  }
+  std::vector<Line> lines;
   for (int64_t s = 0; s * nr < count; ++s) {
     const int64_t cols = std::min(nr, count - s * nr);
     T* strip = dst + s * nr * rows;
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t c = r / kk, tap = r - c * kk;
-      T* out = strip + r * nr;
-      im2col_span(image + c * plane, w, tap / w.kernel_w, tap % w.kernel_w, first + s * nr, cols, out);
-      std::fill(out + cols, out + nr, T(0));
+    lines.clear();
+    for_each_output_line(w, first + s * nr, cols, [&](int64_t oh, int64_t a, int64_t b, int64_t off) {
+      lines.push_back(Line{oh, a, b, off});
+    });
+    for (int64_t c = 0; c < L.channels; ++c) {
+      for (int64_t i = 0; i < w.kernel_h; ++i) {
+        T* row0 = strip + (c * kk + i * kw) * nr;  // row (c, i, j) is row0 + j * nr
+        for (const Line& ln : lines) {
+          const int64_t h = input_coord(ln.oh, i, w.stride_h, w.pad_h, w.dil_h);
+          const bool inside = h >= 0 && h < w.in_h;
+          const T* src = image + c * plane + h * w.in_w;
+          for (int64_t j = 0; j < kw; ++j) {
+            T* out = row0 + j * nr + ln.off - ln.a;  // out[ow] for ow in [a, b)
+            const int64_t v0 = inside ? std::clamp(taps[j].lo, ln.a, ln.b) : ln.b;
+            const int64_t v1 = inside ? std::clamp(taps[j].hi, v0, ln.b) : ln.b;
+            for (int64_t ow = ln.a; ow < v0; ++ow) out[ow] = T(0);
+            const T* in = src + taps[j].x0;
+            if (sw == 1) {
+              for (int64_t ow = v0; ow < v1; ++ow) out[ow] = in[ow];
+            } else {
+              for (int64_t ow = v0; ow < v1; ++ow) out[ow] = in[ow * sw];
+            }
+            for (int64_t ow = v1; ow < ln.b; ++ow) out[ow] = T(0);
+          }
+        }
+      }
+    }
+    if (cols < nr) {
+      for (int64_t r = 0; r < rows; ++r) std::fill(strip + r * nr + cols, strip + (r + 1) * nr, T(0));
     }
   }
 }
 
 // B panels of the transposed image columns, for dK: rows = pixels [first, first + count),
-// columns = column-matrix rows [col0, col0 + ncols) (virtual channel x tap).
+// columns = column-matrix rows [col0, col0 + ncols) (virtual channel x tap). Each strip's
+// columns are first written as lines (lines: NR x count scratch), then transposed in
+// tiles that stay in L1.
 template <typename T>
 void pack_image_columns_transposed(const MicroKernel<T>& uk, const T* image, const ColumnLayout& L,
                                    int64_t col0, int64_t ncols, int64_t first, int64_t count,
-                                   T* line, T* dst) {
+                                   T* lines, T* dst) {
   const Window2d& w = L.win;
   const int64_t plane = w.in_h * w.in_w, nr = uk.nr;
+  constexpr int64_t kTile = 16;
   for (int64_t s = 0; s * nr < ncols; ++s) {
     T* strip = dst + s * nr * count;
     const int64_t cols = std::min(nr, ncols - s * nr);
-    for (int64_t j = 0; j < nr; ++j) {
-      if (j >= cols) {
-        for (int64_t p = 0; p < count; ++p) strip[p * nr + j] = T(0);
-        continue;
-      }
+    for (int64_t j = 0; j < cols; ++j) {
       const RowSource src = column_row_source(L, col0 + s * nr + j);
-      im2col_span(image + src.channel * plane, w, src.tap_h, src.tap_w, first, count, line);
-      for (int64_t p = 0; p < count; ++p) strip[p * nr + j] = line[p];
+      im2col_span(image + src.channel * plane, w, src.tap_h, src.tap_w, first, count, lines + j * count);
+    }
+    for (int64_t p0 = 0; p0 < count; p0 += kTile) {
+      const int64_t p1 = std::min(count, p0 + kTile);
+      for (int64_t j = 0; j < nr; ++j) {
+        const T* line = lines + j * count;
+        if (j < cols) {
+          for (int64_t p = p0; p < p1; ++p) strip[p * nr + j] = line[p];
+        } else {
+          for (int64_t p = p0; p < p1; ++p) strip[p * nr + j] = T(0);
+        }
+      }
     }
   }
 }
@@ -249,15 +296,18 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   const T* dy = grad_output.const_data_ptr<T>();
 
   // Items: (group of samples, range of dW columns). Blocks that share dW rows (rolls) run
-  // in order inside an item, so no two threads write the same element.
+  // in order inside an item, so no two threads write the same element. Sample groups come
+  // first (whole rows of dW per item: balanced, and the A panel is packed once); columns
+  // are split only when the batch is smaller than the thread count.
   const int64_t threads_wanted = at::get_num_threads();
-  const int64_t width = round_up(ceil_div(wcols, threads_wanted), uk.nr);
-  const int64_t pieces = ceil_div(wcols, width);
-  const int64_t groups = std::clamp<int64_t>(ceil_div(threads_wanted, pieces), 1, std::max<int64_t>(1, batch));
+  const int64_t groups = std::clamp<int64_t>(threads_wanted, 1, std::max<int64_t>(1, batch));
+  const int64_t pieces = std::min(ceil_div(threads_wanted, groups), ceil_div(wcols, uk.nr));
+  const int64_t width = round_up(ceil_div(wcols, pieces), uk.nr);
   const int64_t per_group = ceil_div(batch, groups);
   int64_t max_rows = 0;
   for (const GemmBlock& blk : plan.blocks) max_rows = std::max(max_rows, blk.rows);
-  const int64_t pixels = std::clamp<int64_t>(kPanelBytes / ((width + max_rows) * int64_t(sizeof(T))), 16, px);
+  // Pixels per pass: deep passes, so dW (read and written once per pass) costs little.
+  const int64_t pixels = std::clamp<int64_t>(4 * kPanelBytes / ((width + max_rows) * int64_t(sizeof(T))), 16, px);
   // Group 0 accumulates into grad_weight, the others into their own buffers.
   std::vector<T> partial((groups - 1) * wsize, T(0));
   const int64_t items = groups * pieces;
@@ -265,7 +315,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
 #pragma omp parallel num_threads(threads)
   {
     AlignedBuffer<T> a_panel(round_up(max_rows, uk.mr) * pixels), b_panel(width * pixels);
-    AlignedBuffer<T> line(pixels);
+    AlignedBuffer<T> lines(uk.nr * pixels);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / pieces, col0 = (item % pieces) * width;
@@ -278,7 +328,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
             if (ncols <= 0) continue;
             gemm::pack_a(uk, dy + (n * cout + blk.out_row) * px + first, px, 1, blk.rows, count, a_panel.get());
             pack_image_columns_transposed(uk, x + n * L.channels * plane, L, blk.col_row + col0, ncols, first,
-                                          count, line.get(), b_panel.get());
+                                          count, lines.get(), b_panel.get());
             const KSegment all{0, 0, count};
             gemm::multiply_packed(uk, blk.rows, ncols, &all, 1, a_panel.get(), count, b_panel.get(), count,
                                   acc + blk.weight_row * wcols + col0, wcols, Epilogue<T>{T(1), T(1), nullptr, false});
