@@ -3,14 +3,91 @@
 // build for rollconv.info(). Kept apart so the C++ tests link the ops without Python.
 #include <Python.h>
 
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <vector>
+
+#include "cpu/gemm/gemm.h"
+
 // The Python module rollconv._C: loading it registers the ops; it also carries the
 // facts of this build for rollconv.info().
 #ifndef ROLLCONV_CUDA_ARCHS
 #define ROLLCONV_CUDA_ARCHS ""
 #endif
 
+namespace {
+
+// _C.gemm_isa() -> str: the CPU GEMM engine's micro-kernels in use.
+PyObject* gemm_isa(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(rollconv::gemm::isa_name(rollconv::gemm::active_isa()));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+// _C.gemm_seconds(m, n, k, double, threads, repeats) -> list of seconds: the engine's
+// plain GEMM C = A B (row-major) timed on its own, for the benchmark.
+PyObject* gemm_seconds(PyObject*, PyObject* args) {
+  long long m, n, k;
+  int is_double, threads, repeats;
+  if (!PyArg_ParseTuple(args, "LLLpii", &m, &n, &k, &is_double, &threads, &repeats)) return nullptr;
+  std::vector<double> seconds;
+  try {
+    auto run = [&](auto zero) {
+      using T = decltype(zero);
+      std::vector<T> a(m * k, T(0.5)), b(k * n, T(0.25)), c(m * n);
+      for (int r = 0; r <= repeats; ++r) {  // the first run warms up
+        const auto t0 = std::chrono::steady_clock::now();
+        rollconv::gemm::gemm<T>(false, false, m, n, k, T(1), a.data(), k, b.data(), n, T(0), c.data(), n, threads);
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (r > 0) seconds.push_back(s);
+      }
+    };
+    Py_BEGIN_ALLOW_THREADS
+    if (is_double) {
+      run(0.0);
+    } else {
+      run(0.0f);
+    }
+    Py_END_ALLOW_THREADS
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  PyObject* list = PyList_New(0);
+  for (double s : seconds) {
+    PyObject* value = PyFloat_FromDouble(s);
+    PyList_Append(list, value);
+    Py_DECREF(value);
+  }
+  return list;
+}
+
+// _C.peak_gflops(double, threads) -> float: measured FMA throughput of the engine's ISA.
+PyObject* peak_gflops(PyObject*, PyObject* args) {
+  int is_double, threads;
+  if (!PyArg_ParseTuple(args, "pi", &is_double, &threads)) return nullptr;
+  double gflops = 0;
+  Py_BEGIN_ALLOW_THREADS
+  gflops = rollconv::gemm::measure_peak_gflops(is_double, threads);
+  Py_END_ALLOW_THREADS
+  return PyFloat_FromDouble(gflops);
+}
+
+PyMethodDef methods[] = {
+    {"gemm_isa", gemm_isa, METH_NOARGS, "ISA of the CPU GEMM engine's micro-kernels"},
+    {"gemm_seconds", gemm_seconds, METH_VARARGS, "time the CPU GEMM engine: (m, n, k, double, threads, repeats)"},
+    {"peak_gflops", peak_gflops, METH_VARARGS, "measured FMA peak of the engine's ISA: (double, threads)"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
 extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "rollconv compiled ops", -1, nullptr};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "rollconv compiled ops", -1, methods};
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
 #ifdef ROLLCONV_WITH_CUDA

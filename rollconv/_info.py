@@ -16,6 +16,7 @@ def build_facts():
         "CUDA architectures": _C.cuda_archs or "-",
         "GPU visible": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no"),
         "CPU threads (torch / OpenMP)": torch.get_num_threads(),
+        "CPU GEMM engine ISA": _C.gemm_isa(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }

@@ -124,6 +124,8 @@ namespace {
 // Depth of one pass: 48 KiB of B micro-panel (KC x NR). Measured on Zen 5 (32 KiB L1):
 // deeper passes win over an L1-sized panel, as C tiles are then loaded and stored less often.
 constexpr int64_t kDepthBytes = 96 * 1024;
+// A rows of one block: a quarter of a 1 MiB L2, the rest for B panels and C.
+constexpr int64_t kRowBlockBytes = 256 * 1024;
 }  // namespace
 
 template <typename T>
@@ -149,12 +151,17 @@ void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegm
       const bool first = done == 0, last = done + kc == total;
       done += kc;
       Epilogue<T> pass{ep.alpha, first ? ep.beta : T(1), nullptr, last && ep.relu};
-      for (int64_t j = 0; j < n; j += nr) {
-        const T* b_panel = b + (j / nr) * nr * b_depth + (seg.b_k + p) * nr;
-        for (int64_t i = 0; i < m; i += mr) {
-          pass.bias = last && ep.bias ? ep.bias + i : nullptr;
-          uk(kc, a + (i / mr) * mr * a_depth + (seg.a_k + p) * mr, b_panel, c + i * ldc + j, ldc,
-             pass, int(std::min(mr, m - i)), int(std::min(nr, n - j)));
+      // Rows in blocks whose A strips stay in L2 while every B micro-panel passes by.
+      const int64_t mc = std::max<int64_t>(1, kRowBlockBytes / (kc * mr * int64_t(sizeof(T)))) * mr;
+      for (int64_t i0 = 0; i0 < m; i0 += mc) {
+        const int64_t i1 = std::min(m, i0 + mc);
+        for (int64_t j = 0; j < n; j += nr) {
+          const T* b_panel = b + (j / nr) * nr * b_depth + (seg.b_k + p) * nr;
+          for (int64_t i = i0; i < i1; i += mr) {
+            pass.bias = last && ep.bias ? ep.bias + i : nullptr;
+            uk(kc, a + (i / mr) * mr * a_depth + (seg.a_k + p) * mr, b_panel, c + i * ldc + j, ldc,
+               pass, int(std::min(mr, m - i)), int(std::min(nr, n - j)));
+          }
         }
       }
     }

@@ -1,0 +1,108 @@
+"""The CPU GEMM engine (csrc/cpu/gemm, csrc/cpu/conv_engine.cpp) against its fallback and
+torch: every ISA the CPU supports, the im2col + ATen GEMM path that CUDA uses (selected on
+CPU with ROLLCONV_CPU_ENGINE=0), run-to-run determinism, and the benchmark hooks."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rollconv
+import rollconv.functional as RF
+from rollconv import _C
+
+from test_roll_conv import seed_roll
+
+
+def _conv_and_grads(fn, x, w, b):
+    x, w, b = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    y = fn(x, w, b)
+    y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y))
+    return y.detach(), x.grad, w.grad, b.grad
+
+
+CONFIGS = [  # (x shape, w shape, kwargs)
+    ((3, 6, 11, 9), (4, 6, 3, 3), dict(stride=1, padding=1)),
+    ((2, 6, 13, 10), (6, 3, 2, 3), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)),
+    ((1, 3, 20, 17), (5, 3, 5, 4), dict(stride=(3, 2), padding=(2, 3))),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", CONFIGS)
+def test_aten_gemm_path_on_cpu(monkeypatch, x_shape, w_shape, kw):
+    """ROLLCONV_CPU_ENGINE=0: the same ops through im2col + at::mm (CUDA's code path)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(*x_shape, dtype=torch.float64, generator=gen)
+    w = torch.randn(*w_shape, dtype=torch.float64, generator=gen)
+    b = torch.randn(w_shape[0], dtype=torch.float64, generator=gen)
+    engine = _conv_and_grads(lambda x, w, b: RF.conv2d(x, w, b, **kw), x, w, b)
+    monkeypatch.setenv("ROLLCONV_CPU_ENGINE", "0")
+    fallback = _conv_and_grads(lambda x, w, b: RF.conv2d(x, w, b, **kw), x, w, b)
+    ref = _conv_and_grads(lambda x, w, b: F.conv2d(x, w, b, **kw), x, w, b)
+    for e, f, r in zip(engine, fallback, ref):
+        torch.testing.assert_close(e, r, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(f, r, rtol=1e-10, atol=1e-10)
+
+
+def test_aten_gemm_path_roll_direct(monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 7, 9, 8, dtype=torch.float64, generator=gen)
+    w = torch.randn(3, 7, 3, 2, dtype=torch.float64, generator=gen)
+    b = torch.randn(3, dtype=torch.float64, generator=gen)
+    ours = lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, rolls=5, activation="relu", algorithm="direct")
+    ref = _conv_and_grads(lambda x, w, b: seed_roll(x, w, b, padding=1, rolls=5), x, w, b)
+    for engine_setting in ("1", "0"):
+        monkeypatch.setenv("ROLLCONV_CPU_ENGINE", engine_setting)
+        for got, want in zip(_conv_and_grads(ours, x, w, b), ref):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_deterministic():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 16, 20, 20, generator=gen)
+    w = torch.randn(24, 16, 3, 3, generator=gen)
+    b = torch.randn(24, generator=gen)
+    first = _conv_and_grads(lambda x, w, b: RF.conv2d(x, w, b, padding=1), x, w, b)
+    for _ in range(3):
+        for a, c in zip(first, _conv_and_grads(lambda x, w, b: RF.conv2d(x, w, b, padding=1), x, w, b)):
+            assert torch.equal(a, c)
+
+
+ISA_CHECK = r"""
+import torch, torch.nn.functional as F, rollconv, rollconv.functional as RF
+from rollconv import _C
+assert _C.gemm_isa() == %r, _C.gemm_isa()
+for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
+    x = torch.randn(3, 5, 30, 19, dtype=dtype, requires_grad=True)
+    w = torch.randn(11, 5, 3, 5, dtype=dtype, requires_grad=True)
+    y = RF.conv2d(x, w, padding=(1, 2))
+    gx, gw = torch.autograd.grad(y.square().sum(), (x, w))
+    y2 = F.conv2d(x, w, padding=(1, 2))
+    rx, rw = torch.autograd.grad(y2.square().sum(), (x, w))
+    for a, b in ((y, y2), (gx, rx), (gw, rw)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+def test_each_isa(isa):
+    """Each micro-kernel the CPU can run, forced with ROLLCONV_GEMM_ISA in a fresh process."""
+    cpu_flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    needed = {"portable": [], "avx2": ["avx2", "fma"], "avx512": ["avx512f", "avx512vl", "avx512dq"]}[isa]
+    if not all(f" {flag}" in cpu_flags for flag in needed):
+        pytest.skip(f"this CPU has no {isa}")
+    env = dict(os.environ, ROLLCONV_GEMM_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", ISA_CHECK % isa], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_bench_hooks():
+    assert _C.gemm_isa() in ("portable", "avx2", "avx512")
+    assert _C.peak_gflops(False, 1) > 0
+    seconds = _C.gemm_seconds(37, 53, 29, False, 1, 2)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    assert rollconv.info.__doc__  # info() prints the engine ISA among the build facts
+    assert "CPU GEMM engine ISA" in rollconv._info.build_facts()
