@@ -209,6 +209,26 @@ def measure_peak(case_index, candidate, device, quick):
     return (max(peak[0], rss()) - base) / 2**20
 
 
+# --- the GEMM engine alone -----------------------------------------------------------------
+
+
+def gemm_rates(threads, quick):
+    """GFLOP/s of the CPU GEMM engine (C = A B, square, row-major) against the FMA peak
+    measured on the same threads with the same ISA (issue 6: >= 80% for large sizes)."""
+    rows = []
+    peak = {dt: rollconv._C.peak_gflops(dt == "float64", threads) for dt in ("float32", "float64")}
+    sizes = [(1024, "float32")] if quick else [(1024, "float32"), (2048, "float32"), (3072, "float32"), (2048, "float64")]
+    for size, dtype in sizes:
+        seconds = statistics.median(rollconv._C.gemm_seconds(size, size, size, dtype == "float64", threads, 5))
+        gflops = 2 * size**3 / seconds / 1e9
+        row = {"size": size, "dtype": dtype, "isa": rollconv._C.gemm_isa(), "GFLOP/s": gflops,
+               "peak GFLOP/s": peak[dtype], "fraction of peak": gflops / peak[dtype]}
+        rows.append(row)
+        print(f"GEMM {size}^3 {dtype} ({row['isa']}): {gflops:.0f} GFLOP/s = {row['fraction of peak']:.0%} "
+              f"of the measured peak {peak[dtype]:.0f} GFLOP/s")
+    return rows
+
+
 # --- report -----------------------------------------------------------------------------
 
 ROLL_TARGETS = {4: 1.0, 16: 1.5, 64: 4.0, 256: 10.0}  # issue 5's speed-up targets (fwd+bwd, vs seed)
@@ -231,6 +251,7 @@ def main():
     facts.update(threads=args.threads, rounds=args.rounds, device=str(device), python=platform.python_version())
     print("\n".join(f"{k}: {v}" for k, v in facts.items()))
 
+    gemm_rows = [] if args.only and args.only not in "gemm" else gemm_rates(args.threads, args.quick)
     rows = []
     for index, case in enumerate(all_cases(args.quick)):
         if args.only not in case["name"]:
@@ -238,7 +259,7 @@ def main():
         row = {"case": case["name"], "group": case["group"], "c": case.get("c")}
         for mode in ("forward", "forward+backward"):
             row[mode] = time_case(case, device, args.rounds, mode)
-        if case["group"] == "roll_conv2d":
+        if case["group"] in ("roll_conv2d", "conv2d"):
             row["peak MiB"] = {name: peak_memory(index, name, args.device, args.quick) for name in case["candidates"]}
         if "flops" in case:
             row["rollconv GFLOP/s (forward)"] = case["flops"] / row["forward"]["rollconv"] / 1e9
@@ -246,9 +267,9 @@ def main():
         print(format_row(row))
 
     with open(os.path.join(RESULTS, "results.json"), "w") as f:
-        json.dump({"facts": facts, "rows": rows}, f, indent=2, default=str)
+        json.dump({"facts": facts, "gemm": gemm_rows, "rows": rows}, f, indent=2, default=str)
     with open(os.path.join(RESULTS, "results.md"), "w") as f:
-        f.write(markdown(rows, facts))
+        f.write(markdown(rows, facts, gemm_rows))
     plot(rows)
     print(f"\nwrote {RESULTS}/results.json, results.md, roll_speedup.png")
 
@@ -264,7 +285,7 @@ def format_row(row):
     return "\n".join(parts)
 
 
-def markdown(rows, facts):
+def markdown(rows, facts, gemm_rows=()):
     lines = [
         "# rollconv benchmark",
         "",
@@ -280,6 +301,25 @@ def markdown(rows, facts):
             for name, t in row[mode].items():
                 if name != "rollconv":
                     lines.append(f"| {row['case']} | {mode} | {ours * 1e3:.2f} | {name} | {t * 1e3:.2f} | {t / ours:.2f}x |")
+    if gemm_rows:
+        lines += ["", "## The CPU GEMM engine alone (issue 6: >= 80% of the measured peak)", "",
+                  "| size | dtype | ISA | GFLOP/s | measured peak | fraction |", "|---|---|---|---:|---:|---:|"]
+        for g in gemm_rows:
+            lines.append(f"| {g['size']}^3 | {g['dtype']} | {g['isa']} | {g['GFLOP/s']:.0f} | "
+                         f"{g['peak GFLOP/s']:.0f} | {g['fraction of peak']:.0%} |")
+    convs = [r for r in rows if r["group"] == "conv2d"]
+    if convs:
+        lines += ["", "## conv2d forward+backward against issue 6's targets", "",
+                  "Targets: time <= 1.25x oneDNN's (ratio >= 0.80) on every shape, faster on two; "
+                  ">= 2x faster than torch's im2col path. Peak MiB: extra resident memory of one forward+backward.", "",
+                  "| case | vs oneDNN | vs torch im2col | peak MiB rollconv | peak MiB torch im2col | peak MiB oneDNN |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in convs:
+            t = r["forward+backward"]
+            mem = r["peak MiB"]
+            lines.append(f"| {r['case']} | {t['torch (oneDNN)'] / t['rollconv']:.2f}x | "
+                         f"{t['torch im2col'] / t['rollconv']:.2f}x | {mem['rollconv']:.1f} | "
+                         f"{mem['torch im2col']:.1f} | {mem['torch (oneDNN)']:.1f} |")
     rolls = [r for r in rows if r["group"] == "roll_conv2d"]
     if rolls:
         lines += ["", "## roll_conv2d against the seed method (forward+backward) and issue 5's targets", "",

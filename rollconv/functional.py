@@ -123,18 +123,22 @@ FFT_MIN_CHANNELS = 48
 def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     """The algorithm 'auto' picks for roll_conv2d.
 
-    Rule measured on the project's 2-core AVX-512 CPU (fwd+bwd, float32, N 4-64, F 1-64,
-    8x8 to 32x32; bench/run.py and the notes of issue 5):
+    Rule measured on the project's 2-core AVX-512 CPU (fwd+bwd, float32, N 8-64, F 1-128,
+    8x8 to 32x32; bench/run.py and the notes of issues 5 and 6):
     - 'fft' when rolls == C >= FFT_MIN_CHANNELS (float32/float64): 1.4x the bank at C=64,
       2-3.4x at C=128-256, up to 9.7x at C=512; at C=16-32 the two tie.
-    - 'bank' otherwise: oneDNN on the expanded bank beat 'direct' (im2col + MKL GEMM) by
-      1.6-5.5x on 17 of 18 shapes tried (the exception: C=4, F=64 at 32x32).
-    'direct' stays available and is what issue 6's GEMM engine is to speed up. On CUDA the
-    rule is not measured (no GPU here). Override with algorithm='direct' | 'bank' | 'fft'.
+    - 'direct' on CPU when C <= 4 and F >= 32 (float32/float64: the CPU GEMM engine):
+      1.6-3.2x the bank there; they tie at C=4, F=16 and C=8, F=32.
+    - 'bank' otherwise (oneDNN on the expanded bank: 1.2-3x 'direct' at small F).
+    On CUDA the rule is not measured (no GPU here). Override with algorithm='direct' |
+    'bank' | 'fft'.
     """
-    channels = input.shape[1]
-    if rolls == channels and channels >= FFT_MIN_CHANNELS and input.dtype in (torch.float32, torch.float64):
+    channels, filters = input.shape[1], weight.shape[0]
+    floating = input.dtype in (torch.float32, torch.float64)
+    if rolls == channels and channels >= FFT_MIN_CHANNELS and floating:
         return "fft"
+    if input.device.type == "cpu" and floating and channels <= 4 and filters >= 32:
+        return "direct"
     return "bank"
 
 

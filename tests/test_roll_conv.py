@@ -117,6 +117,11 @@ def test_auto_rule():
     assert pick(RF.FFT_MIN_CHANNELS - 1) == "bank" and pick(4) == "bank"
     assert pick(256, rolls=255) == "bank"  # fft needs every roll
     assert pick(256, dtype=torch.float16) == "bank"
+    # Few channels, many filters: the CPU GEMM engine's direct path.
+    direct = RF.choose_roll_algorithm(torch.empty(1, 4, 4, 4), torch.empty(64, 4, 3, 3), 4, [1, 1], [1, 1])
+    assert direct == "direct"
+    many = RF.choose_roll_algorithm(torch.empty(1, 4, 4, 4, device="meta"), torch.empty(64, 4, 3, 3, device="meta"), 4, [1, 1], [1, 1])
+    assert many == "bank"  # the rule's 'direct' is for the CPU engine only
 
 
 @pytest.mark.parametrize("c, f", [(1, 3), (7, 2), (16, 4), (64, 1)])
