@@ -8,6 +8,8 @@
 #include <limits>
 #include <random>
 #include <string>
+
+#include "expect.h"
 #include <vector>
 
 #include "cpu/gemm/gemm.h"
@@ -16,14 +18,8 @@ using namespace rollconv::gemm;
 
 namespace {
 
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using rollconv_test::expect;
+using rollconv_test::failures;
 
 template <typename T>
 std::vector<T> random_vector(std::mt19937& rng, int64_t size) {

@@ -12,6 +12,8 @@
 #include <random>
 #include <string>
 
+#include "expect.h"
+
 #include "common/device_kernels.h"
 #include "common/ops.h"
 
@@ -19,14 +21,8 @@ using namespace rollconv;
 
 namespace {
 
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using rollconv_test::expect;
+using rollconv_test::failures;
 
 ColumnLayout random_layout(std::mt19937& rng, bool rolled) {
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
