@@ -3,9 +3,9 @@
 // build for rollconv.info(). Kept apart so the C++ tests link the ops without Python.
 #include <Python.h>
 
-#include <algorithm>
 #include <chrono>
 #include <exception>
+#include <string>
 #include <vector>
 
 #include "cpu/gemm/gemm.h"
@@ -18,14 +18,28 @@
 
 namespace {
 
+// Runs work() without the GIL (the engine's C++ code needs no Python); a C++ exception
+// becomes a RuntimeError, raised after the GIL is back. Returns false if one was thrown.
+template <typename Work>
+bool run_without_gil(const Work& work) {
+  std::string error;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    work();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Py_END_ALLOW_THREADS
+  if (error.empty()) return true;
+  PyErr_SetString(PyExc_RuntimeError, error.c_str());
+  return false;
+}
+
 // _C.gemm_isa() -> str: the CPU GEMM engine's micro-kernels in use.
 PyObject* gemm_isa(PyObject*, PyObject*) {
-  try {
-    return PyUnicode_FromString(rollconv::gemm::isa_name(rollconv::gemm::active_isa()));
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
+  const char* name = nullptr;
+  if (!run_without_gil([&] { name = rollconv::gemm::isa_name(rollconv::gemm::active_isa()); })) return nullptr;
+  return PyUnicode_FromString(name);
 }
 
 // _C.gemm_seconds(m, n, k, double, threads, repeats) -> list of seconds: the engine's
@@ -35,28 +49,17 @@ PyObject* gemm_seconds(PyObject*, PyObject* args) {
   int is_double, threads, repeats;
   if (!PyArg_ParseTuple(args, "LLLpii", &m, &n, &k, &is_double, &threads, &repeats)) return nullptr;
   std::vector<double> seconds;
-  try {
-    auto run = [&](auto zero) {
-      using T = decltype(zero);
-      std::vector<T> a(m * k, T(0.5)), b(k * n, T(0.25)), c(m * n);
-      for (int r = 0; r <= repeats; ++r) {  // the first run warms up
-        const auto t0 = std::chrono::steady_clock::now();
-        rollconv::gemm::gemm<T>(false, false, m, n, k, T(1), a.data(), k, b.data(), n, T(0), c.data(), n, threads);
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (r > 0) seconds.push_back(s);
-      }
-    };
-    Py_BEGIN_ALLOW_THREADS
-    if (is_double) {
-      run(0.0);
-    } else {
-      run(0.0f);
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    std::vector<T> a(m * k, T(0.5)), b(k * n, T(0.25)), c(m * n);
+    for (int r = 0; r <= repeats; ++r) {  // the first run warms up
+      const auto t0 = std::chrono::steady_clock::now();
+      rollconv::gemm::gemm<T>(false, false, m, n, k, T(1), a.data(), k, b.data(), n, T(0), c.data(), n, threads);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (r > 0) seconds.push_back(s);
     }
-    Py_END_ALLOW_THREADS
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
+  };
+  if (!run_without_gil([&] { is_double ? run(0.0) : run(0.0f); })) return nullptr;
   PyObject* list = PyList_New(0);
   for (double s : seconds) {
     PyObject* value = PyFloat_FromDouble(s);
@@ -71,9 +74,7 @@ PyObject* peak_gflops(PyObject*, PyObject* args) {
   int is_double, threads;
   if (!PyArg_ParseTuple(args, "pi", &is_double, &threads)) return nullptr;
   double gflops = 0;
-  Py_BEGIN_ALLOW_THREADS
-  gflops = rollconv::gemm::measure_peak_gflops(is_double, threads);
-  Py_END_ALLOW_THREADS
+  if (!run_without_gil([&] { gflops = rollconv::gemm::measure_peak_gflops(is_double, threads); })) return nullptr;
   return PyFloat_FromDouble(gflops);
 }
 

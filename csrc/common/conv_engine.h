@@ -32,7 +32,8 @@ struct BlockPlan {
 //                    bias_rows: undefined, or one entry per output channel;
 //   backward_input:  grad_input (N, C, H, W) = col2im(W^T * grad_output);
 //   backward_weight: grad_weight (weight_rows, weight_cols) += grad_output * im2col(input)^T.
-// weight_mat is (weight_rows, weight_cols). Results do not depend on the thread count.
+// weight_mat is (weight_rows, weight_cols). Deterministic: the same inputs and thread count
+// give bitwise the same result.
 struct ConvEngine {
   bool (*supports)(at::ScalarType dtype);
   void (*forward)(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
