@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import rollconv
 import rollconv.functional as RF
-from helpers import assert_clear_error, assert_compiles_like_eager, randn
+from helpers import assert_clear_error, assert_compiles_like_eager, randn, random_window
 
 ops = torch.ops.rollconv
 
@@ -135,13 +135,8 @@ def _random_config(rng):
     groups = rng.choice([1, 1, 2, 3])
     cin = groups * rng.randint(1, 4)
     cout = groups * rng.randint(1, 4)
-    kh, kw = rng.randint(1, 4), rng.randint(1, 4)
-    stride = (rng.randint(1, 3), rng.randint(1, 3))
-    dilation = (rng.randint(1, 2), rng.randint(1, 2))
-    padding = (rng.randint(0, 2), rng.randint(0, 2))
-    h = rng.randint(1, 9) + dilation[0] * (kh - 1)
-    w = rng.randint(1, 9) + dilation[1] * (kw - 1)
-    return dict(n=rng.randint(1, 3), cin=cin, cout=cout, k=(kh, kw), hw=(h, w), groups=groups,
+    kernel, stride, dilation, padding, hw = random_window(rng, 9)
+    return dict(n=rng.randint(1, 3), cin=cin, cout=cout, k=kernel, hw=hw, groups=groups,
                 stride=stride, padding=padding, dilation=dilation, bias=rng.random() < 0.7)
 
 

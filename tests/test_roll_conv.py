@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import rollconv
 import rollconv.functional as RF
-from helpers import assert_clear_error, assert_compiles_like_eager, randn
+from helpers import assert_clear_error, assert_compiles_like_eager, randn, random_window
 
 ops = torch.ops.rollconv
 
@@ -79,12 +79,7 @@ def test_random_configs_match_the_seed_method(seed, algorithm, device):
     rolls = rng.choice([None, rng.randint(1, c)])
     if algorithm == "fft":
         rolls = None
-    kh, kw = rng.randint(1, 4), rng.randint(1, 4)
-    stride = (rng.randint(1, 3), rng.randint(1, 3))
-    dilation = (rng.randint(1, 2), rng.randint(1, 2))
-    padding = (rng.randint(0, 2), rng.randint(0, 2))
-    h = rng.randint(1, 8) + dilation[0] * (kh - 1)
-    wd = rng.randint(1, 8) + dilation[1] * (kw - 1)
+    (kh, kw), stride, dilation, padding, (h, wd) = random_window(rng, 8)
     x = torch.randn(rng.randint(1, 3), c, h, wd, dtype=torch.float64, device=device)
     w = torch.randn(f, c, kh, kw, dtype=torch.float64, device=device)
     b = torch.randn(f, dtype=torch.float64, device=device) if rng.random() < 0.6 else None

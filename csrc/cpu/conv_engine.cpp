@@ -130,20 +130,10 @@ void pack_image_columns(const MicroKernel<T>& uk, const T* image, const ColumnLa
         T* row0 = strip + (c * kk + i * kw) * nr;  // row (c, i, j) is row0 + j * nr
         for (const Line& ln : lines) {
           const int64_t h = input_coord(ln.oh, i, w.stride_h, w.pad_h, w.dil_h);
-          const bool inside = h >= 0 && h < w.in_h;
-          const T* src = image + c * plane + h * w.in_w;
+          const T* src = h >= 0 && h < w.in_h ? image + c * plane + h * w.in_w : nullptr;
           for (int64_t j = 0; j < kw; ++j) {
-            T* out = row0 + j * nr + ln.off - ln.a;  // out[ow] for ow in [a, b)
-            const int64_t v0 = inside ? std::clamp(taps[j].lo, ln.a, ln.b) : ln.b;
-            const int64_t v1 = inside ? std::clamp(taps[j].hi, v0, ln.b) : ln.b;
-            for (int64_t ow = ln.a; ow < v0; ++ow) out[ow] = T(0);
-            const T* in = src + taps[j].x0;
-            if (sw == 1) {
-              for (int64_t ow = v0; ow < v1; ++ow) out[ow] = in[ow];
-            } else {
-              for (int64_t ow = v0; ow < v1; ++ow) out[ow] = in[ow * sw];
-            }
-            for (int64_t ow = v1; ow < ln.b; ++ow) out[ow] = T(0);
+            im2col_line(src ? src + taps[j].x0 : nullptr, sw, taps[j].lo, taps[j].hi, ln.a, ln.b,
+                        row0 + j * nr + ln.off - ln.a);
           }
         }
       }

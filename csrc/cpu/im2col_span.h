@@ -24,30 +24,54 @@ inline void for_each_output_line(const Window2d& w, int64_t first, int64_t count
   }
 }
 
+// One output line of an im2col row: out[ow] for ow in [a, b) is in[ow * stride] for the
+// valid output columns [lo, hi) and zero elsewhere; in == nullptr: the whole line lies in
+// the padding. (`in` is the input row already offset to output column 0.) Always inlined:
+// the engine's packing calls it per (row, tap) and measured ~15% slower as a call.
+template <typename T>
+__attribute__((always_inline)) inline void im2col_line(const T* in, int64_t stride, int64_t lo, int64_t hi, int64_t a, int64_t b, T* out) {
+  const int64_t v0 = in ? std::clamp(lo, a, b) : b;
+  const int64_t v1 = in ? std::clamp(hi, v0, b) : b;
+  for (int64_t ow = a; ow < v0; ++ow) out[ow] = T(0);
+  if (stride == 1) {
+    for (int64_t ow = v0; ow < v1; ++ow) out[ow] = in[ow];
+  } else {
+    for (int64_t ow = v0; ow < v1; ++ow) out[ow] = in[ow * stride];
+  }
+  for (int64_t ow = v1; ow < b; ++ow) out[ow] = T(0);
+}
+
+// One output line of one kernel tap, as for_each_tap_line gives it: output columns [a, b)
+// at span offset `off`; valid output columns [lo, hi) (the tap inside the image); the
+// input row at plane offset `offset` (already at output column 0), unless !inside (the
+// whole line lies in the vertical padding).
+struct TapLine {
+  bool inside;
+  int64_t offset, lo, hi, a, b, off;
+};
+
+// Calls line(TapLine) for each output line crossed by pixels [first, first + count) for
+// tap (tap_h, tap_w): the geometry shared by im2col_span and its adjoint.
+template <typename Line>
+inline void for_each_tap_line(const Window2d& w, int64_t tap_h, int64_t tap_w, int64_t first,
+                              int64_t count, const Line& line) {
+  int64_t lo, hi;
+  valid_outputs(w.in_w, tap_w, w.stride_w, w.pad_w, w.dil_w, w.out_w, &lo, &hi);
+  const int64_t x0 = input_coord(0, tap_w, w.stride_w, w.pad_w, w.dil_w);
+  for_each_output_line(w, first, count, [&](int64_t oh, int64_t a, int64_t b, int64_t off) {
+    const int64_t h = input_coord(oh, tap_h, w.stride_h, w.pad_h, w.dil_h);
+    line(TapLine{h >= 0 && h < w.in_h, h * w.in_w + x0, lo, hi, a, b, off});
+  });
+}
+
 // dst[q] = image value met by tap (tap_h, tap_w) of output pixel first + q (0 in the
 // padding), for q < count.
 template <typename T>
 inline void im2col_span(const T* plane, const Window2d& w, int64_t tap_h, int64_t tap_w,
                         int64_t first, int64_t count, T* dst) {
-  int64_t lo, hi;
-  valid_outputs(w.in_w, tap_w, w.stride_w, w.pad_w, w.dil_w, w.out_w, &lo, &hi);
-  const int64_t x0 = input_coord(0, tap_w, w.stride_w, w.pad_w, w.dil_w);
-  for_each_output_line(w, first, count, [&](int64_t oh, int64_t a, int64_t b, int64_t off) {
-    T* out = dst + off - a;  // out[ow] for ow in [a, b)
-    const int64_t h = input_coord(oh, tap_h, w.stride_h, w.pad_h, w.dil_h);
-    if (h < 0 || h >= w.in_h) {
-      std::fill(out + a, out + b, T(0));
-      return;
-    }
-    const int64_t v0 = std::min(std::max(a, lo), b), v1 = std::max(v0, std::min(b, hi));
-    const T* line = plane + h * w.in_w + x0;
-    std::fill(out + a, out + v0, T(0));
-    if (w.stride_w == 1) {
-      std::copy(line + v0, line + v1, out + v0);
-    } else {
-      for (int64_t ow = v0; ow < v1; ++ow) out[ow] = line[ow * w.stride_w];
-    }
-    std::fill(out + v1, out + b, T(0));
+  for_each_tap_line(w, tap_h, tap_w, first, count, [&](const TapLine& ln) {
+    im2col_line(ln.inside ? plane + ln.offset : nullptr, w.stride_w, ln.lo, ln.hi, ln.a, ln.b,
+                dst + ln.off - ln.a);
   });
 }
 
@@ -55,16 +79,12 @@ inline void im2col_span(const T* plane, const Window2d& w, int64_t tap_h, int64_
 template <typename T>
 inline void col2im_span_add(const T* src, const Window2d& w, int64_t tap_h, int64_t tap_w,
                             int64_t first, int64_t count, T* plane) {
-  int64_t lo, hi;
-  valid_outputs(w.in_w, tap_w, w.stride_w, w.pad_w, w.dil_w, w.out_w, &lo, &hi);
-  const int64_t x0 = input_coord(0, tap_w, w.stride_w, w.pad_w, w.dil_w);
-  for_each_output_line(w, first, count, [&](int64_t oh, int64_t a, int64_t b, int64_t off) {
-    const int64_t h = input_coord(oh, tap_h, w.stride_h, w.pad_h, w.dil_h);
-    if (h < 0 || h >= w.in_h) return;
-    const T* in = src + off - a;
-    T* line = plane + h * w.in_w + x0;
-    const int64_t v1 = std::min(b, hi);
-    for (int64_t ow = std::max(a, lo); ow < v1; ++ow) line[ow * w.stride_w] += in[ow];
+  for_each_tap_line(w, tap_h, tap_w, first, count, [&](const TapLine& ln) {
+    if (!ln.inside) return;
+    const T* in = src + ln.off - ln.a;  // in[ow] for ow in [a, b)
+    T* line = plane + ln.offset;
+    const int64_t end = std::min(ln.b, ln.hi);
+    for (int64_t ow = std::max(ln.a, ln.lo); ow < end; ++ow) line[ow * w.stride_w] += in[ow];
   });
 }
 

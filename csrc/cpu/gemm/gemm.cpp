@@ -9,10 +9,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 namespace rollconv::gemm {
 
@@ -168,35 +166,40 @@ void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegm
   }
 }
 
+namespace {
+
+// Both packings are the same operation: strips of `width` lanes (A: rows, B: columns), each
+// strip laid out depth-major ([depth][width]) and zero-padded to a whole strip; element
+// (lane, d) is src[lane * lane_stride + d * depth_stride].
+template <typename T>
+void pack_strips(int64_t width, const T* src, int64_t lane_stride, int64_t depth_stride,
+                 int64_t lanes, int64_t depth, T* dst) {
+  for (int64_t l0 = 0; l0 < lanes; l0 += width) {
+    const int64_t used = std::min(width, lanes - l0);
+    for (int64_t d = 0; d < depth; ++d, dst += width) {
+      const T* from = src + l0 * lane_stride + d * depth_stride;
+      if (lane_stride == 1) {
+        std::memcpy(dst, from, used * sizeof(T));
+      } else {
+        for (int64_t l = 0; l < used; ++l) dst[l] = from[l * lane_stride];
+      }
+      for (int64_t l = used; l < width; ++l) dst[l] = T(0);
+    }
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void pack_a(const MicroKernel<T>& uk, const T* a, int64_t row_stride, int64_t col_stride,
             int64_t m, int64_t k, T* dst) {
-  const int64_t mr = uk.mr;
-  for (int64_t i0 = 0; i0 < m; i0 += mr) {
-    const int64_t rows = std::min(mr, m - i0);
-    for (int64_t p = 0; p < k; ++p, dst += mr) {
-      for (int64_t i = 0; i < rows; ++i) dst[i] = a[(i0 + i) * row_stride + p * col_stride];
-      for (int64_t i = rows; i < mr; ++i) dst[i] = T(0);
-    }
-  }
+  pack_strips<T>(uk.mr, a, row_stride, col_stride, m, k, dst);
 }
 
 template <typename T>
 void pack_b(const MicroKernel<T>& uk, const T* b, int64_t row_stride, int64_t col_stride,
             int64_t k, int64_t n, T* dst) {
-  const int64_t nr = uk.nr;
-  for (int64_t j0 = 0; j0 < n; j0 += nr) {
-    const int64_t cols = std::min(nr, n - j0);
-    for (int64_t p = 0; p < k; ++p, dst += nr) {
-      const T* src = b + p * row_stride + j0 * col_stride;
-      if (col_stride == 1) {
-        std::memcpy(dst, src, cols * sizeof(T));
-      } else {
-        for (int64_t j = 0; j < cols; ++j) dst[j] = src[j * col_stride];
-      }
-      for (int64_t j = cols; j < nr; ++j) dst[j] = T(0);
-    }
-  }
+  pack_strips<T>(uk.nr, b, col_stride, row_stride, n, k, dst);
 }
 
 // --- the plain parallel GEMM -----------------------------------------------------------
@@ -247,12 +250,13 @@ double measure_peak_gflops(bool is_double, int threads) {
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     int64_t flops = 0;
-    volatile double sink = 0;
     const auto t0 = std::chrono::steady_clock::now();
+    // loop() lives in another translation unit and returns its chains' sum: the call and
+    // its work cannot be optimized away even though the sum is not used here.
 #pragma omp parallel num_threads(threads) reduction(+ : flops)
     {
       int64_t f = 0;
-      sink = sink + loop(is_double, iterations, &f);
+      (void)loop(is_double, iterations, &f);
       flops += f;
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
