@@ -71,9 +71,9 @@ def nvidia_pip_includes():
 
 def extension():
     sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/cpu/*.cpp")
-    # The GEMM engine: its micro_<isa>.cpp files set their own target ISA (#pragma GCC
-    # target) and run only on CPUs that have it, so no global -m flags are needed.
-    sources += glob.glob("csrc/cpu/gemm/*.cpp")
+    # The GEMM engine and the channel FFT: their <name>_<isa>.cpp files set their own target
+    # ISA (#pragma GCC target) and run only on CPUs that have it, so no global -m flags.
+    sources += glob.glob("csrc/cpu/gemm/*.cpp") + glob.glob("csrc/cpu/fft/*.cpp")
     cxx_flags = ["-O3", "-fopenmp", "-DROLLCONV_VERSION=\"0.1.0\""]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not with_cuda:

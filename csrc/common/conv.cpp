@@ -84,6 +84,10 @@ bool uses_engine(const DeviceKernels& k, const Tensor& t) {
   return k.engine != nullptr && k.engine->supports(t.scalar_type());
 }
 
+bool uses_fft_engine(const DeviceKernels& k, const Tensor& t) {
+  return k.roll_fft_engine != nullptr && k.roll_fft_engine->supports(t.scalar_type());
+}
+
 // Per chunk, with column matrices (rows, b * L):
 //   forward:  Y[blk] = W[blk] @ cols[blk rows]
 //   dX:       dcols[blk rows] (+)= W[blk]^T @ dY[blk]
@@ -341,8 +345,9 @@ Tensor fold_bank(const Tensor& grad_bank, int64_t rolls) {
 
 // --- roll_conv2d, algorithm "fft": the channel-Fourier domain ------------------------------
 // The bank is circulant along channels, so a real FFT over the channel axis turns it into
-// C/2 + 1 independent 1-input, F-output complex convolutions (index_math.h). Transforms go
-// through ATen (pocketfft/MKL on CPU, cuFFT on CUDA); the per-frequency passes are ours.
+// C/2 + 1 independent 1-input, F-output complex convolutions (index_math.h). A device with a
+// fused engine (CPU: cpu/roll_fft_engine.cpp) runs each direction in one call; otherwise
+// (CUDA) the transforms go through ATen (cuFFT) around our per-frequency passes.
 
 // rfft over the channel axis, moved last (contiguous, so the transforms need no gathers):
 // (N, C, ...) real -> (N, ..., K) complex.
@@ -380,6 +385,11 @@ Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& we
   Tensor out = at::empty({batch, channels * filters, w.out_h, w.out_w}, input.options());
   if (batch == 0) return out;
   const Tensor taps = channel_rfft(weight);  // (F, kh, kw, K)
+  if (uses_fft_engine(k, input)) {
+    const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
+    k.roll_fft_engine->forward(input.contiguous(), taps, b, w, relu, out);
+    return out;
+  }
   const int64_t chunk = fft_samples_per_chunk(batch, channels, filters, w, input);
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
@@ -408,6 +418,10 @@ Tensor fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, con
   Tensor grad_input = at::empty({batch, channels, w.in_h, w.in_w}, grad_output.options());
   if (batch == 0) return grad_input;
   const Tensor taps = channel_rfft(weight);
+  if (uses_fft_engine(k, grad_output)) {
+    k.roll_fft_engine->backward_input(grad_output.contiguous(), taps, w, grad_input);
+    return grad_input;
+  }
   const int64_t chunk = fft_samples_per_chunk(batch, channels, filters, w, grad_output);
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
@@ -427,6 +441,10 @@ Tensor fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, co
   const int64_t freqs = channels / 2 + 1;
   Tensor grad_taps = at::zeros({filters, kernel.h, kernel.w, freqs},
                                input.options().dtype(c10::toComplexType(input.scalar_type())));
+  if (uses_fft_engine(k, input)) {
+    k.roll_fft_engine->backward_weight(grad_output.contiguous(), input.contiguous(), w, grad_taps);
+    return at::fft_irfft(grad_taps, channels, -1).permute({0, 3, 1, 2}).contiguous();
+  }
   Tensor chunk_taps = at::empty_like(grad_taps);
   const int64_t chunk = fft_samples_per_chunk(batch, channels, filters, w, input);
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {  // chunks summed in order: deterministic

@@ -1,7 +1,10 @@
-// The block-GEMM plan of a convolution (shared by every device) and the interface of a
-// device's fused convolution engine: im2col fused into the GEMM's packing, so no column
-// matrix is built. The CPU has one (cpu/conv_engine.cpp); a device without one (CUDA)
-// leaves DeviceKernels::engine null and conv.cpp runs im2col + ATen GEMMs instead.
+// The block-GEMM plan of a convolution (shared by every device) and the interfaces of a
+// device's fused engines:
+//   ConvEngine: im2col fused into the GEMM's packing, so no column matrix is built;
+//   RollFftEngine: the channel-FFT rolling convolution in one pass per direction.
+// The CPU has both (cpu/conv_engine.cpp, cpu/roll_fft_engine.cpp); a device without one
+// (CUDA) leaves its DeviceKernels pointer null and conv.cpp composes ATen calls and the
+// device's primitive kernels instead.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -42,6 +45,27 @@ struct ConvEngine {
                          const ColumnLayout& layout, const BlockPlan& plan, const at::Tensor& grad_input);
   void (*backward_weight)(const at::Tensor& grad_output, const at::Tensor& input,
                           const ColumnLayout& layout, const BlockPlan& plan, const at::Tensor& grad_weight);
+};
+
+// The channel-FFT rolling convolution (rolls == C, index_math.h), fused: the channel
+// transforms, the per-frequency sums and the inverse transforms run tile by tile, so the
+// spectra never make a full pass through memory in their own layout. On contiguous tensors
+// of one dtype (float32 / float64, see supports); taps = rfft of the weight over its
+// channel axis (F, kh, kw, K = C/2 + 1), complex, contiguous.
+//   forward:         output (N, C*F, oh, ow) = relu?(roll_conv2d(input) + bias[f])
+//                    (bias: undefined, or (F,));
+//   backward_input:  grad_input (N, C, H, W), overwritten;
+//   backward_weight: grad_taps (F, kh, kw, K) complex, overwritten with the spectrum of dK
+//                    (the caller's irfft over K gives dK).
+// Deterministic: the sums have a fixed order, whatever the thread count.
+struct RollFftEngine {
+  bool (*supports)(at::ScalarType dtype);
+  void (*forward)(const at::Tensor& input, const at::Tensor& taps, const at::Tensor& bias,
+                  const Window2d& window, bool relu, const at::Tensor& output);
+  void (*backward_input)(const at::Tensor& grad_output, const at::Tensor& taps,
+                         const Window2d& window, const at::Tensor& grad_input);
+  void (*backward_weight)(const at::Tensor& grad_output, const at::Tensor& input,
+                          const Window2d& window, const at::Tensor& grad_taps);
 };
 
 }  // namespace rollconv

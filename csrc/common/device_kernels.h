@@ -15,6 +15,7 @@ struct DeviceKernels {
   const char* device_name;
   bool supports_reduced_precision;  // float16 / bfloat16 inputs
   const ConvEngine* engine;          // null: im2col + ATen GEMMs (see conv_engine.h)
+  const RollFftEngine* roll_fft_engine;  // null: ATen FFTs + the fft_* passes below
 
   // images (B, C, H, W) contiguous  ->  cols (column_rows, B * column_cols) contiguous
   void (*im2col)(const at::Tensor& images, const at::Tensor& cols, const ColumnLayout& layout);
@@ -44,6 +45,7 @@ struct DeviceKernels {
 
 const DeviceKernels& cpu_kernels();
 const ConvEngine& cpu_conv_engine();
+const RollFftEngine& cpu_roll_fft_engine();
 #ifdef ROLLCONV_WITH_CUDA
 const DeviceKernels& cuda_kernels();
 #endif

@@ -43,6 +43,8 @@ RC_HD int64_t column_rows(const ColumnLayout& L) {
 }
 RC_HD int64_t column_cols(const ColumnLayout& L) { return L.win.out_h * L.win.out_w; }
 
+RC_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // Input coordinate met by output position `out` at kernel tap `tap`.
 RC_HD int64_t input_coord(int64_t out, int64_t tap, int64_t stride, int64_t pad, int64_t dil) {
   return out * stride - pad + tap * dil;

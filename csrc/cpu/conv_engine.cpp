@@ -29,6 +29,7 @@
 #include "common/device_kernels.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/im2col_span.h"
+#include "cpu/parallel.h"
 
 namespace rollconv {
 namespace {
@@ -42,13 +43,6 @@ using gemm::round_up;
 // Per-thread budget of packed panels: about L2-sized, so a panel is still cached when the
 // next GEMM block reads it again.
 constexpr int64_t kPanelBytes = int64_t(1) << 20;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-int engine_threads(int64_t items, int64_t flops) {
-  if (flops < (int64_t(1) << 18) || at::in_parallel_region()) return 1;
-  return int(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items)));
-}
 
 // The row window of the column matrix a block reads, as K segments of the packed image
 // columns (which hold only the real rows, channel x tap): a rolling window that runs past

@@ -240,6 +240,7 @@ const DeviceKernels& cpu_kernels() {
       "CPU",
       /*supports_reduced_precision=*/false,
       &cpu_conv_engine(),
+      &cpu_roll_fft_engine(),
       im2col_cpu,
       col2im_cpu,
       max_pool_forward_cpu,

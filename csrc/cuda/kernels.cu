@@ -200,6 +200,7 @@ const DeviceKernels& cuda_kernels() {
       "CUDA",
       /*supports_reduced_precision=*/true,
       /*engine=*/nullptr,  // convolutions: im2col + cuBLAS through ATen
+      /*roll_fft_engine=*/nullptr,  // channel FFTs through cuFFT (ATen) + the fft_* kernels
       im2col_cuda,
       col2im_cuda,
       max_pool_forward_cuda,

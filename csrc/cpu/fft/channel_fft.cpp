@@ -1,0 +1,108 @@
+// The ISA-independent part of the channel FFT: plans (factorization and twiddles) and the
+// choice of the per-ISA kernel table.
+#include "cpu/fft/channel_fft.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "cpu/gemm/gemm.h"
+
+namespace rollconv::channel_fft {
+
+// The per-ISA tables (fft_<isa>.cpp).
+namespace portable {
+extern const Kernels<float> kernels_f32;
+extern const Kernels<double> kernels_f64;
+}  // namespace portable
+#if defined(__x86_64__)
+namespace avx2 {
+extern const Kernels<float> kernels_f32;
+extern const Kernels<double> kernels_f64;
+}  // namespace avx2
+namespace avx512 {
+extern const Kernels<float> kernels_f32;
+extern const Kernels<double> kernels_f64;
+}  // namespace avx512
+#endif
+
+namespace {
+
+// n as a product of radices, 4s first (fewest passes), then 2, 3, 5, then other primes
+// (each a plain DFT stage).
+std::vector<int64_t> radices_of(int64_t n) {
+  std::vector<int64_t> radices;
+  int64_t rest = n;
+  while (rest % 4 == 0) {
+    radices.push_back(4);
+    rest /= 4;
+  }
+  for (int64_t p : {2, 3, 5}) {
+    while (rest % p == 0) {
+      radices.push_back(p);
+      rest /= p;
+    }
+  }
+  for (int64_t p = 7; p * p <= rest; p += 2) {
+    while (rest % p == 0) {
+      radices.push_back(p);
+      rest /= p;
+    }
+  }
+  if (rest > 1) radices.push_back(rest);
+  return radices;
+}
+
+constexpr double kTwoPi = 6.283185307179586476925286766559;
+
+}  // namespace
+
+template <typename T>
+Plan<T>::Plan(int64_t n_) : n(n_) {
+  int64_t span = 1;
+  auto push_unit = [&](double turns) {  // exp(-2 pi i turns)
+    table.push_back(static_cast<T>(std::cos(kTwoPi * turns)));
+    table.push_back(static_cast<T>(-std::sin(kTwoPi * turns)));
+  };
+  for (int64_t radix : radices_of(n)) {
+    Stage s{radix, span, int64_t(table.size()), 0};
+    for (int64_t jm = 0; jm < span; ++jm) {
+      for (int64_t r = 0; r < radix; ++r) push_unit(double(r * jm) / double(span * radix));
+    }
+    if (radix > 5) {
+      s.roots = int64_t(table.size());
+      for (int64_t q = 0; q < radix; ++q) push_unit(double(q) / double(radix));
+    }
+    stages.push_back(s);
+    max_radix = std::max(max_radix, radix);
+    span *= radix;
+  }
+}
+
+template struct Plan<float>;
+template struct Plan<double>;
+
+template <>
+const Kernels<float>& kernels<float>() {
+#if defined(__x86_64__)
+  switch (gemm::active_isa()) {
+    case gemm::Isa::kAvx512: return avx512::kernels_f32;
+    case gemm::Isa::kAvx2: return avx2::kernels_f32;
+    default: break;
+  }
+#endif
+  return portable::kernels_f32;
+}
+
+template <>
+const Kernels<double>& kernels<double>() {
+#if defined(__x86_64__)
+  switch (gemm::active_isa()) {
+    case gemm::Isa::kAvx512: return avx512::kernels_f64;
+    case gemm::Isa::kAvx2: return avx2::kernels_f64;
+    default: break;
+  }
+#endif
+  return portable::kernels_f64;
+}
+
+}  // namespace rollconv::channel_fft

@@ -1,0 +1,98 @@
+// The channel-axis FFT of the CPU's fused channel-FFT rolling convolution
+// (cpu/roll_fft_engine.cpp): real transforms along the channel (or roll) axis of NCHW
+// tensors, with the pixels as the vector lanes.
+//
+// A transform of length n maps n real rows (src[c * step + p], c < n) to the half spectrum
+// k < n/2 + 1, stored as planes: re at spectrum[2k * plane + p], im at [(2k + 1) * plane + p].
+// Pixels go through in groups of 2 * lanes: one complex FFT of vectors transforms two real
+// signals at once (the first `lanes` pixels as the real part, the next as the imaginary
+// part), so every butterfly is a few full-width vector operations with scalar twiddles,
+// for any n (Stockham stages of radix 4, 2, 3, 5 and a plain DFT for other primes).
+//
+// The hot loops (transforms and the per-frequency convolution sums) are written once in
+// kernels_impl.h and compiled per ISA like the GEMM's micro-kernels; gemm::active_isa()
+// (ROLLCONV_GEMM_ISA) picks the table for both.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/index_math.h"
+
+namespace rollconv::channel_fft {
+
+// Bytes of one lane vector: 16 float or 8 double pixels per half group, whatever the ISA
+// (AVX2 and SSE2 split it into 2 and 4 registers), so every ISA sums in the same order.
+constexpr int kLaneBytes = 64;
+template <typename T>
+constexpr int64_t group_pixels() {
+  return 2 * kLaneBytes / int64_t(sizeof(T));
+}
+
+struct Stage {
+  int64_t radix, span;  // span: the product of the radices of the stages before
+  int64_t twiddles;     // offset of this stage's twiddles [j mod span][r] (re, im pairs)
+  int64_t roots;        // radix > 5: offset of exp(-2 pi i q / radix), q < radix
+};
+
+// A complex FFT of length n (forward sign: exp(-2 pi i k c / n)), as Stockham stages.
+template <typename T>
+struct Plan {
+  explicit Plan(int64_t n);
+  int64_t n;
+  std::vector<Stage> stages;
+  std::vector<T> table;  // twiddles and roots (re, im pairs)
+  int64_t max_radix = 1;
+  int64_t freqs() const { return n / 2 + 1; }
+  // Scratch elements (T) one transform call needs: ping-pong buffers and a DFT temporary.
+  int64_t scratch_size() const { return (2 * n + max_radix) * group_pixels<T>(); }
+};
+
+// Per-frequency convolution sums over a sample, for the frequencies [0, freqs):
+//   spectrum planes of one sample: X [freqs][2][in_h * in_w], dY [filters][freqs][2][out px],
+//   taps: complex (re, im) [filters][kh * kw][freqs], already scaled by 1 / n,
+//   tile: scratch of tile_size() elements.
+template <typename T>
+struct Kernels {
+  // spectrum[., p] for pixels p < count of the n real rows src[c * step + p].
+  void (*analyze)(const Plan<T>& plan, const T* src, int64_t step, int64_t count, T* spectrum,
+                  int64_t plane, T* scratch);
+  // dst[r * step + p] = relu?(n * irfft(spectrum[., p])[r] + bias) for p < count (the taps
+  // carry the 1 / n).
+  void (*synthesize)(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t count, T* dst,
+                     int64_t step, T bias, bool relu, T* scratch);
+  // out [filters][freqs][2][(oh1 - oh0) * out_w] = sum over taps of X(tap-shifted) *
+  // conj(taps[f]) for the output rows [oh0, oh1).
+  void (*forward_rows)(const Window2d& w, int64_t freqs, int64_t filters, const T* spectrum,
+                       const T* taps, int64_t oh0, int64_t oh1, T* tile, T* out);
+  // out [freqs][2][(h1 - h0) * in_w] = sum over filters and covering taps of dY * taps, for
+  // the input rows [h0, h1).
+  void (*input_grad_rows)(const Window2d& w, int64_t freqs, int64_t filters, const T* grad,
+                          const T* taps, int64_t h0, int64_t h1, T* tile, T* out);
+  // acc[t * freqs] (complex, per tap t) += sum over pixels of X(tap-shifted) * conj(dY), at
+  // frequency k, for one sample and filter (grad: that filter's planes).
+  void (*weight_grad_freq)(const Window2d& w, int64_t freqs, int64_t k, const T* spectrum,
+                           const T* grad, T* tile, T* acc);
+};
+
+// Scratch elements the per-frequency sums need for blocks of up to `rows` rows: zero-padded
+// copies of the planes they read, rows rounded up to whole lane chunks.
+template <typename T>
+int64_t tile_size(const Window2d& w, int64_t rows) {
+  const int64_t lanes = kLaneBytes / int64_t(sizeof(T));
+  const int64_t out_cols = ceil_div(w.out_w, lanes) * lanes, in_cols = ceil_div(w.in_w, lanes) * lanes;
+  const auto input_tile = [&](int64_t out_rows) {  // forward, dK: X under out_rows output rows
+    return ((out_rows - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1) *
+           ((out_cols - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1);
+  };
+  const int64_t forward = input_tile(rows);
+  const int64_t input_grad = (rows + (w.kernel_h - 1) * w.dil_h) * (in_cols + (w.kernel_w - 1) * w.dil_w);
+  const int64_t weight_grad = input_tile(w.out_h) + w.out_h * out_cols;
+  return 2 * std::max({forward, input_grad, weight_grad});
+}
+
+template <typename T>
+const Kernels<T>& kernels();  // the active ISA's (gemm::active_isa())
+
+}  // namespace rollconv::channel_fft

@@ -1,0 +1,579 @@
+// The hot loops of the channel-FFT rolling convolution (see channel_fft.h), written once
+// with GCC vector extensions and compiled per ISA: each fft_<isa>.cpp includes its
+// headers, sets the target ISA (#pragma GCC target) and includes this file.
+//
+// Required macro: ROLLCONV_ISA (a namespace name). Everything here has internal linkage
+// except the kernel tables, so no ISA-specific code can be picked by the linker for
+// another translation unit.
+
+namespace rollconv::channel_fft {
+namespace ROLLCONV_ISA {
+namespace {
+
+template <typename T>
+struct LanesOf;
+template <>
+struct LanesOf<float> {
+  typedef float type __attribute__((vector_size(kLaneBytes)));
+};
+template <>
+struct LanesOf<double> {
+  typedef double type __attribute__((vector_size(kLaneBytes)));
+};
+
+// One complex vector: the same transform position for `lanes` pixels.
+template <typename T>
+struct CV {
+  typename LanesOf<T>::type re, im;
+};
+
+template <typename V, typename T>
+inline V load(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename T, typename V>
+inline void store(T* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+// The lanes of a group of 2 * lanes pixels of which `valid` are real: the first half, the
+// second half; the pixels past `valid` read as zero and are not written.
+template <typename T>
+inline void load_group(const T* p, int64_t valid, CV<T>* out) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  if (valid == 2 * L) {
+    out->re = load<V>(p);
+    out->im = load<V>(p + L);
+    return;
+  }
+  alignas(64) T padded[2 * L] = {};
+  for (int64_t l = 0; l < valid; ++l) padded[l] = p[l];
+  out->re = load<V>(padded);
+  out->im = load<V>(padded + L);
+}
+template <typename T>
+inline void store_group(T* p, int64_t valid, const CV<T>& in) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  if (valid == 2 * L) {
+    store(p, in.re);
+    store(p + L, in.im);
+    return;
+  }
+  alignas(64) T padded[2 * L];
+  store(padded, in.re);
+  store(padded + L, in.im);
+  for (int64_t l = 0; l < valid; ++l) p[l] = padded[l];
+}
+
+// v *= (wr + i wi)
+template <typename T>
+inline void rotate(CV<T>& v, T wr, T wi) {
+  const auto re = v.re * wr - v.im * wi;
+  v.im = v.re * wi + v.im * wr;
+  v.re = re;
+}
+
+// v * (-i)
+template <typename T>
+inline CV<T> times_minus_i(const CV<T>& v) {
+  return CV<T>{v.im, -v.re};
+}
+
+template <typename T>
+inline CV<T> operator+(const CV<T>& a, const CV<T>& b) {
+  return CV<T>{a.re + b.re, a.im + b.im};
+}
+template <typename T>
+inline CV<T> operator-(const CV<T>& a, const CV<T>& b) {
+  return CV<T>{a.re - b.re, a.im - b.im};
+}
+template <typename T>
+inline CV<T> scaled(const CV<T>& a, T s) {
+  return CV<T>{a.re * s, a.im * s};
+}
+
+// The forward DFT of R points in place (sign -), R = 2, 3, 4, 5.
+template <typename T, int R>
+inline void butterfly(CV<T>* v) {
+  if constexpr (R == 2) {
+    const CV<T> a = v[0];
+    v[0] = a + v[1];
+    v[1] = a - v[1];
+  } else if constexpr (R == 3) {
+    constexpr T half_sqrt3 = T(0.86602540378443864676372317075294);
+    const CV<T> sum = v[1] + v[2];
+    const CV<T> mid = v[0] - scaled(sum, T(0.5));
+    const CV<T> rot = scaled(times_minus_i(v[1] - v[2]), half_sqrt3);
+    v[0] = v[0] + sum;
+    v[1] = mid + rot;
+    v[2] = mid - rot;
+  } else if constexpr (R == 4) {
+    const CV<T> t0 = v[0] + v[2], t1 = v[0] - v[2];
+    const CV<T> t2 = v[1] + v[3], t3 = times_minus_i(v[1] - v[3]);
+    v[0] = t0 + t2;
+    v[2] = t0 - t2;
+    v[1] = t1 + t3;
+    v[3] = t1 - t3;
+  } else {
+    static_assert(R == 5, "radix 2, 3, 4 or 5");
+    constexpr T cos1 = T(0.30901699437494742410229341718282);   // cos(2 pi / 5)
+    constexpr T cos2 = T(-0.80901699437494742410229341718282);  // cos(4 pi / 5)
+    constexpr T sin1 = T(0.95105651629515357211643933337938);   // sin(2 pi / 5)
+    constexpr T sin2 = T(0.58778525229247312916870595463907);   // sin(4 pi / 5)
+    const CV<T> b1 = v[1] + v[4], b2 = v[2] + v[3], d1 = v[1] - v[4], d2 = v[2] - v[3];
+    const CV<T> c1 = v[0] + scaled(b1, cos1) + scaled(b2, cos2);
+    const CV<T> c2 = v[0] + scaled(b1, cos2) + scaled(b2, cos1);
+    const CV<T> s1 = times_minus_i(scaled(d1, sin1) + scaled(d2, sin2));
+    const CV<T> s2 = times_minus_i(scaled(d1, sin2) - scaled(d2, sin1));
+    v[0] = v[0] + b1 + b2;
+    v[1] = c1 + s1;
+    v[4] = c1 - s1;
+    v[2] = c2 + s2;
+    v[3] = c2 - s2;
+  }
+}
+
+// One Stockham stage (decimation in time): input j + r * n / R, twiddled by
+// exp(-2 pi i r (j mod span) / (span R)), transformed, lands at output
+// (j - j mod span) R + j mod span + r span. R = 0: a plain DFT of radix stage.radix.
+template <typename T, int R>
+void stage_pass(const Plan<T>& plan, const Stage& stage, const CV<T>* in, CV<T>* out, CV<T>* temp) {
+  const int64_t radix = R > 0 ? R : stage.radix, m = plan.n / radix, span = stage.span;
+  const T* tw = plan.table.data() + stage.twiddles;
+  const T* roots = plan.table.data() + stage.roots;
+  for (int64_t j0 = 0; j0 < m; j0 += span) {
+    for (int64_t jm = 0; jm < span; ++jm) {
+      const int64_t j = j0 + jm;
+      CV<T> fixed[R > 0 ? R : 1];
+      CV<T>* v = R > 0 ? fixed : temp;
+      for (int64_t r = 0; r < radix; ++r) v[r] = in[j + r * m];
+      if (jm != 0) {
+        for (int64_t r = 1; r < radix; ++r) rotate(v[r], tw[2 * (jm * radix + r)], tw[2 * (jm * radix + r) + 1]);
+      }
+      CV<T>* o = out + j0 * radix + jm;
+      if constexpr (R > 0) {
+        butterfly<T, R>(v);
+        for (int64_t r = 0; r < R; ++r) o[r * span] = v[r];
+      } else {
+        for (int64_t q = 0; q < radix; ++q) {
+          CV<T> acc = v[0];
+          for (int64_t r = 1; r < radix; ++r) {
+            CV<T> term = v[r];
+            const int64_t e = (q * r) % radix;
+            rotate(term, roots[2 * e], roots[2 * e + 1]);
+            acc = acc + term;
+          }
+          o[q * span] = acc;
+        }
+      }
+    }
+  }
+}
+
+// The forward complex FFT of a[0, n); b and temp are scratch. Returns a or b (the result).
+template <typename T>
+CV<T>* transform(const Plan<T>& plan, CV<T>* a, CV<T>* b, CV<T>* temp) {
+  for (const Stage& s : plan.stages) {
+    switch (s.radix) {
+      case 2: stage_pass<T, 2>(plan, s, a, b, temp); break;
+      case 3: stage_pass<T, 3>(plan, s, a, b, temp); break;
+      case 4: stage_pass<T, 4>(plan, s, a, b, temp); break;
+      case 5: stage_pass<T, 5>(plan, s, a, b, temp); break;
+      default: stage_pass<T, 0>(plan, s, a, b, temp); break;
+    }
+    std::swap(a, b);
+  }
+  return a;
+}
+
+template <typename T>
+void analyze(const Plan<T>& plan, const T* src, int64_t step, int64_t count, T* spectrum,
+             int64_t plane, T* scratch) {
+  constexpr int64_t G = group_pixels<T>();
+  const int64_t n = plan.n, freqs = plan.freqs();
+  CV<T>* a = reinterpret_cast<CV<T>*>(scratch);
+  for (int64_t p0 = 0; p0 < count; p0 += G) {
+    const int64_t valid = std::min(G, count - p0);
+    for (int64_t c = 0; c < n; ++c) load_group(src + c * step + p0, valid, a + c);
+    const CV<T>* z = transform(plan, a, a + n, a + 2 * n);
+    // Two real signals from one complex one: A = (Z[k] + conj Z[n-k]) / 2 (first lanes),
+    // B = (Z[k] - conj Z[n-k]) / 2i (second lanes).
+    for (int64_t k = 0; k < freqs; ++k) {
+      const CV<T>& zk = z[k];
+      const CV<T>& zm = z[k == 0 ? 0 : n - k];
+      const CV<T> re{(zk.re + zm.re) * T(0.5), (zk.im + zm.im) * T(0.5)};  // A.re | B.re
+      const CV<T> im{(zk.im - zm.im) * T(0.5), (zm.re - zk.re) * T(0.5)};  // A.im | B.im
+      store_group(spectrum + 2 * k * plane + p0, valid, re);
+      store_group(spectrum + (2 * k + 1) * plane + p0, valid, im);
+    }
+  }
+}
+
+template <typename T>
+void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t count, T* dst,
+                int64_t step, T bias, bool relu, T* scratch) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t G = group_pixels<T>();
+  const int64_t n = plan.n, freqs = plan.freqs();
+  CV<T>* a = reinterpret_cast<CV<T>*>(scratch);
+  for (int64_t p0 = 0; p0 < count; p0 += G) {
+    const int64_t valid = std::min(G, count - p0);
+    // The inverse as conj(FFT(conj Z)), Z = A + iB over the whole circle (A, B Hermitian);
+    // the imaginary parts at frequency 0 and n/2 are dropped, as irfft does.
+    for (int64_t k = 0; k < freqs; ++k) {
+      CV<T> re, im;  // A.re | B.re, A.im | B.im
+      load_group(spectrum + 2 * k * plane + p0, valid, &re);
+      load_group(spectrum + (2 * k + 1) * plane + p0, valid, &im);
+      if (k == 0 || 2 * k == n) im = CV<T>{V{}, V{}};
+      a[k] = CV<T>{re.re - im.im, -(im.re + re.im)};
+      if (k != 0 && 2 * k != n) a[n - k] = CV<T>{re.re + im.im, im.re - re.im};
+    }
+    const CV<T>* z = transform(plan, a, a + n, a + 2 * n);
+    for (int64_t r = 0; r < n; ++r) {
+      CV<T> y{z[r].re + bias, bias - z[r].im};
+      if (relu) {
+        y.re = y.re < T(0) ? V{} : y.re;  // NaN stays NaN, as in torch.relu
+        y.im = y.im < T(0) ? V{} : y.im;
+      }
+      store_group(dst + r * step + p0, valid, y);
+    }
+  }
+}
+
+// --- the per-frequency convolution sums ----------------------------------------------------
+// Each works on zero-padded copies ("tiles") of the planes it reads, so that every tap of
+// every chunk of `lanes` output pixels is one full vector load, and keeps its sums in
+// registers across the taps: a block of NF filters x NC chunks at a time (NF * NC = 4:
+// enough independent sums to hide the FMA latency). Positions are (row, chunk) pairs; the
+// chunks of a row are `lanes` pixels wide, the last one possibly cut short.
+
+// tile[r * pitch + q] = plane[(row0 + r) * width + col0 + q], 0 outside the plane; the
+// imaginary tile follows the real one (at + rows * pitch).
+template <typename T>
+void fill_tile(const T* plane_re, const T* plane_im, int64_t height, int64_t width, int64_t row0,
+               int64_t col0, int64_t rows, int64_t pitch, T* tile) {
+  const int64_t q0 = std::clamp<int64_t>(-col0, 0, pitch), q1 = std::clamp<int64_t>(width - col0, q0, pitch);
+  for (int part = 0; part < 2; ++part) {
+    const T* plane = part == 0 ? plane_re : plane_im;
+    T* dst = tile + part * rows * pitch;
+    for (int64_t r = 0; r < rows; ++r, dst += pitch) {
+      const int64_t h = row0 + r;
+      if (h < 0 || h >= height) {
+        std::fill(dst, dst + pitch, T(0));
+        continue;
+      }
+      std::fill(dst, dst + q0, T(0));
+      std::copy(plane + h * width + col0 + q0, plane + h * width + col0 + q1, dst + q0);
+      std::fill(dst + q1, dst + pitch, T(0));
+    }
+  }
+}
+
+template <typename T>
+inline typename LanesOf<T>::type load_lanes(const T* p, int64_t step) {
+  using V = typename LanesOf<T>::type;
+  if (step == 1) return load<V>(p);
+  V v;
+  for (int64_t l = 0; l < int64_t(sizeof(V) / sizeof(T)); ++l) v[l] = p[l * step];
+  return v;
+}
+
+// The first n lanes of v to p (all when n == lanes), and back.
+template <typename T, typename V>
+inline void store_prefix(T* p, const V& v, int64_t n) {
+  if (n == int64_t(sizeof(V) / sizeof(T))) {
+    store(p, v);
+    return;
+  }
+  for (int64_t l = 0; l < n; ++l) p[l] = v[l];
+}
+template <typename T>
+inline typename LanesOf<T>::type load_prefix(const T* p, int64_t n) {
+  using V = typename LanesOf<T>::type;
+  if (n == int64_t(sizeof(V) / sizeof(T))) return load<V>(p);
+  V v{};
+  for (int64_t l = 0; l < n; ++l) v[l] = p[l];
+  return v;
+}
+
+// The tap-independent geometry of a block of positions: chunk n of row ro reads the tile
+// at ro * row_step + chunk * chunk_step (+ the tap's offset) and writes row ro, pixels
+// [chunk * lanes, + width) of a plane with rows `width` long.
+struct Positions {
+  int64_t chunks, row_step, chunk_step, width;
+};
+
+template <typename T>
+constexpr int64_t lanes_of() {
+  return sizeof(typename LanesOf<T>::type) / sizeof(T);
+}
+
+// forward: out[f][k] (re, im planes of px pixels) = sum over taps of X * conj(taps[f][t][k]).
+template <typename T, int NF, int NC>
+void forward_chunks(const Window2d& w, const Positions& at, const T* tile, int64_t tile_plane,
+                    int64_t pitch, const T* taps, int64_t tap_step, int64_t filter_step, int64_t pos0,
+                    T* out, int64_t out_step, int64_t px) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = lanes_of<T>();
+  V sum_re[NF][NC] = {}, sum_im[NF][NC] = {};
+  int64_t src[NC];
+  for (int n = 0; n < NC; ++n) {
+    const int64_t ro = (pos0 + n) / at.chunks, ch = (pos0 + n) % at.chunks;
+    src[n] = ro * at.row_step + ch * at.chunk_step;
+  }
+  for (int64_t i = 0; i < w.kernel_h; ++i) {
+    for (int64_t j = 0; j < w.kernel_w; ++j) {
+      const int64_t off = i * w.dil_h * pitch + j * w.dil_w;
+      const T* t = taps + (i * w.kernel_w + j) * tap_step;
+      T tr[NF], ti[NF];
+      for (int f = 0; f < NF; ++f) {
+        tr[f] = t[f * filter_step];
+        ti[f] = t[f * filter_step + 1];
+      }
+#pragma GCC unroll 4
+      for (int n = 0; n < NC; ++n) {
+        const V xr = load_lanes(tile + src[n] + off, w.stride_w);
+        const V xi = load_lanes(tile + tile_plane + src[n] + off, w.stride_w);
+#pragma GCC unroll 4
+        for (int f = 0; f < NF; ++f) {
+          sum_re[f][n] += xr * tr[f] + xi * ti[f];
+          sum_im[f][n] += xi * tr[f] - xr * ti[f];
+        }
+      }
+    }
+  }
+  for (int n = 0; n < NC; ++n) {
+    const int64_t ro = (pos0 + n) / at.chunks, ch = (pos0 + n) % at.chunks;
+    const int64_t dst = ro * at.width + ch * L, valid = std::min(L, at.width - ch * L);
+    for (int f = 0; f < NF; ++f) {
+      store_prefix(out + f * out_step + dst, sum_re[f][n], valid);
+      store_prefix(out + f * out_step + px + dst, sum_im[f][n], valid);
+    }
+  }
+}
+
+// All filters' sums for the output rows [oh0, oh1): out [filters][freqs][2][px].
+template <typename T>
+void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* spectrum, const T* taps,
+                  int64_t oh0, int64_t oh1, T* tile, T* out) {
+  constexpr int64_t L = lanes_of<T>();
+  const int64_t in_px = w.in_h * w.in_w, rows = oh1 - oh0, px = rows * w.out_w;
+  const int64_t chunks = ceil_div(w.out_w, L), positions = rows * chunks;
+  const int64_t tile_rows = (rows - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1;
+  const int64_t pitch = (chunks * L - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1;
+  const Positions at{chunks, w.stride_h * pitch, L * w.stride_w, w.out_w};
+  const int64_t tap_step = 2 * freqs, filter_step = 2 * w.kernel_h * w.kernel_w * freqs;
+  const int64_t out_step = 2 * freqs * px;
+  for (int64_t k = 0; k < freqs; ++k) {
+    fill_tile(spectrum + 2 * k * in_px, spectrum + (2 * k + 1) * in_px, w.in_h, w.in_w,
+              oh0 * w.stride_h - w.pad_h, -w.pad_w, tile_rows, pitch, tile);
+    const int64_t plane = tile_rows * pitch;
+    T* y = out + 2 * k * px;
+    int64_t f = 0;
+    for (; f + 4 <= filters; f += 4) {
+      for (int64_t p = 0; p < positions; ++p)
+        forward_chunks<T, 4, 1>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
+                                filter_step, p, y + f * out_step, out_step, px);
+    }
+    for (; f + 2 <= filters; f += 2) {
+      int64_t p = 0;
+      for (; p + 2 <= positions; p += 2)
+        forward_chunks<T, 2, 2>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
+                                filter_step, p, y + f * out_step, out_step, px);
+      for (; p < positions; ++p)
+        forward_chunks<T, 2, 1>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
+                                filter_step, p, y + f * out_step, out_step, px);
+    }
+    for (; f < filters; ++f) {
+      int64_t p = 0;
+      for (; p + 4 <= positions; p += 4)
+        forward_chunks<T, 1, 4>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
+                                filter_step, p, y + f * out_step, out_step, px);
+      for (; p < positions; ++p)
+        forward_chunks<T, 1, 1>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
+                                filter_step, p, y + f * out_step, out_step, px);
+    }
+  }
+}
+
+// dX (stride 1): out[k] += sum over the taps of dY(f) * taps[f][t][k], as a gather from a
+// tile of dY whose rows and columns run backwards over the taps.
+template <typename T, int NC>
+void input_grad_chunks(const Window2d& w, const Positions& at, const T* tile, int64_t tile_plane,
+                       int64_t pitch, const T* taps, int64_t tap_step, int64_t pos0, bool first,
+                       T* out, int64_t px) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = lanes_of<T>();
+  V sum_re[NC], sum_im[NC];
+  int64_t src[NC], dst[NC], valid[NC];
+  for (int n = 0; n < NC; ++n) {
+    const int64_t ro = (pos0 + n) / at.chunks, ch = (pos0 + n) % at.chunks;
+    src[n] = ro * at.row_step + ch * at.chunk_step;
+    dst[n] = ro * at.width + ch * L;
+    valid[n] = std::min(L, at.width - ch * L);
+    sum_re[n] = first ? V{} : load_prefix(out + dst[n], valid[n]);
+    sum_im[n] = first ? V{} : load_prefix(out + px + dst[n], valid[n]);
+  }
+  for (int64_t i = 0; i < w.kernel_h; ++i) {
+    for (int64_t j = 0; j < w.kernel_w; ++j) {
+      const int64_t off = (w.kernel_h - 1 - i) * w.dil_h * pitch + (w.kernel_w - 1 - j) * w.dil_w;
+      const T* t = taps + (i * w.kernel_w + j) * tap_step;
+      const T tr = t[0], ti = t[1];
+#pragma GCC unroll 4
+      for (int n = 0; n < NC; ++n) {
+        const V gr = load<V>(tile + src[n] + off), gi = load<V>(tile + tile_plane + src[n] + off);
+        sum_re[n] += gr * tr - gi * ti;
+        sum_im[n] += gr * ti + gi * tr;
+      }
+    }
+  }
+  for (int n = 0; n < NC; ++n) {
+    store_prefix(out + dst[n], sum_re[n], valid[n]);
+    store_prefix(out + px + dst[n], sum_im[n], valid[n]);
+  }
+}
+
+// Any stride: scatter each dY pixel onto the input pixels its taps meet.
+template <typename T>
+void input_grad_rows_strided(const Window2d& w, int64_t freqs, int64_t filters, const T* grad,
+                             const T* taps, int64_t h0, int64_t h1, T* out) {
+  const int64_t out_px = w.out_h * w.out_w, px = (h1 - h0) * w.in_w;
+  const int64_t kk = w.kernel_h * w.kernel_w;
+  std::fill(out, out + 2 * freqs * px, T(0));
+  for (int64_t f = 0; f < filters; ++f) {
+    for (int64_t k = 0; k < freqs; ++k) {
+      T* gr_out = out + 2 * k * px;
+      T* gi_out = gr_out + px;
+      const T* dr = grad + (f * freqs + k) * 2 * out_px;
+      const T* di = dr + out_px;
+      for (int64_t h = h0; h < h1; ++h) {
+        for (int64_t i = 0; i < w.kernel_h; ++i) {
+          int64_t oh;
+          if (!window_hit(h, i, w.stride_h, w.pad_h, w.dil_h, w.out_h, &oh)) continue;
+          for (int64_t j = 0; j < w.kernel_w; ++j) {
+            int64_t lo, hi;
+            valid_outputs(w.in_w, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &lo, &hi);
+            const T* t = taps + 2 * ((f * kk + i * w.kernel_w + j) * freqs + k);
+            const T tr = t[0], ti = t[1];
+            const int64_t x = (h - h0) * w.in_w + input_coord(lo, j, w.stride_w, w.pad_w, w.dil_w);
+            const int64_t s = w.stride_w, len = hi - lo;
+            T* __restrict yr = gr_out + x;
+            T* __restrict yi = gi_out + x;
+            const T* __restrict ar = dr + oh * w.out_w + lo;
+            const T* __restrict ai = di + oh * w.out_w + lo;
+            if (s == 1) {
+              for (int64_t o = 0; o < len; ++o) {
+                yr[o] += ar[o] * tr - ai[o] * ti;
+                yi[o] += ar[o] * ti + ai[o] * tr;
+              }
+            } else {
+              for (int64_t o = 0; o < len; ++o) {
+                yr[o * s] += ar[o] * tr - ai[o] * ti;
+                yi[o * s] += ar[o] * ti + ai[o] * tr;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+
+// Sums over filters and taps for the input rows [h0, h1): out [freqs][2][px].
+template <typename T>
+void input_grad_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* grad, const T* taps,
+                     int64_t h0, int64_t h1, T* tile, T* out) {
+  if (w.stride_h != 1 || w.stride_w != 1) {
+    input_grad_rows_strided(w, freqs, filters, grad, taps, h0, h1, out);
+    return;
+  }
+  constexpr int64_t L = lanes_of<T>();
+  const int64_t out_px = w.out_h * w.out_w, rows = h1 - h0, px = rows * w.in_w;
+  const int64_t chunks = ceil_div(w.in_w, L), positions = rows * chunks;
+  const int64_t tile_rows = rows + (w.kernel_h - 1) * w.dil_h;
+  const int64_t pitch = chunks * L + (w.kernel_w - 1) * w.dil_w;
+  const Positions at{chunks, pitch, L, w.in_w};
+  const int64_t kk = w.kernel_h * w.kernel_w, plane = tile_rows * pitch;
+  for (int64_t k = 0; k < freqs; ++k) {
+    T* g = out + 2 * k * px;
+    for (int64_t f = 0; f < filters; ++f) {
+      const T* dy = grad + (f * freqs + k) * 2 * out_px;
+      fill_tile(dy, dy + out_px, w.out_h, w.out_w, h0 + w.pad_h - (w.kernel_h - 1) * w.dil_h,
+                w.pad_w - (w.kernel_w - 1) * w.dil_w, tile_rows, pitch, tile);
+      const T* t = taps + 2 * (f * kk * freqs + k);
+      int64_t p = 0;
+      for (; p + 4 <= positions; p += 4)
+        input_grad_chunks<T, 4>(w, at, tile, plane, pitch, t, 2 * freqs, p, f == 0, g, px);
+      for (; p < positions; ++p)
+        input_grad_chunks<T, 1>(w, at, tile, plane, pitch, t, 2 * freqs, p, f == 0, g, px);
+    }
+  }
+}
+
+// dK at frequency k for one sample and filter: acc[t] += sum over pixels of X * conj(dY),
+// from a tile of X (as the forward's, whole plane) and one of dY (rows padded to whole
+// chunks with zeros). Four sets of lane sums in turn hide the FMA latency; they are added
+// up in a fixed order.
+template <typename T>
+void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, const T* spectrum, const T* grad,
+                      T* tile, T* acc) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = lanes_of<T>();
+  constexpr int kSets = 4;
+  const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
+  const int64_t chunks = ceil_div(w.out_w, L), positions = w.out_h * chunks;
+  const int64_t x_rows = (w.out_h - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1;
+  const int64_t x_pitch = (chunks * L - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1;
+  const int64_t x_plane = x_rows * x_pitch, g_pitch = chunks * L, g_plane = w.out_h * g_pitch;
+  T* x_tile = tile;
+  T* g_tile = tile + 2 * x_plane;
+  fill_tile(spectrum + 2 * k * in_px, spectrum + (2 * k + 1) * in_px, w.in_h, w.in_w, -w.pad_h,
+            -w.pad_w, x_rows, x_pitch, x_tile);
+  fill_tile(grad + 2 * k * out_px, grad + (2 * k + 1) * out_px, w.out_h, w.out_w, 0, 0, w.out_h,
+            g_pitch, g_tile);
+  for (int64_t i = 0; i < w.kernel_h; ++i) {
+    for (int64_t j = 0; j < w.kernel_w; ++j) {
+      const int64_t off = i * w.dil_h * x_pitch + j * w.dil_w;
+      V sum_re[kSets] = {}, sum_im[kSets] = {};
+      for (int64_t p = 0; p < positions; ++p) {
+        const int64_t ro = p / chunks, ch = p % chunks;
+        const T* x = x_tile + ro * w.stride_h * x_pitch + ch * L * w.stride_w + off;
+        const V a = load_lanes(x, w.stride_w), b = load_lanes(x + x_plane, w.stride_w);
+        const V c = load<V>(g_tile + ro * g_pitch + ch * L), d = load<V>(g_tile + g_plane + ro * g_pitch + ch * L);
+        sum_re[p % kSets] += a * c + b * d;
+        sum_im[p % kSets] += b * c - a * d;
+      }
+      const V re = (sum_re[0] + sum_re[1]) + (sum_re[2] + sum_re[3]);
+      const V im = (sum_im[0] + sum_im[1]) + (sum_im[2] + sum_im[3]);
+      T total_re = 0, total_im = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        total_re += re[l];
+        total_im += im[l];
+      }
+      T* a = acc + 2 * (i * w.kernel_w + j) * freqs;
+      a[0] += total_re;
+      a[1] += total_im;
+    }
+  }
+}
+
+template <typename T>
+constexpr Kernels<T> make_kernels() {
+  return Kernels<T>{&analyze<T>, &synthesize<T>, &forward_rows<T>, &input_grad_rows<T>,
+                    &weight_grad_freq<T>};
+}
+
+}  // namespace
+
+extern const Kernels<float> kernels_f32;  // declared in channel_fft.cpp too: external linkage
+extern const Kernels<double> kernels_f64;
+const Kernels<float> kernels_f32 = make_kernels<float>();
+const Kernels<double> kernels_f64 = make_kernels<double>();
+
+}  // namespace ROLLCONV_ISA
+}  // namespace rollconv::channel_fft

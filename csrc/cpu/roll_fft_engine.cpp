@@ -1,0 +1,257 @@
+// The CPU's fused channel-FFT rolling convolution (RollFftEngine, conv_engine.h), on the
+// channel transforms and per-frequency kernels of cpu/fft. The batch goes through in
+// chunks of samples whose spectra fit kSpectrumBytes; per chunk, two parallel phases:
+//
+//   analysis:  the spectra of the chunk's operands (input over its channels, dY over its
+//              rolls), per (sample, pixel range), as frequency planes [K][re|im][pixels];
+//   synthesis: forward: per (sample, block of output rows), for each filter: the block's
+//              per-frequency sums over the taps (a tile of K x pixels that stays in cache),
+//              then the inverse transform over the rolls, bias and ReLU, written once into
+//              the roll-major output. dX: the same per block of input rows, summed over the
+//              filters. dK: per (filter, frequency): the sums over the chunk's samples and
+//              pixels, added to the taps' spectrum (the caller's irfft gives dK).
+//
+// The 1/C of the inverse transform is folded into the taps. Every sum has a fixed order
+// that does not depend on the thread count: results are bitwise reproducible.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <omp.h>
+
+#include <algorithm>
+
+#include "common/conv_engine.h"
+#include "common/device_kernels.h"
+#include "cpu/fft/channel_fft.h"
+#include "cpu/gemm/gemm.h"
+#include "cpu/parallel.h"
+
+namespace rollconv {
+namespace {
+
+using channel_fft::Kernels;
+using channel_fft::Plan;
+using gemm::AlignedBuffer;
+
+// The spectra of one chunk of samples (a fraction of the outputs' size: peak memory does
+// not grow with the batch), and one thread's tile of K x pixels of a row block (L2-sized).
+constexpr int64_t kSpectrumBytes = int64_t(4) << 20;
+constexpr int64_t kTileBytes = int64_t(128) << 10;
+
+template <typename T>
+constexpr int64_t analysis_pixels() {  // pixels per analysis work item
+  return 4 * channel_fft::group_pixels<T>();
+}
+
+int64_t samples_per_chunk(int64_t batch, int64_t bytes_per_sample) {
+  return std::clamp<int64_t>(kSpectrumBytes / std::max<int64_t>(1, bytes_per_sample), 1, batch);
+}
+
+// Rows per synthesis block: as many as the tile holds, fewer when the blocks would be too
+// few to keep every thread busy.
+int64_t rows_per_block(int64_t rows, int64_t row_bytes, int64_t samples) {
+  int64_t per_block = std::clamp<int64_t>(kTileBytes / std::max<int64_t>(1, row_bytes), 1, std::max<int64_t>(1, rows));
+  const int64_t wanted = 4 * int64_t(at::get_num_threads());
+  while (per_block > 1 && samples * ceil_div(rows, per_block) < wanted) per_block = ceil_div(per_block, 2);
+  return per_block;
+}
+
+// The analysis items of `planes` transforms of `pixels` pixels each, per sample.
+struct AnalysisItem {
+  int64_t sample, plane, first, count;
+};
+template <typename T>
+AnalysisItem analysis_item(int64_t item, int64_t planes, int64_t pixels) {
+  const int64_t ranges = ceil_div(pixels, analysis_pixels<T>());
+  const int64_t range = item % ranges, rest = item / ranges;
+  const int64_t first = range * analysis_pixels<T>();
+  return AnalysisItem{rest / planes, rest % planes, first, std::min(analysis_pixels<T>(), pixels - first)};
+}
+template <typename T>
+int64_t analysis_items(int64_t samples, int64_t planes, int64_t pixels) {
+  return samples * planes * ceil_div(pixels, analysis_pixels<T>());
+}
+
+// The taps / C as (re, im) pairs [F][kh * kw][K].
+template <typename T>
+at::Tensor scaled_taps(const at::Tensor& taps, int64_t channels) {
+  return at::view_as_real(taps * (1.0 / double(channels))).contiguous();
+}
+
+template <typename T>
+void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Tensor& bias,
+                   const Window2d& w, bool relu, const at::Tensor& output) {
+  const int64_t batch = input.size(0), channels = input.size(1), filters = taps.size(0);
+  const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
+  const Plan<T> plan(channels);
+  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const int64_t freqs = plan.freqs(), spectrum_size = 2 * freqs * in_px;
+  const at::Tensor tap_pairs = scaled_taps<T>(taps, channels);
+  const T* tp = tap_pairs.const_data_ptr<T>();
+  const T* x = input.const_data_ptr<T>();
+  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  T* y = output.data_ptr<T>();
+
+  const int64_t chunk = samples_per_chunk(batch, spectrum_size * int64_t(sizeof(T)));
+  const int64_t rows = rows_per_block(w.out_h, filters * 2 * freqs * w.out_w * int64_t(sizeof(T)), chunk);
+  const int64_t blocks = ceil_div(w.out_h, rows), block_px = rows * w.out_w;
+  AlignedBuffer<T> spectra(chunk * spectrum_size);
+  const int threads = engine_threads(chunk * blocks, 8 * batch * filters * freqs * out_px * w.kernel_h * w.kernel_w);
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedBuffer<T> scratch(plan.scratch_size()), tile(channel_fft::tile_size<T>(w, rows));
+    AlignedBuffer<T> sums(filters * 2 * freqs * block_px);
+    for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
+      const int64_t nb = std::min(chunk, batch - n0);
+#pragma omp for schedule(static)
+      for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
+        const AnalysisItem it = analysis_item<T>(item, 1, in_px);
+        kern.analyze(plan, x + (n0 + it.sample) * channels * in_px + it.first, in_px, it.count,
+                     spectra.get() + it.sample * spectrum_size + it.first, in_px, scratch.get());
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < nb * blocks; ++item) {
+        const int64_t s = item / blocks, oh0 = (item % blocks) * rows;
+        const int64_t oh1 = std::min(w.out_h, oh0 + rows), count = (oh1 - oh0) * w.out_w;
+        kern.forward_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, tile.get(),
+                          sums.get());
+        for (int64_t f = 0; f < filters; ++f) {
+          // roll r of filter f is output channel r * F + f
+          kern.synthesize(plan, sums.get() + f * 2 * freqs * count, count, count,
+                          y + ((n0 + s) * channels * filters + f) * out_px + oh0 * w.out_w,
+                          filters * out_px, b ? b[f] : T(0), relu, scratch.get());
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps, const Window2d& w,
+                          const at::Tensor& grad_input) {
+  const int64_t batch = grad_input.size(0), channels = grad_input.size(1), filters = taps.size(0);
+  const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
+  const Plan<T> plan(channels);
+  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const int64_t freqs = plan.freqs(), spectrum_size = filters * 2 * freqs * out_px;
+  const at::Tensor tap_pairs = scaled_taps<T>(taps, channels);
+  const T* tp = tap_pairs.const_data_ptr<T>();
+  const T* dy = grad_output.const_data_ptr<T>();
+  T* dx = grad_input.data_ptr<T>();
+
+  const int64_t chunk = samples_per_chunk(batch, spectrum_size * int64_t(sizeof(T)));
+  const int64_t rows = rows_per_block(w.in_h, 2 * freqs * w.in_w * int64_t(sizeof(T)), chunk);
+  const int64_t blocks = ceil_div(w.in_h, rows);
+  AlignedBuffer<T> spectra(chunk * spectrum_size);
+  const int threads = engine_threads(chunk * blocks, 8 * batch * filters * freqs * out_px * w.kernel_h * w.kernel_w);
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedBuffer<T> scratch(plan.scratch_size()), tile(channel_fft::tile_size<T>(w, rows));
+    AlignedBuffer<T> sums(2 * freqs * rows * w.in_w);
+    for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
+      const int64_t nb = std::min(chunk, batch - n0);
+#pragma omp for schedule(static)
+      for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
+        const AnalysisItem it = analysis_item<T>(item, filters, out_px);
+        // dY over its rolls: roll r of filter f is channel r * F + f
+        kern.analyze(plan, dy + ((n0 + it.sample) * channels * filters + it.plane) * out_px + it.first,
+                     filters * out_px, it.count,
+                     spectra.get() + it.sample * spectrum_size + it.plane * 2 * freqs * out_px + it.first,
+                     out_px, scratch.get());
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < nb * blocks; ++item) {
+        const int64_t s = item / blocks, h0 = (item % blocks) * rows;
+        const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
+        kern.input_grad_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, h0, h1, tile.get(),
+                             sums.get());
+        kern.synthesize(plan, sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w,
+                        in_px, T(0), false, scratch.get());
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& input, const Window2d& w,
+                           const at::Tensor& grad_taps) {
+  const int64_t batch = input.size(0), channels = input.size(1), filters = grad_taps.size(0);
+  const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w, kk = w.kernel_h * w.kernel_w;
+  const Plan<T> plan(channels);
+  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const int64_t freqs = plan.freqs();
+  const int64_t x_size = 2 * freqs * in_px, dy_size = filters * 2 * freqs * out_px;
+  const T* x = input.const_data_ptr<T>();
+  const T* dy = grad_output.const_data_ptr<T>();
+  grad_taps.zero_();
+  T* acc = reinterpret_cast<T*>(grad_taps.data_ptr());  // (re, im) pairs [F][kh * kw][K]
+
+  const int64_t chunk = samples_per_chunk(batch, (x_size + dy_size) * int64_t(sizeof(T)));
+  AlignedBuffer<T> x_spectra(chunk * x_size), dy_spectra(chunk * dy_size);
+  const int threads = engine_threads(filters * freqs, 8 * batch * filters * freqs * out_px * kk);
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedBuffer<T> scratch(plan.scratch_size()), tile(channel_fft::tile_size<T>(w, 1));
+    for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
+      const int64_t nb = std::min(chunk, batch - n0);
+      const int64_t nx = analysis_items<T>(nb, 1, in_px);
+#pragma omp for schedule(static)
+      for (int64_t item = 0; item < nx + analysis_items<T>(nb, filters, out_px); ++item) {
+        if (item < nx) {
+          const AnalysisItem it = analysis_item<T>(item, 1, in_px);
+          kern.analyze(plan, x + (n0 + it.sample) * channels * in_px + it.first, in_px, it.count,
+                       x_spectra.get() + it.sample * x_size + it.first, in_px, scratch.get());
+        } else {
+          const AnalysisItem it = analysis_item<T>(item - nx, filters, out_px);
+          kern.analyze(plan, dy + ((n0 + it.sample) * channels * filters + it.plane) * out_px + it.first,
+                       filters * out_px, it.count,
+                       dy_spectra.get() + it.sample * dy_size + it.plane * 2 * freqs * out_px + it.first,
+                       out_px, scratch.get());
+        }
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < filters * freqs; ++item) {
+        const int64_t f = item / freqs, k = item % freqs;
+        for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
+          kern.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
+                                dy_spectra.get() + s * dy_size + f * 2 * freqs * out_px, tile.get(),
+                                acc + 2 * (f * kk * freqs + k));
+        }
+      }
+    }
+  }
+}
+
+bool fft_engine_supports(at::ScalarType dtype) {
+  return cpu_conv_engine().supports(dtype);  // the same switch: ROLLCONV_CPU_ENGINE=0 turns both off
+}
+
+void fft_engine_forward(const at::Tensor& input, const at::Tensor& taps, const at::Tensor& bias,
+                        const Window2d& window, bool relu, const at::Tensor& output) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_roll_fft_forward", [&] {
+    forward_typed<scalar_t>(input, taps, bias, window, relu, output);
+  });
+}
+
+void fft_engine_backward_input(const at::Tensor& grad_output, const at::Tensor& taps,
+                               const Window2d& window, const at::Tensor& grad_input) {
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rollconv_roll_fft_backward_input", [&] {
+    backward_input_typed<scalar_t>(grad_output, taps, window, grad_input);
+  });
+}
+
+void fft_engine_backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                                const Window2d& window, const at::Tensor& grad_taps) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_roll_fft_backward_weight", [&] {
+    backward_weight_typed<scalar_t>(grad_output, input, window, grad_taps);
+  });
+}
+
+}  // namespace
+
+const RollFftEngine& cpu_roll_fft_engine() {
+  static const RollFftEngine engine{fft_engine_supports, fft_engine_forward, fft_engine_backward_input,
+                                    fft_engine_backward_weight};
+  return engine;
+}
+
+}  // namespace rollconv
