@@ -1,6 +1,8 @@
-"""The CPU GEMM engine (csrc/cpu/gemm, csrc/cpu/conv_engine.cpp) against its fallback and
-torch: every ISA the CPU supports, the im2col + ATen GEMM path that CUDA uses (selected on
-CPU with ROLLCONV_CPU_ENGINE=0), run-to-run determinism, and the benchmark hooks."""
+"""The CPU engines (csrc/cpu/gemm + conv_engine.cpp, and the fused channel-FFT rolling
+convolution csrc/cpu/fft + roll_fft_engine.cpp) against their fallbacks and torch: every ISA
+the CPU supports, the paths that CUDA uses (selected on CPU with ROLLCONV_CPU_ENGINE=0:
+im2col + ATen GEMMs, ATen FFTs around the per-frequency kernels), determinism, and the
+benchmark hooks."""
 import os
 import subprocess
 import sys
@@ -59,6 +61,62 @@ def test_aten_gemm_path_roll_direct(monkeypatch):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides, dilation, radices
+    ((2, 7, 9, 37), 3, (3, 3), dict(padding=1)),
+    ((3, 12, 10, 9), 2, (3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))),
+    ((1, 60, 6, 19), 1, (5, 3), dict(stride=(1, 3), padding=(4, 1))),
+    ((2, 11, 20, 50), 5, (2, 4), dict(padding=(0, 3), dilation=2)),
+    ((2, 49, 5, 17), 4, (1, 1), dict()),
+    ((3, 1, 8, 8), 2, (3, 3), dict(padding=1)),
+]
+
+
+@pytest.mark.parametrize("x_shape, f, kernel, kw", FFT_CONFIGS)
+def test_roll_fft_fused_and_unfused(monkeypatch, x_shape, f, kernel, kw):
+    """The fused CPU fft (default) and the composed one CUDA runs (ROLLCONV_CPU_ENGINE=0)
+    against the seed method, with bias and ReLU, forward, dX, dK and the bias gradient."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(*x_shape, dtype=torch.float64, generator=gen)
+    w = torch.randn(f, x_shape[1], *kernel, dtype=torch.float64, generator=gen)
+    b = torch.randn(f, dtype=torch.float64, generator=gen)
+    ours = lambda x, w, b: RF.roll_conv2d(x, w, b, activation="relu", algorithm="fft", **kw)
+    ref = _conv_and_grads(lambda x, w, b: seed_roll(x, w, b, **kw), x, w, b)
+    for engine_setting in ("1", "0"):
+        monkeypatch.setenv("ROLLCONV_CPU_ENGINE", engine_setting)
+        for got, want in zip(_conv_and_grads(ours, x, w, b), ref):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_roll_fft_many_chunks_float32():
+    """A batch whose spectra take several of the fused fft's chunks, float32 against bank."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 64, 64, 64, generator=gen)
+    w = torch.randn(2, 64, 3, 3, generator=gen) * 0.1
+    fft = _conv_and_grads(lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, algorithm="fft"), x, w, torch.zeros(2))
+    bank = _conv_and_grads(lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, algorithm="bank"), x, w, torch.zeros(2))
+    for got, want in zip(fft, bank):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_roll_fft_independent_of_thread_count():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 24, 17, 21, generator=gen)
+    w = torch.randn(3, 24, 3, 3, generator=gen)
+    b = torch.randn(3, generator=gen)
+    fn = lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, algorithm="fft")
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(_conv_and_grads(fn, x, w, b))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert torch.equal(a, c)
+
+
 def test_deterministic():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(6, 16, 20, 20, generator=gen)
@@ -82,6 +140,15 @@ for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
     y2 = F.conv2d(x, w, padding=(1, 2))
     rx, rw = torch.autograd.grad(y2.square().sum(), (x, w))
     for a, b in ((y, y2), (gx, rx), (gw, rw)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
+    # the channel FFT's kernels (same ISA choice): fft against bank
+    x = torch.randn(2, 12, 9, 37, dtype=dtype, requires_grad=True)
+    w = torch.randn(3, 12, 3, 3, dtype=dtype, requires_grad=True)
+    outs = []
+    for algorithm in ("fft", "bank"):
+        y = RF.roll_conv2d(x, w, padding=1, algorithm=algorithm)
+        outs.append((y,) + torch.autograd.grad(y.square().sum(), (x, w)))
+    for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
 print("ok")
 """

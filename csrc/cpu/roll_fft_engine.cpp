@@ -47,11 +47,12 @@ int64_t samples_per_chunk(int64_t batch, int64_t bytes_per_sample) {
 }
 
 // Rows per synthesis block: as many as the tile holds, fewer when the blocks would be too
-// few to keep every thread busy.
+// few to share among threads. Not a function of the thread count: the block bounds decide
+// which pixels share an inverse transform (and so its rounding).
+constexpr int64_t kMinBlocks = 8;
 int64_t rows_per_block(int64_t rows, int64_t row_bytes, int64_t samples) {
   int64_t per_block = std::clamp<int64_t>(kTileBytes / std::max<int64_t>(1, row_bytes), 1, std::max<int64_t>(1, rows));
-  const int64_t wanted = 4 * int64_t(at::get_num_threads());
-  while (per_block > 1 && samples * ceil_div(rows, per_block) < wanted) per_block = ceil_div(per_block, 2);
+  while (per_block > 1 && samples * ceil_div(rows, per_block) < kMinBlocks) per_block = ceil_div(per_block, 2);
   return per_block;
 }
 
