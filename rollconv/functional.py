@@ -116,28 +116,42 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
 
 
-#: 'auto' uses the channel-FFT algorithm from this many channels on (with rolls == C).
+#: Off the CPU, 'auto' uses the channel-FFT algorithm from this many channels on (with rolls == C).
 FFT_MIN_CHANNELS = 48
+#: On the CPU with rolls == C, 'auto' picks 'direct' over 'fft' for at most this many
+#: channels when there are at least DIRECT_MIN_FILTERS filters.
+DIRECT_MAX_CHANNELS = 4
+DIRECT_MIN_FILTERS = 16
 
 
 def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     """The algorithm 'auto' picks for roll_conv2d.
 
-    Rule measured on the project's 2-core AVX-512 CPU (fwd+bwd, float32, N 8-64, F 1-128,
-    8x8 to 32x32; bench/run.py and the notes of issues 5 and 6):
-    - 'fft' when rolls == C >= FFT_MIN_CHANNELS (float32/float64): 1.4x the bank at C=64,
-      2-3.4x at C=128-256, up to 9.7x at C=512; at C=16-32 the two tie.
-    - 'direct' on CPU when C <= 4 and F >= 32 (float32/float64: the CPU GEMM engine):
-      1.6-3.2x the bank there; they tie at C=4, F=16 and C=8, F=32.
-    - 'bank' otherwise (oneDNN on the expanded bank: 1.2-3x 'direct' at small F).
-    On CUDA the rule is not measured (no GPU here). Override with algorithm='direct' |
-    'bank' | 'fft'.
+    On the CPU (float32/float64), measured on the project's 2-core AVX-512 CPU (fwd+bwd
+    with ReLU, float32, N=8, 16x16 and 32x32, C 2-256, F 1-64; bench/run.py and the notes
+    of issue 5):
+    - rolls == C: 'fft' (the fused channel-FFT engine), except 'direct' when
+      C <= DIRECT_MAX_CHANNELS and F >= DIRECT_MIN_FILTERS. fft runs 1.1-3.3x the bank from
+      C=8 on (3.9x the seed method at C=64, F=4 and 10x at C=256, F=1) and 1.4-2x at C <= 4
+      with few filters; with few channels and many filters the GEMM engine's direct path
+      wins (1.6-2.7x fft at C=2-4, F=64).
+    - fewer rolls: 'direct' when C <= 4 and F >= 32 (1.6-3.2x the bank), else 'bank'.
+    Off the CPU (CUDA: not measured, no GPU here; fft is composed of cuFFT and our kernels):
+    'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank'. float16/bfloat16: 'bank'.
+    The CPU figures assume the CPU engines are on (not ROLLCONV_CPU_ENGINE=0). Override
+    with algorithm='direct' | 'bank' | 'fft'.
     """
     channels, filters = input.shape[1], weight.shape[0]
     floating = input.dtype in (torch.float32, torch.float64)
-    if rolls == channels and channels >= FFT_MIN_CHANNELS and floating:
-        return "fft"
-    if input.device.type == "cpu" and floating and channels <= 4 and filters >= 32:
+    on_cpu = input.device.type == "cpu"
+    if not floating:
+        return "bank"
+    if rolls == channels:
+        if not on_cpu:
+            return "fft" if channels >= FFT_MIN_CHANNELS else "bank"
+        few_channels_many_filters = channels <= DIRECT_MAX_CHANNELS and filters >= DIRECT_MIN_FILTERS
+        return "direct" if few_channels_many_filters else "fft"
+    if on_cpu and channels <= 4 and filters >= 32:
         return "direct"
     return "bank"
 

@@ -106,17 +106,21 @@ def test_string_padding(padding):
 
 
 def test_auto_rule():
-    pick = lambda c, rolls=None, dtype=torch.float32: RF.choose_roll_algorithm(  # noqa: E731
-        torch.empty(1, c, 4, 4, dtype=dtype), torch.empty(1, c, 3, 3, dtype=dtype), c if rolls is None else rolls, [1, 1], [1, 1])
-    assert pick(RF.FFT_MIN_CHANNELS) == "fft" and pick(256) == "fft"
-    assert pick(RF.FFT_MIN_CHANNELS - 1) == "bank" and pick(4) == "bank"
-    assert pick(256, rolls=255) == "bank"  # fft needs every roll
+    def pick(c, f=1, rolls=None, dtype=torch.float32, device="cpu"):
+        return RF.choose_roll_algorithm(torch.empty(1, c, 4, 4, dtype=dtype, device=device),
+                                        torch.empty(f, c, 3, 3, dtype=dtype, device=device),
+                                        c if rolls is None else rolls, [1, 1], [1, 1])
+
+    # CPU, every roll: the fused fft, but direct for few channels and many filters.
+    assert pick(2) == pick(16, f=16) == pick(256) == pick(64, dtype=torch.float64) == "fft"
+    assert pick(4, f=RF.DIRECT_MIN_FILTERS) == pick(2, f=64) == "direct"
+    assert pick(RF.DIRECT_MAX_CHANNELS + 1, f=64) == "fft"
+    # Fewer rolls: no fft.
+    assert pick(256, rolls=255) == "bank" and pick(4, f=64, rolls=3) == "direct"
     assert pick(256, dtype=torch.float16) == "bank"
-    # Few channels, many filters: the CPU GEMM engine's direct path.
-    direct = RF.choose_roll_algorithm(torch.empty(1, 4, 4, 4), torch.empty(64, 4, 3, 3), 4, [1, 1], [1, 1])
-    assert direct == "direct"
-    many = RF.choose_roll_algorithm(torch.empty(1, 4, 4, 4, device="meta"), torch.empty(64, 4, 3, 3, device="meta"), 4, [1, 1], [1, 1])
-    assert many == "bank"  # the rule's 'direct' is for the CPU engine only
+    # Off the CPU (meta stands in for CUDA): fft from FFT_MIN_CHANNELS on, else bank.
+    assert pick(RF.FFT_MIN_CHANNELS, device="meta") == "fft"
+    assert pick(RF.FFT_MIN_CHANNELS - 1, device="meta") == pick(4, f=64, device="meta") == "bank"
 
 
 @pytest.mark.parametrize("c, f", [(1, 3), (7, 2), (16, 4), (64, 1)])

@@ -25,6 +25,8 @@ namespace rollconv::channel_fft {
 // Bytes of one lane vector: 16 float or 8 double pixels per half group, whatever the ISA
 // (AVX2 and SSE2 split it into 2 and 4 registers), so every ISA sums in the same order.
 constexpr int kLaneBytes = 64;
+// Groups whose rows analyze loads together.
+constexpr int64_t kStagedGroups = 4;
 template <typename T>
 constexpr int64_t group_pixels() {
   return 2 * kLaneBytes / int64_t(sizeof(T));
@@ -45,8 +47,9 @@ struct Plan {
   std::vector<T> table;  // twiddles and roots (re, im pairs)
   int64_t max_radix = 1;
   int64_t freqs() const { return n / 2 + 1; }
-  // Scratch elements (T) one transform call needs: ping-pong buffers and a DFT temporary.
-  int64_t scratch_size() const { return (2 * n + max_radix) * group_pixels<T>(); }
+  // Scratch elements (T) one transform call needs: the groups staged at once, a ping-pong
+  // buffer and a DFT temporary.
+  int64_t scratch_size() const { return ((kStagedGroups + 1) * n + max_radix) * group_pixels<T>(); }
 };
 
 // Per-frequency convolution sums over a sample, for the frequencies [0, freqs):

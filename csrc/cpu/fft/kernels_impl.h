@@ -195,20 +195,30 @@ void analyze(const Plan<T>& plan, const T* src, int64_t step, int64_t count, T* 
              int64_t plane, T* scratch) {
   constexpr int64_t G = group_pixels<T>();
   const int64_t n = plan.n, freqs = plan.freqs();
-  CV<T>* a = reinterpret_cast<CV<T>*>(scratch);
-  for (int64_t p0 = 0; p0 < count; p0 += G) {
-    const int64_t valid = std::min(G, count - p0);
-    for (int64_t c = 0; c < n; ++c) load_group(src + c * step + p0, valid, a + c);
-    const CV<T>* z = transform(plan, a, a + n, a + 2 * n);
-    // Two real signals from one complex one: A = (Z[k] + conj Z[n-k]) / 2 (first lanes),
-    // B = (Z[k] - conj Z[n-k]) / 2i (second lanes).
-    for (int64_t k = 0; k < freqs; ++k) {
-      const CV<T>& zk = z[k];
-      const CV<T>& zm = z[k == 0 ? 0 : n - k];
-      const CV<T> re{(zk.re + zm.re) * T(0.5), (zk.im + zm.im) * T(0.5)};  // A.re | B.re
-      const CV<T> im{(zk.im - zm.im) * T(0.5), (zm.re - zk.re) * T(0.5)};  // A.im | B.im
-      store_group(spectrum + 2 * k * plane + p0, valid, re);
-      store_group(spectrum + (2 * k + 1) * plane + p0, valid, im);
+  CV<T>* staged = reinterpret_cast<CV<T>*>(scratch);  // kStagedGroups groups of n
+  CV<T>* work = staged + kStagedGroups * n;
+  for (int64_t p0 = 0; p0 < count; p0 += kStagedGroups * G) {
+    // Row by row, several groups at a time: the n rows are far apart, and longer runs per
+    // row keep the loads streaming.
+    const int64_t groups = std::min(kStagedGroups, ceil_div(count - p0, G));
+    for (int64_t c = 0; c < n; ++c) {
+      for (int64_t g = 0; g < groups; ++g) {
+        load_group(src + c * step + p0 + g * G, std::min(G, count - p0 - g * G), staged + g * n + c);
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t first = p0 + g * G, valid = std::min(G, count - first);
+      const CV<T>* z = transform(plan, staged + g * n, work, work + n);
+      // Two real signals from one complex one: A = (Z[k] + conj Z[n-k]) / 2 (first lanes),
+      // B = (Z[k] - conj Z[n-k]) / 2i (second lanes).
+      for (int64_t k = 0; k < freqs; ++k) {
+        const CV<T>& zk = z[k];
+        const CV<T>& zm = z[k == 0 ? 0 : n - k];
+        const CV<T> re{(zk.re + zm.re) * T(0.5), (zk.im + zm.im) * T(0.5)};  // A.re | B.re
+        const CV<T> im{(zk.im - zm.im) * T(0.5), (zm.re - zk.re) * T(0.5)};  // A.im | B.im
+        store_group(spectrum + 2 * k * plane + first, valid, re);
+        store_group(spectrum + (2 * k + 1) * plane + first, valid, im);
+      }
     }
   }
 }
