@@ -74,6 +74,24 @@ int64_t analysis_items(int64_t samples, int64_t planes, int64_t pixels) {
   return samples * planes * ceil_div(pixels, analysis_pixels<T>());
 }
 
+// One analysis item of the input (over its channels) or of dY (over its rolls: roll r of
+// filter f is channel r * F + f), into the chunk's spectra [sample][plane][K][2][pixels].
+template <typename T>
+void analyze_input(const Kernels<T>& kern, const Plan<T>& plan, const AnalysisItem& it, const T* x_chunk,
+                   int64_t pixels, T* spectra, T* scratch) {
+  const int64_t channels = plan.n, size = 2 * plan.freqs() * pixels;
+  kern.analyze(plan, x_chunk + it.sample * channels * pixels + it.first, pixels, it.count,
+               spectra + it.sample * size + it.first, pixels, scratch);
+}
+template <typename T>
+void analyze_grad(const Kernels<T>& kern, const Plan<T>& plan, const AnalysisItem& it, const T* dy_chunk,
+                  int64_t filters, int64_t pixels, T* spectra, T* scratch) {
+  const int64_t channels = plan.n, size = 2 * plan.freqs() * pixels;
+  kern.analyze(plan, dy_chunk + (it.sample * channels * filters + it.plane) * pixels + it.first,
+               filters * pixels, it.count, spectra + (it.sample * filters + it.plane) * size + it.first,
+               pixels, scratch);
+}
+
 // The taps / C as (re, im) pairs [F][kh * kw][K].
 template <typename T>
 at::Tensor scaled_taps(const at::Tensor& taps, int64_t channels) {
@@ -107,9 +125,8 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
       const int64_t nb = std::min(chunk, batch - n0);
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
-        const AnalysisItem it = analysis_item<T>(item, 1, in_px);
-        kern.analyze(plan, x + (n0 + it.sample) * channels * in_px + it.first, in_px, it.count,
-                     spectra.get() + it.sample * spectrum_size + it.first, in_px, scratch.get());
+        analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
+                      spectra.get(), scratch.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < nb * blocks; ++item) {
@@ -154,12 +171,8 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
       const int64_t nb = std::min(chunk, batch - n0);
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
-        const AnalysisItem it = analysis_item<T>(item, filters, out_px);
-        // dY over its rolls: roll r of filter f is channel r * F + f
-        kern.analyze(plan, dy + ((n0 + it.sample) * channels * filters + it.plane) * out_px + it.first,
-                     filters * out_px, it.count,
-                     spectra.get() + it.sample * spectrum_size + it.plane * 2 * freqs * out_px + it.first,
-                     out_px, scratch.get());
+        analyze_grad(kern, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
+                     filters, out_px, spectra.get(), scratch.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < nb * blocks; ++item) {
@@ -200,15 +213,11 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < nx + analysis_items<T>(nb, filters, out_px); ++item) {
         if (item < nx) {
-          const AnalysisItem it = analysis_item<T>(item, 1, in_px);
-          kern.analyze(plan, x + (n0 + it.sample) * channels * in_px + it.first, in_px, it.count,
-                       x_spectra.get() + it.sample * x_size + it.first, in_px, scratch.get());
+          analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
+                        x_spectra.get(), scratch.get());
         } else {
-          const AnalysisItem it = analysis_item<T>(item - nx, filters, out_px);
-          kern.analyze(plan, dy + ((n0 + it.sample) * channels * filters + it.plane) * out_px + it.first,
-                       filters * out_px, it.count,
-                       dy_spectra.get() + it.sample * dy_size + it.plane * 2 * freqs * out_px + it.first,
-                       out_px, scratch.get());
+          analyze_grad(kern, plan, analysis_item<T>(item - nx, filters, out_px),
+                       dy + n0 * channels * filters * out_px, filters, out_px, dy_spectra.get(), scratch.get());
         }
       }
 #pragma omp for schedule(dynamic, 1)

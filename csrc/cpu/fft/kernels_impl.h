@@ -323,31 +323,43 @@ constexpr int64_t lanes_of() {
 }
 
 // forward: out[f][k] (re, im planes of px pixels) = sum over taps of X * conj(taps[f][t][k]).
+template <typename T>
+struct ForwardBlock {
+  const Window2d& w;
+  Positions at;
+  const T* tile;  // padded X at one frequency: re plane, im plane `tile_plane` later
+  int64_t tile_plane, pitch;
+  const T* taps;  // at filter 0, tap 0, this frequency
+  int64_t tap_step, filter_step;
+  T* out;  // at filter 0, this frequency
+  int64_t out_step, px;
+};
+
 template <typename T, int NF, int NC>
-void forward_chunks(const Window2d& w, const Positions& at, const T* tile, int64_t tile_plane,
-                    int64_t pitch, const T* taps, int64_t tap_step, int64_t filter_step, int64_t pos0,
-                    T* out, int64_t out_step, int64_t px) {
+void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
   using V = typename LanesOf<T>::type;
   constexpr int64_t L = lanes_of<T>();
+  const Window2d& w = b.w;
   V sum_re[NF][NC] = {}, sum_im[NF][NC] = {};
   int64_t src[NC];
   for (int n = 0; n < NC; ++n) {
-    const int64_t ro = (pos0 + n) / at.chunks, ch = (pos0 + n) % at.chunks;
-    src[n] = ro * at.row_step + ch * at.chunk_step;
+    const int64_t ro = (pos0 + n) / b.at.chunks, ch = (pos0 + n) % b.at.chunks;
+    src[n] = ro * b.at.row_step + ch * b.at.chunk_step;
   }
+  const T* taps = b.taps + f0 * b.filter_step;
   for (int64_t i = 0; i < w.kernel_h; ++i) {
     for (int64_t j = 0; j < w.kernel_w; ++j) {
-      const int64_t off = i * w.dil_h * pitch + j * w.dil_w;
-      const T* t = taps + (i * w.kernel_w + j) * tap_step;
+      const int64_t off = i * w.dil_h * b.pitch + j * w.dil_w;
+      const T* t = taps + (i * w.kernel_w + j) * b.tap_step;
       T tr[NF], ti[NF];
       for (int f = 0; f < NF; ++f) {
-        tr[f] = t[f * filter_step];
-        ti[f] = t[f * filter_step + 1];
+        tr[f] = t[f * b.filter_step];
+        ti[f] = t[f * b.filter_step + 1];
       }
 #pragma GCC unroll 4
       for (int n = 0; n < NC; ++n) {
-        const V xr = load_lanes(tile + src[n] + off, w.stride_w);
-        const V xi = load_lanes(tile + tile_plane + src[n] + off, w.stride_w);
+        const V xr = load_lanes(b.tile + src[n] + off, w.stride_w);
+        const V xi = load_lanes(b.tile + b.tile_plane + src[n] + off, w.stride_w);
 #pragma GCC unroll 4
         for (int f = 0; f < NF; ++f) {
           sum_re[f][n] += xr * tr[f] + xi * ti[f];
@@ -357,16 +369,26 @@ void forward_chunks(const Window2d& w, const Positions& at, const T* tile, int64
     }
   }
   for (int n = 0; n < NC; ++n) {
-    const int64_t ro = (pos0 + n) / at.chunks, ch = (pos0 + n) % at.chunks;
-    const int64_t dst = ro * at.width + ch * L, valid = std::min(L, at.width - ch * L);
+    const int64_t ro = (pos0 + n) / b.at.chunks, ch = (pos0 + n) % b.at.chunks;
+    const int64_t dst = ro * b.at.width + ch * L, valid = std::min(L, b.at.width - ch * L);
     for (int f = 0; f < NF; ++f) {
-      store_prefix(out + f * out_step + dst, sum_re[f][n], valid);
-      store_prefix(out + f * out_step + px + dst, sum_im[f][n], valid);
+      T* out = b.out + (f0 + f) * b.out_step;
+      store_prefix(out + dst, sum_re[f][n], valid);
+      store_prefix(out + b.px + dst, sum_im[f][n], valid);
     }
   }
 }
 
-// All filters' sums for the output rows [oh0, oh1): out [filters][freqs][2][px].
+// Filters [f0, f0 + NF) over every position: NC positions at a time, then one by one.
+template <typename T, int NF, int NC>
+void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
+  int64_t p = 0;
+  for (; p + NC <= positions; p += NC) forward_chunks<T, NF, NC>(b, f0, p);
+  for (; p < positions; ++p) forward_chunks<T, NF, 1>(b, f0, p);
+}
+
+// All filters' sums for the output rows [oh0, oh1): out [filters][freqs][2][px]. Filters
+// four at a time share each tap's loads; a lone filter takes four positions at a time.
 template <typename T>
 void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* spectrum, const T* taps,
                   int64_t oh0, int64_t oh1, T* tile, T* out) {
@@ -376,37 +398,15 @@ void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* sp
   const int64_t tile_rows = (rows - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1;
   const int64_t pitch = (chunks * L - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1;
   const Positions at{chunks, w.stride_h * pitch, L * w.stride_w, w.out_w};
-  const int64_t tap_step = 2 * freqs, filter_step = 2 * w.kernel_h * w.kernel_w * freqs;
-  const int64_t out_step = 2 * freqs * px;
   for (int64_t k = 0; k < freqs; ++k) {
     fill_tile(spectrum + 2 * k * in_px, spectrum + (2 * k + 1) * in_px, w.in_h, w.in_w,
               oh0 * w.stride_h - w.pad_h, -w.pad_w, tile_rows, pitch, tile);
-    const int64_t plane = tile_rows * pitch;
-    T* y = out + 2 * k * px;
+    const ForwardBlock<T> b{w, at, tile, tile_rows * pitch, pitch, taps + 2 * k, 2 * freqs,
+                            2 * w.kernel_h * w.kernel_w * freqs, out + 2 * k * px, 2 * freqs * px, px};
     int64_t f = 0;
-    for (; f + 4 <= filters; f += 4) {
-      for (int64_t p = 0; p < positions; ++p)
-        forward_chunks<T, 4, 1>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
-                                filter_step, p, y + f * out_step, out_step, px);
-    }
-    for (; f + 2 <= filters; f += 2) {
-      int64_t p = 0;
-      for (; p + 2 <= positions; p += 2)
-        forward_chunks<T, 2, 2>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
-                                filter_step, p, y + f * out_step, out_step, px);
-      for (; p < positions; ++p)
-        forward_chunks<T, 2, 1>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
-                                filter_step, p, y + f * out_step, out_step, px);
-    }
-    for (; f < filters; ++f) {
-      int64_t p = 0;
-      for (; p + 4 <= positions; p += 4)
-        forward_chunks<T, 1, 4>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
-                                filter_step, p, y + f * out_step, out_step, px);
-      for (; p < positions; ++p)
-        forward_chunks<T, 1, 1>(w, at, tile, plane, pitch, taps + f * filter_step + 2 * k, tap_step,
-                                filter_step, p, y + f * out_step, out_step, px);
-    }
+    for (; f + 4 <= filters; f += 4) forward_filters<T, 4, 1>(b, f, positions);
+    for (; f + 2 <= filters; f += 2) forward_filters<T, 2, 2>(b, f, positions);
+    for (; f < filters; ++f) forward_filters<T, 1, 4>(b, f, positions);
   }
 }
 
