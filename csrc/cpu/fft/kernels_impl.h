@@ -6,6 +6,11 @@
 // except the kernel tables, so no ISA-specific code can be picked by the linker for
 // another translation unit.
 
+// Lane vectors are 64 bytes whatever the ISA; without AVX-512 GCC notes that passing them
+// changes the ABI. Nothing here is called across translation units (internal linkage), so
+// the note does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace rollconv::channel_fft {
 namespace ROLLCONV_ISA {
 namespace {
