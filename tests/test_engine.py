@@ -25,6 +25,16 @@ def _conv_and_grads(fn, x, w, b):
     return y.detach(), x.grad, w.grad, b.grad
 
 
+def _assert_engine_on_and_off_match(monkeypatch, ours, reference, x, w, b):
+    """`ours` with the CPU engines (default) and without (ROLLCONV_CPU_ENGINE=0: CUDA's code
+    paths) against `reference`, float64: output and the three gradients."""
+    ref = _conv_and_grads(reference, x, w, b)
+    for engine_setting in ("1", "0"):
+        monkeypatch.setenv("ROLLCONV_CPU_ENGINE", engine_setting)
+        for got, want in zip(_conv_and_grads(ours, x, w, b), ref):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 CONFIGS = [  # (x shape, w shape, kwargs)
     ((3, 6, 11, 9), (4, 6, 3, 3), dict(stride=1, padding=1)),
     ((2, 6, 13, 10), (6, 3, 2, 3), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)),
@@ -54,11 +64,7 @@ def test_aten_gemm_path_roll_direct(monkeypatch):
     w = torch.randn(3, 7, 3, 2, dtype=torch.float64, generator=gen)
     b = torch.randn(3, dtype=torch.float64, generator=gen)
     ours = lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, rolls=5, activation="relu", algorithm="direct")
-    ref = _conv_and_grads(lambda x, w, b: seed_roll(x, w, b, padding=1, rolls=5), x, w, b)
-    for engine_setting in ("1", "0"):
-        monkeypatch.setenv("ROLLCONV_CPU_ENGINE", engine_setting)
-        for got, want in zip(_conv_and_grads(ours, x, w, b), ref):
-            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    _assert_engine_on_and_off_match(monkeypatch, ours, lambda x, w, b: seed_roll(x, w, b, padding=1, rolls=5), x, w, b)
 
 
 FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides, dilation, radices
@@ -80,11 +86,7 @@ def test_roll_fft_fused_and_unfused(monkeypatch, x_shape, f, kernel, kw):
     w = torch.randn(f, x_shape[1], *kernel, dtype=torch.float64, generator=gen)
     b = torch.randn(f, dtype=torch.float64, generator=gen)
     ours = lambda x, w, b: RF.roll_conv2d(x, w, b, activation="relu", algorithm="fft", **kw)
-    ref = _conv_and_grads(lambda x, w, b: seed_roll(x, w, b, **kw), x, w, b)
-    for engine_setting in ("1", "0"):
-        monkeypatch.setenv("ROLLCONV_CPU_ENGINE", engine_setting)
-        for got, want in zip(_conv_and_grads(ours, x, w, b), ref):
-            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    _assert_engine_on_and_off_match(monkeypatch, ours, lambda x, w, b: seed_roll(x, w, b, **kw), x, w, b)
 
 
 def test_roll_fft_many_chunks_float32():

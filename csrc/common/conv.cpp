@@ -443,15 +443,15 @@ Tensor fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, co
                                input.options().dtype(c10::toComplexType(input.scalar_type())));
   if (uses_fft_engine(k, input)) {
     k.roll_fft_engine->backward_weight(grad_output.contiguous(), input.contiguous(), w, grad_taps);
-    return at::fft_irfft(grad_taps, channels, -1).permute({0, 3, 1, 2}).contiguous();
-  }
-  Tensor chunk_taps = at::empty_like(grad_taps);
-  const int64_t chunk = fft_samples_per_chunk(batch, channels, filters, w, input);
-  for (int64_t n0 = 0; n0 < batch; n0 += chunk) {  // chunks summed in order: deterministic
-    const int64_t b = std::min(chunk, batch - n0);
-    k.fft_backward_weight(channel_rfft(input.narrow(0, n0, b)),
-                          rolls_rfft(grad_output.narrow(0, n0, b), channels, filters, w), chunk_taps, w);
-    grad_taps.add_(chunk_taps);
+  } else {
+    Tensor chunk_taps = at::empty_like(grad_taps);
+    const int64_t chunk = fft_samples_per_chunk(batch, channels, filters, w, input);
+    for (int64_t n0 = 0; n0 < batch; n0 += chunk) {  // chunks summed in order: deterministic
+      const int64_t b = std::min(chunk, batch - n0);
+      k.fft_backward_weight(channel_rfft(input.narrow(0, n0, b)),
+                            rolls_rfft(grad_output.narrow(0, n0, b), channels, filters, w), chunk_taps, w);
+      grad_taps.add_(chunk_taps);
+    }
   }
   return at::fft_irfft(grad_taps, channels, -1).permute({0, 3, 1, 2}).contiguous();
 }

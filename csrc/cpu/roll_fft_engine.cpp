@@ -93,9 +93,14 @@ void analyze_grad(const Kernels<T>& kern, const Plan<T>& plan, const AnalysisIte
 }
 
 // The taps / C as (re, im) pairs [F][kh * kw][K].
-template <typename T>
 at::Tensor scaled_taps(const at::Tensor& taps, int64_t channels) {
   return at::view_as_real(taps * (1.0 / double(channels))).contiguous();
+}
+
+// Real flops of the per-frequency sums of one pass (every pass does the same amount):
+// what engine_threads weighs against waking the threads.
+int64_t sum_flops(int64_t batch, int64_t filters, int64_t freqs, const Window2d& w) {
+  return 8 * batch * filters * freqs * w.out_h * w.out_w * w.kernel_h * w.kernel_w;
 }
 
 template <typename T>
@@ -106,7 +111,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
   const Plan<T> plan(channels);
   const Kernels<T>& kern = channel_fft::kernels<T>();
   const int64_t freqs = plan.freqs(), spectrum_size = 2 * freqs * in_px;
-  const at::Tensor tap_pairs = scaled_taps<T>(taps, channels);
+  const at::Tensor tap_pairs = scaled_taps(taps, channels);
   const T* tp = tap_pairs.const_data_ptr<T>();
   const T* x = input.const_data_ptr<T>();
   const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
@@ -116,7 +121,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
   const int64_t rows = rows_per_block(w.out_h, filters * 2 * freqs * w.out_w * int64_t(sizeof(T)), chunk);
   const int64_t blocks = ceil_div(w.out_h, rows), block_px = rows * w.out_w;
   AlignedBuffer<T> spectra(chunk * spectrum_size);
-  const int threads = engine_threads(chunk * blocks, 8 * batch * filters * freqs * out_px * w.kernel_h * w.kernel_w);
+  const int threads = engine_threads(chunk * blocks, sum_flops(batch, filters, freqs, w));
 #pragma omp parallel num_threads(threads)
   {
     AlignedBuffer<T> scratch(plan.scratch_size()), tile(channel_fft::tile_size<T>(w, rows));
@@ -153,7 +158,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
   const Plan<T> plan(channels);
   const Kernels<T>& kern = channel_fft::kernels<T>();
   const int64_t freqs = plan.freqs(), spectrum_size = filters * 2 * freqs * out_px;
-  const at::Tensor tap_pairs = scaled_taps<T>(taps, channels);
+  const at::Tensor tap_pairs = scaled_taps(taps, channels);
   const T* tp = tap_pairs.const_data_ptr<T>();
   const T* dy = grad_output.const_data_ptr<T>();
   T* dx = grad_input.data_ptr<T>();
@@ -162,7 +167,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
   const int64_t rows = rows_per_block(w.in_h, 2 * freqs * w.in_w * int64_t(sizeof(T)), chunk);
   const int64_t blocks = ceil_div(w.in_h, rows);
   AlignedBuffer<T> spectra(chunk * spectrum_size);
-  const int threads = engine_threads(chunk * blocks, 8 * batch * filters * freqs * out_px * w.kernel_h * w.kernel_w);
+  const int threads = engine_threads(chunk * blocks, sum_flops(batch, filters, freqs, w));
 #pragma omp parallel num_threads(threads)
   {
     AlignedBuffer<T> scratch(plan.scratch_size()), tile(channel_fft::tile_size<T>(w, rows));
@@ -203,7 +208,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
 
   const int64_t chunk = samples_per_chunk(batch, (x_size + dy_size) * int64_t(sizeof(T)));
   AlignedBuffer<T> x_spectra(chunk * x_size), dy_spectra(chunk * dy_size);
-  const int threads = engine_threads(filters * freqs, 8 * batch * filters * freqs * out_px * kk);
+  const int threads = engine_threads(filters * freqs, sum_flops(batch, filters, freqs, w));
 #pragma omp parallel num_threads(threads)
   {
     AlignedBuffer<T> scratch(plan.scratch_size()), tile(channel_fft::tile_size<T>(w, 1));

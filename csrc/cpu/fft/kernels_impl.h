@@ -43,35 +43,55 @@ inline void store(T* p, const V& v) {
   __builtin_memcpy(p, &v, sizeof(V));
 }
 
+template <typename T>
+constexpr int64_t lanes_of() {
+  return sizeof(typename LanesOf<T>::type) / sizeof(T);
+}
+
+// The first n lanes of v to p (all when n == lanes), and back (lanes past n read as zero;
+// n may be 0).
+template <typename T, typename V>
+inline void store_prefix(T* p, const V& v, int64_t n) {
+  if (n == int64_t(sizeof(V) / sizeof(T))) {
+    store(p, v);
+    return;
+  }
+  for (int64_t l = 0; l < n; ++l) p[l] = v[l];
+}
+template <typename T>
+inline typename LanesOf<T>::type load_prefix(const T* p, int64_t n) {
+  using V = typename LanesOf<T>::type;
+  if (n == int64_t(sizeof(V) / sizeof(T))) return load<V>(p);
+  V v{};
+  for (int64_t l = 0; l < n; ++l) v[l] = p[l];
+  return v;
+}
+
 // The lanes of a group of 2 * lanes pixels of which `valid` are real: the first half, the
 // second half; the pixels past `valid` read as zero and are not written.
+// (The whole-group case first: it is the transforms' hot path, ~10% of dX and dK.)
 template <typename T>
 inline void load_group(const T* p, int64_t valid, CV<T>* out) {
   using V = typename LanesOf<T>::type;
-  constexpr int64_t L = sizeof(V) / sizeof(T);
+  constexpr int64_t L = lanes_of<T>();
   if (valid == 2 * L) {
     out->re = load<V>(p);
     out->im = load<V>(p + L);
     return;
   }
-  alignas(64) T padded[2 * L] = {};
-  for (int64_t l = 0; l < valid; ++l) padded[l] = p[l];
-  out->re = load<V>(padded);
-  out->im = load<V>(padded + L);
+  out->re = load_prefix(p, std::min(valid, L));
+  out->im = load_prefix(p + L, std::max<int64_t>(0, valid - L));
 }
 template <typename T>
 inline void store_group(T* p, int64_t valid, const CV<T>& in) {
-  using V = typename LanesOf<T>::type;
-  constexpr int64_t L = sizeof(V) / sizeof(T);
+  constexpr int64_t L = lanes_of<T>();
   if (valid == 2 * L) {
     store(p, in.re);
     store(p + L, in.im);
     return;
   }
-  alignas(64) T padded[2 * L];
-  store(padded, in.re);
-  store(padded + L, in.im);
-  for (int64_t l = 0; l < valid; ++l) p[l] = padded[l];
+  store_prefix(p, in.re, std::min(valid, L));
+  store_prefix(p + L, in.im, std::max<int64_t>(0, valid - L));
 }
 
 // v *= (wr + i wi)
@@ -297,35 +317,12 @@ inline typename LanesOf<T>::type load_lanes(const T* p, int64_t step) {
   return v;
 }
 
-// The first n lanes of v to p (all when n == lanes), and back.
-template <typename T, typename V>
-inline void store_prefix(T* p, const V& v, int64_t n) {
-  if (n == int64_t(sizeof(V) / sizeof(T))) {
-    store(p, v);
-    return;
-  }
-  for (int64_t l = 0; l < n; ++l) p[l] = v[l];
-}
-template <typename T>
-inline typename LanesOf<T>::type load_prefix(const T* p, int64_t n) {
-  using V = typename LanesOf<T>::type;
-  if (n == int64_t(sizeof(V) / sizeof(T))) return load<V>(p);
-  V v{};
-  for (int64_t l = 0; l < n; ++l) v[l] = p[l];
-  return v;
-}
-
 // The tap-independent geometry of a block of positions: chunk n of row ro reads the tile
 // at ro * row_step + chunk * chunk_step (+ the tap's offset) and writes row ro, pixels
 // [chunk * lanes, + width) of a plane with rows `width` long.
 struct Positions {
   int64_t chunks, row_step, chunk_step, width;
 };
-
-template <typename T>
-constexpr int64_t lanes_of() {
-  return sizeof(typename LanesOf<T>::type) / sizeof(T);
-}
 
 // forward: out[f][k] (re, im planes of px pixels) = sum over taps of X * conj(taps[f][t][k]).
 template <typename T>
