@@ -11,9 +11,11 @@
 //   dX:       per (sample, range of input channels): B = dY panel, A = W^T rows of those
 //             channels, the product (a few column rows) is added into the input planes at
 //             once (col2im of a tile). Each thread owns whole planes: no races, fixed order.
-//   dK:       dW = dY * im2col(x)^T with B packed as transposed image columns; each thread
-//             owns a range of dW's columns (and, when they are too few, a group of samples
-//             with its own accumulator, summed in a fixed order afterwards).
+//   dK:       dW = dY * im2col(x)^T by the dot-product kernel (both factors run along the
+//             pixels, so nothing is transposed): A = dY rows, B = a few im2col lines, over
+//             chunks of pixels that run across samples. Each thread owns a group of samples
+//             with its own accumulator (summed in a fixed order afterwards) and, when the
+//             samples are fewer than the threads, a range of dW's columns.
 // Deterministic: the same inputs and thread count give bitwise the same result.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -43,6 +45,8 @@ using gemm::round_up;
 // Per-thread budget of packed panels: about L2-sized, so a panel is still cached when the
 // next GEMM block reads it again.
 constexpr int64_t kPanelBytes = int64_t(1) << 20;
+// dK's image-column lines (the dot-product kernel's NR rows of B): within half of L1.
+constexpr int64_t kDotLinesBytes = int64_t(24) << 10;
 
 // The row window of the column matrix a block reads, as K segments of the packed image
 // columns (which hold only the real rows, channel x tap): a rolling window that runs past
@@ -134,38 +138,6 @@ void pack_image_columns(const MicroKernel<T>& uk, const T* image, const ColumnLa
     }
     if (cols < nr) {
       for (int64_t r = 0; r < rows; ++r) std::fill(strip + r * nr + cols, strip + (r + 1) * nr, T(0));
-    }
-  }
-}
-
-// B panels of the transposed image columns, for dK: rows = pixels [first, first + count),
-// columns = column-matrix rows [col0, col0 + ncols) (virtual channel x tap). Each strip's
-// columns are first written as lines (lines: NR x count scratch), then transposed in
-// tiles that stay in L1.
-template <typename T>
-void pack_image_columns_transposed(const MicroKernel<T>& uk, const T* image, const ColumnLayout& L,
-                                   int64_t col0, int64_t ncols, int64_t first, int64_t count,
-                                   T* lines, T* dst) {
-  const Window2d& w = L.win;
-  const int64_t plane = w.in_h * w.in_w, nr = uk.nr;
-  constexpr int64_t kTile = 16;
-  for (int64_t s = 0; s * nr < ncols; ++s) {
-    T* strip = dst + s * nr * count;
-    const int64_t cols = std::min(nr, ncols - s * nr);
-    for (int64_t j = 0; j < cols; ++j) {
-      const RowSource src = column_row_source(L, col0 + s * nr + j);
-      im2col_span(image + src.channel * plane, w, src.tap_h, src.tap_w, first, count, lines + j * count);
-    }
-    for (int64_t p0 = 0; p0 < count; p0 += kTile) {
-      const int64_t p1 = std::min(count, p0 + kTile);
-      for (int64_t j = 0; j < nr; ++j) {
-        const T* line = lines + j * count;
-        if (j < cols) {
-          for (int64_t p = p0; p < p1; ++p) strip[p * nr + j] = line[p];
-        } else {
-          for (int64_t p = p0; p < p1; ++p) strip[p * nr + j] = T(0);
-        }
-      }
     }
   }
 }
@@ -269,10 +241,20 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
   }
 }
 
+// A chunk of the dK product's depth: pixels of several samples, laid end to end.
+struct DepthPiece {
+  int64_t sample, first, count, offset;  // pixels [first, first + count) at chunk offset
+};
+
+// dK: dW += dY * im2col(x)^T. Both factors run along the pixels, so the dot-product kernel
+// takes their rows as they are: A = a block's dY rows, B = a few image-column rows (im2col
+// lines), nothing transposed. The depth of one product is a chunk of about `depth` pixels
+// taken across the samples of an item's group, so that the lanes are summed once per long
+// chunk even on small images.
 template <typename T>
 void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& input,
                            const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_weight) {
-  const MicroKernel<T>& uk = gemm::micro_kernel<T>(gemm::active_isa());
+  const gemm::DotKernel<T>& dk = gemm::dot_kernel<T>(gemm::active_isa());
   const Window2d& w = L.win;
   const int64_t batch = input.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
   const int64_t cout = plan.out_channels, wcols = plan.weight_cols, wsize = plan.weight_rows * wcols;
@@ -281,41 +263,74 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
 
   // Items: (group of samples, range of dW columns). Blocks that share dW rows (rolls) run
   // in order inside an item, so no two threads write the same element. Sample groups come
-  // first (whole rows of dW per item: balanced, and the A panel is packed once); columns
-  // are split only when the batch is smaller than the thread count.
+  // first (whole rows of dW per item: balanced); columns are split only when the batch is
+  // smaller than the thread count.
   const int64_t threads_wanted = at::get_num_threads();
   const int64_t groups = std::clamp<int64_t>(threads_wanted, 1, std::max<int64_t>(1, batch));
-  const int64_t pieces = std::min(ceil_div(threads_wanted, groups), ceil_div(wcols, uk.nr));
-  const int64_t width = round_up(ceil_div(wcols, pieces), uk.nr);
+  const int64_t pieces = std::min(ceil_div(threads_wanted, groups), ceil_div(wcols, dk.nr));
+  const int64_t width = round_up(ceil_div(wcols, pieces), dk.nr);
   const int64_t per_group = ceil_div(batch, groups);
   int64_t max_rows = 0;
   for (const GemmBlock& blk : plan.blocks) max_rows = std::max(max_rows, blk.rows);
-  // Pixels per pass: deep passes, so dW (read and written once per pass) costs little.
-  const int64_t pixels = std::clamp<int64_t>(4 * kPanelBytes / ((width + max_rows) * int64_t(sizeof(T))), 16, px);
+  const int64_t a_rows = round_up(max_rows, dk.mr);
+  // Depth of a chunk: B's NR lines within half of L1, A's rows within L2.
+  const int64_t depth = round_up(
+      std::min(per_group * px,
+               std::max<int64_t>(16 * dk.lanes, std::min<int64_t>(kDotLinesBytes / (dk.nr * int64_t(sizeof(T))),
+                                                                  kPanelBytes / (a_rows * int64_t(sizeof(T)))))),
+      dk.lanes);
   // Group 0 accumulates into grad_weight, the others into their own buffers.
   std::vector<T> partial((groups - 1) * wsize, T(0));
   const int64_t items = groups * pieces;
   const int threads = engine_threads(items, 2 * batch * px * cout * wcols);
 #pragma omp parallel num_threads(threads)
   {
-    AlignedBuffer<T> a_panel(round_up(max_rows, uk.mr) * pixels), b_panel(width * pixels);
-    AlignedBuffer<T> lines(uk.nr * pixels);
+    // Zero-filled once: the depth past a chunk's pixels must read as zeros in both.
+    AlignedBuffer<T> a_panel(a_rows * depth), lines(dk.nr * depth);
+    std::fill(a_panel.get(), a_panel.get() + a_rows * depth, T(0));
+    std::fill(lines.get(), lines.get() + dk.nr * depth, T(0));
+    std::vector<DepthPiece> chunk;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / pieces, col0 = (item % pieces) * width;
       T* acc = g == 0 ? grad_weight.data_ptr<T>() : partial.data() + (g - 1) * wsize;
-      for (int64_t n = g * per_group; n < std::min(batch, (g + 1) * per_group); ++n) {
-        for (int64_t first = 0; first < px; first += pixels) {
-          const int64_t count = std::min(pixels, px - first);
-          for (const GemmBlock& blk : plan.blocks) {
-            const int64_t ncols = std::min(blk.inner, col0 + width) - col0;
-            if (ncols <= 0) continue;
-            gemm::pack_a(uk, dy + (n * cout + blk.out_row) * px + first, px, 1, blk.rows, count, a_panel.get());
-            pack_image_columns_transposed(uk, x + n * L.channels * plane, L, blk.col_row + col0, ncols, first,
-                                          count, lines.get(), b_panel.get());
-            const KSegment all{0, 0, count};
-            gemm::multiply_packed(uk, blk.rows, ncols, &all, 1, a_panel.get(), count, b_panel.get(), count,
-                                  acc + blk.weight_row * wcols + col0, wcols, Epilogue<T>{T(1), T(1), nullptr, false});
+      const int64_t n_end = std::min(batch, (g + 1) * per_group);
+      int64_t n = g * per_group, p = 0;
+      while (n < n_end) {
+        chunk.clear();
+        int64_t len = 0;
+        while (n < n_end && len < depth) {
+          const int64_t count = std::min(px - p, depth - len);
+          chunk.push_back(DepthPiece{n, p, count, len});
+          len += count;
+          p += count;
+          if (p == px) ++n, p = 0;
+        }
+        const int64_t padded = round_up(len, dk.lanes);
+        for (const GemmBlock& blk : plan.blocks) {
+          const int64_t ncols = std::min(blk.inner, col0 + width) - col0;
+          if (ncols <= 0) continue;
+          for (int64_t r = 0; r < blk.rows; ++r) {
+            T* row = a_panel.get() + r * padded;
+            for (const DepthPiece& piece : chunk) {
+              std::memcpy(row + piece.offset, dy + (piece.sample * cout + blk.out_row + r) * px + piece.first,
+                          piece.count * sizeof(T));
+            }
+            std::fill(row + len, row + padded, T(0));
+          }
+          for (int64_t j0 = 0; j0 < ncols; j0 += dk.nr) {
+            const int64_t cols = std::min<int64_t>(dk.nr, ncols - j0);
+            for (int64_t j = 0; j < cols; ++j) {
+              T* line = lines.get() + j * padded;
+              const RowSource src = column_row_source(L, blk.col_row + col0 + j0 + j);
+              for (const DepthPiece& piece : chunk) {
+                im2col_span(x + (piece.sample * L.channels + src.channel) * plane, w, src.tap_h, src.tap_w,
+                            piece.first, piece.count, line + piece.offset);
+              }
+              std::fill(line + len, line + padded, T(0));
+            }
+            gemm::multiply_dot(dk, blk.rows, cols, padded, a_panel.get(), padded, lines.get(), padded,
+                               acc + blk.weight_row * wcols + col0 + j0, wcols);
           }
         }
       }

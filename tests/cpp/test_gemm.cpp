@@ -2,6 +2,7 @@
 //  - gemm() against a naive triple loop over odd sizes, both transposes, alpha and beta
 //    (beta = 0 must ignore NaN already in C);
 //  - multiply_packed's epilogue (bias per row, ReLU) and a product split into K segments;
+//  - the dot-product kernel (multiply_dot) against a naive loop;
 //  - the measured peak is positive (the benchmark divides by it).
 #include <cmath>
 #include <cstdio>
@@ -113,6 +114,38 @@ void test_segments_and_epilogue(std::mt19937& rng) {
   expect(ok, std::string(isa_name(active_isa())) + " empty product = bias");
 }
 
+// The dot-product kernel: C += A B^T with rows contiguous along k (k a multiple of the
+// lanes, rows readable up to whole tiles, as multiply_dot's callers provide); C's other
+// entries, and the tile rows past m and n, are left alone.
+template <typename T>
+void test_dot_against_naive(std::mt19937& rng) {
+  const DotKernel<T>& dk = dot_kernel<T>(active_isa());
+  for (int64_t m : {1, 3, 4, 5, 17, 64}) {
+    for (int64_t n : {1, 2, 6, 7, 13, 48}) {
+      for (int64_t k : {int64_t(dk.lanes), int64_t(7 * dk.lanes), int64_t(100 * dk.lanes)}) {
+        const int64_t lda = k + 3 * dk.lanes, ldb = k + dk.lanes, ldc = n + 5;
+        const auto a = random_vector<T>(rng, round_up(m, dk.mr) * lda);
+        const auto b = random_vector<T>(rng, round_up(n, dk.nr) * ldb);
+        auto c = random_vector<T>(rng, m * ldc);
+        std::vector<T> expected = c;
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            double sum = expected[i * ldc + j];
+            for (int64_t p = 0; p < k; ++p) sum += double(a[i * lda + p]) * double(b[j * ldb + p]);
+            expected[i * ldc + j] = T(sum);
+          }
+        multiply_dot(dk, m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc);
+        double err = 0;
+        for (int64_t i = 0; i < m * ldc; ++i) err = std::max(err, std::abs(double(c[i]) - double(expected[i])));
+        char what[160];
+        std::snprintf(what, sizeof what, "%s multiply_dot<%s> m=%lld n=%lld k=%lld: err %g", isa_name(active_isa()),
+                      sizeof(T) == 4 ? "float" : "double", (long long)m, (long long)n, (long long)k, err);
+        expect(err <= tolerance<T>(k), what);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -128,6 +161,8 @@ int main() {
     test_gemm_against_naive<double>(rng);
     test_segments_and_epilogue<float>(rng);
     test_segments_and_epilogue<double>(rng);
+    test_dot_against_naive<float>(rng);
+    test_dot_against_naive<double>(rng);
     expect(measure_peak_gflops(false, 1) > 0, "peak measured");
     ++tested;
     std::printf("%s: micro-kernel f32 %dx%d, f64 %dx%d\n", isa_name(isa), micro_kernel<float>(isa).mr,

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <utility>  // std::integer_sequence, for micro_kernel_impl.h (included after a target pragma)
 
 namespace rollconv::gemm {
 
@@ -50,14 +51,33 @@ struct MicroKernel {
   }
 };
 
+// The dot-product micro-kernel, for products whose depth is contiguous in both operands
+// (the convolution's dK: dY rows times image-column rows, both along the pixels), so that
+// neither operand needs a transposed packing: one MR x NR tile of
+//   C (m x n, ldc) += A (m x k, lda) B (n x k, ldb)^T
+// kept as MR x NR vector accumulators along k, summed across the lanes once at the end
+// (so k should be long: hundreds of lanes). Preconditions, for speed: k is a multiple of
+// `lanes`; A has MR readable rows and B NR (the products of rows past m or n are dropped).
+template <typename T>
+struct DotKernel {
+  int mr, nr, lanes;
+  using Fn = void (*)(int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
+                      int64_t ldc, int m, int n);
+  Fn tile;
+};
+
 struct MicroKernels {
   MicroKernel<float> f32;
   MicroKernel<double> f64;
+  DotKernel<float> dot_f32;
+  DotKernel<double> dot_f64;
 };
 
 const MicroKernels& micro_kernels(Isa isa);
 template <typename T>
 const MicroKernel<T>& micro_kernel(Isa isa);
+template <typename T>
+const DotKernel<T>& dot_kernel(Isa isa);
 
 // Pairs A's columns [a_k, a_k + len) with B's rows [b_k, b_k + len): a product may be a
 // sum of such segments (the rolling convolution's wrap-around), all in packed form.
@@ -72,6 +92,13 @@ template <typename T>
 void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegment* segments,
                      int num_segments, const T* a, int64_t a_depth, const T* b, int64_t b_depth,
                      T* c, int64_t ldc, const Epilogue<T>& ep);
+
+// C (m x n) += A (m x k) B (n x k)^T with the dot-product kernel, tile by tile: B's NR rows
+// stay in L1 while A's rows stream past. Single-threaded; the DotKernel's preconditions
+// hold for the whole product (rows up to round_up(m, mr) and round_up(n, nr) readable).
+template <typename T>
+void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+                  const T* b, int64_t ldb, T* c, int64_t ldc);
 
 // Packing of strided matrices: element (i, j) of A is a[i * row_stride + j * col_stride].
 template <typename T>

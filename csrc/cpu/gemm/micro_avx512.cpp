@@ -13,6 +13,8 @@
 #define ROLLCONV_NV_F32 3
 #define ROLLCONV_MR_F64 8
 #define ROLLCONV_NV_F64 3
+#define ROLLCONV_DOT_MR 4
+#define ROLLCONV_DOT_NR 6
 #include "cpu/gemm/micro_kernel_impl.h"
 #pragma GCC pop_options
 #endif  // __x86_64__

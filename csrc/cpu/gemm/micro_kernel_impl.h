@@ -4,7 +4,8 @@
 // tile shape differ between ISAs; the code is the same.
 //
 // Required macros: ROLLCONV_ISA (a namespace name), ROLLCONV_VECTOR_BYTES,
-// ROLLCONV_MR_F32, ROLLCONV_NV_F32, ROLLCONV_MR_F64, ROLLCONV_NV_F64 (NV: vectors per row).
+// ROLLCONV_MR_F32, ROLLCONV_NV_F32, ROLLCONV_MR_F64, ROLLCONV_NV_F64 (NV: vectors per row),
+// ROLLCONV_DOT_MR, ROLLCONV_DOT_NR (the dot-product kernel's tile, in vectors).
 // Everything here has internal linkage, so no ISA-specific code can be picked by the
 // linker for another translation unit.
 
@@ -102,6 +103,89 @@ constexpr MicroKernel<T> make_micro_kernel() {
        &tile_kernel<T, MR, NV, (NV >= 3 ? 3 : NV)>, &tile_kernel<T, MR, NV, NV>}};
 }
 
+// --- the dot-product kernel (DotKernel in gemm.h) ---------------------------------------
+
+template <typename T>
+struct LaneIndexOf;  // integer lanes as wide as T's, for __builtin_shuffle's masks
+template <>
+struct LaneIndexOf<float> {
+  typedef int32_t type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
+};
+template <>
+struct LaneIndexOf<double> {
+  typedef int64_t type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
+};
+
+// One step of a transposing lane reduction. Vectors a and b each hold W / B partial sums
+// spread over blocks of B lanes; shuffle(a, b, lo) + shuffle(a, b, hi) holds the 2W / B
+// sums of both (a's first) over blocks of B / 2 lanes.
+template <int W, int B>
+struct FoldMasks {
+  int64_t lo[W], hi[W];
+  constexpr FoldMasks() : lo(), hi() {
+    constexpr int half = B / 2, blocks = W / B;
+    for (int l = 0; l < W; ++l) {
+      const int out_block = l / half, offset = l % half;
+      const int src = out_block < blocks ? out_block * B : W + (out_block - blocks) * B;
+      lo[l] = src + offset;
+      hi[l] = src + half + offset;
+    }
+  }
+};
+
+template <typename T, int B, int... L>
+inline typename VecOf<T>::type fold(typename VecOf<T>::type a, typename VecOf<T>::type b,
+                                    std::integer_sequence<int, L...>) {
+  using M = typename LaneIndexOf<T>::type;
+  static constexpr FoldMasks<sizeof...(L), B> masks;
+  return __builtin_shuffle(a, b, M{masks.lo[L]...}) + __builtin_shuffle(a, b, M{masks.hi[L]...});
+}
+
+// COUNT vectors of blocks of B lanes -> COUNT / 2 vectors of blocks of B / 2, down to
+// blocks of one lane: then lane l of v[g] is the sum of the lanes of the original v[g * W + l].
+template <typename T, int B, int COUNT>
+inline void fold_all(typename VecOf<T>::type* v) {
+  if constexpr (B > 1) {
+    constexpr int W = sizeof(typename VecOf<T>::type) / sizeof(T);
+#pragma GCC unroll 32
+    for (int q = 0; q < COUNT / 2; ++q) v[q] = fold<T, B>(v[2 * q], v[2 * q + 1], std::make_integer_sequence<int, W>{});
+    fold_all<T, B / 2, COUNT / 2>(v);
+  }
+}
+
+// One MR x NR tile of C += A B^T along k (a multiple of the lanes), the rows of A and B
+// contiguous in k: MR + NR vector loads feed MR * NR FMAs per step, no packing needed.
+template <typename T, int MR, int NR>
+void dot_tile(int64_t k, const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb, T* c,
+              int64_t ldc, int m, int n) {
+  using V = typename VecOf<T>::type;
+  constexpr int W = sizeof(V) / sizeof(T), TILE = MR * NR, PADDED = (TILE + W - 1) / W * W;
+  V acc[PADDED];
+#pragma GCC unroll 32
+  for (int t = 0; t < PADDED; ++t) acc[t] = V{};
+  for (int64_t p = 0; p < k; p += W) {
+    V av[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) av[i] = load<V>(a + i * lda + p);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const V bv = load<V>(b + j * ldb + p);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) acc[i * NR + j] += av[i] * bv;
+    }
+  }
+  fold_all<T, W, PADDED>(acc);
+  alignas(64) T sums[PADDED];
+  __builtin_memcpy(sums, acc, sizeof(sums));
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) c[i * ldc + j] += sums[i * NR + j];
+}
+
+template <typename T, int MR, int NR>
+constexpr DotKernel<T> make_dot_kernel() {
+  return DotKernel<T>{MR, NR, int(sizeof(typename VecOf<T>::type) / sizeof(T)), &dot_tile<T, MR, NR>};
+}
+
 // Independent FMA chains on registers only: the ISA's arithmetic peak, for the benchmark.
 constexpr int kChains = 12;  // > FMA latency x pipes; with 2 operands, fits 16 registers
 
@@ -127,7 +211,9 @@ T fma_chains(int64_t iterations, T seed) {
 
 extern const MicroKernels kernels;  // declared in gemm.cpp too: external linkage
 const MicroKernels kernels{make_micro_kernel<float, ROLLCONV_MR_F32, ROLLCONV_NV_F32>(),
-                           make_micro_kernel<double, ROLLCONV_MR_F64, ROLLCONV_NV_F64>()};
+                           make_micro_kernel<double, ROLLCONV_MR_F64, ROLLCONV_NV_F64>(),
+                           make_dot_kernel<float, ROLLCONV_DOT_MR, ROLLCONV_DOT_NR>(),
+                           make_dot_kernel<double, ROLLCONV_DOT_MR, ROLLCONV_DOT_NR>()};
 
 // flops per call: iterations * chains * lanes * 2.
 double peak_loop(bool is_double, int64_t iterations, int64_t* flops) {

@@ -8,4 +8,6 @@
 #define ROLLCONV_NV_F32 2
 #define ROLLCONV_MR_F64 4
 #define ROLLCONV_NV_F64 2
+#define ROLLCONV_DOT_MR 3
+#define ROLLCONV_DOT_NR 4
 #include "cpu/gemm/micro_kernel_impl.h"
