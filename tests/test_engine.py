@@ -39,6 +39,10 @@ CONFIGS = [  # (x shape, w shape, kwargs)
     ((3, 6, 11, 9), (4, 6, 3, 3), dict(stride=1, padding=1)),
     ((2, 6, 13, 10), (6, 3, 2, 3), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)),
     ((1, 3, 20, 17), (5, 3, 5, 4), dict(stride=(3, 2), padding=(2, 3))),
+    # dK's depth chunks (512 pixels in float64) cut samples in the middle; batch 1 splits
+    # dW's columns between the threads instead.
+    ((3, 4, 30, 41), (6, 4, 3, 3), dict(padding=1, dilation=(2, 1))),
+    ((1, 5, 27, 33), (7, 5, 3, 3), dict(padding=(0, 2))),
 ]
 
 
