@@ -24,6 +24,31 @@ inline void for_each_output_line(const Window2d& w, int64_t first, int64_t count
   }
 }
 
+// dst[0, len) = src[0, len) in whole 64/32/16/8-byte moves, the last one overlapping the
+// one before, so a short span has no element-by-element tail (the packing's spans are
+// mostly shorter than an image line; a vectorized loop with a scalar tail measured slower).
+template <typename T>
+__attribute__((always_inline)) inline void copy_span(T* __restrict dst, const T* __restrict src, int64_t len) {
+  char* d = reinterpret_cast<char*>(dst);
+  const char* s = reinterpret_cast<const char*>(src);
+  const int64_t bytes = len * int64_t(sizeof(T));
+  if (bytes >= 64) {
+    for (int64_t q = 0; q + 64 <= bytes; q += 64) __builtin_memcpy(d + q, s + q, 64);
+    __builtin_memcpy(d + bytes - 64, s + bytes - 64, 64);
+  } else if (bytes >= 32) {
+    __builtin_memcpy(d, s, 32);
+    __builtin_memcpy(d + bytes - 32, s + bytes - 32, 32);
+  } else if (bytes >= 16) {
+    __builtin_memcpy(d, s, 16);
+    __builtin_memcpy(d + bytes - 16, s + bytes - 16, 16);
+  } else if (bytes >= 8) {
+    __builtin_memcpy(d, s, 8);
+    __builtin_memcpy(d + bytes - 8, s + bytes - 8, 8);
+  } else {
+    for (int64_t q = 0; q < len; ++q) dst[q] = src[q];
+  }
+}
+
 // One output line of an im2col row: out[ow] for ow in [a, b) is in[ow * stride] for the
 // valid output columns [lo, hi) and zero elsewhere; in == nullptr: the whole line lies in
 // the padding. (`in` is the input row already offset to output column 0.) Always inlined:
@@ -34,7 +59,7 @@ __attribute__((always_inline)) inline void im2col_line(const T* in, int64_t stri
   const int64_t v1 = in ? std::clamp(hi, v0, b) : b;
   for (int64_t ow = a; ow < v0; ++ow) out[ow] = T(0);
   if (stride == 1) {
-    for (int64_t ow = v0; ow < v1; ++ow) out[ow] = in[ow];
+    copy_span(out + v0, in + v0, v1 - v0);
   } else {
     for (int64_t ow = v0; ow < v1; ++ow) out[ow] = in[ow * stride];
   }
