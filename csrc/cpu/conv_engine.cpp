@@ -259,16 +259,71 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
   }
 }
 
-// A chunk of the dK product's depth: pixels of several samples, laid end to end.
-struct DepthPiece {
-  int64_t sample, first, count, offset;  // pixels [first, first + count) at chunk offset
+// dK's depth, per sample: the output pixels, as `depth` positions. For stride 1 these are
+// padded-width positions q = oh * pitch + ow (pitch = in_w + 2 * pad_w): then the im2col
+// row (c, i, j) over them is a window of the sample's zero-padded image P (c_size per
+// channel) at c * c_size + i * dil_h * pitch + j * dil_w, read in place, and dY is copied
+// into the same layout with zeros in the pitch - out_w positions past each line (where P's
+// window holds no output pixel's value) and up to a whole number of lanes. Other strides
+// copy the im2col rows (lines) instead, over the plain pixels; so do 1x1 kernels (their
+// lines are plain copies: measured faster) and images of over kImageBytes.
+struct DepthLayout {
+  bool windows;           // stride 1: B rows are windows of the padded image
+  int64_t pitch, depth;   // positions per output line and per sample (windows: lanes multiple)
+  int64_t c_size, image;  // padded image: per channel, and per sample with slack for the reads past it
+
+  static constexpr int64_t kImageBytes = int64_t(8) << 20;
+
+  DepthLayout(const Window2d& w, int64_t channels, int64_t lanes, int64_t element_bytes)
+      : windows(w.stride_h == 1 && w.stride_w == 1 && w.kernel_h * w.kernel_w > 1 &&
+                channels * (w.in_h + 2 * w.pad_h) * (w.in_w + 2 * w.pad_w) * element_bytes <= kImageBytes),
+        pitch(windows ? w.in_w + 2 * w.pad_w : w.out_w),
+        depth(windows ? round_up(w.out_h * pitch, lanes) : w.out_h * w.out_w),
+        c_size((w.in_h + 2 * w.pad_h) * pitch),
+        // The last channel's windows end at most (kw - 1) * dil_w + (depth - out_h * pitch)
+        // past it (out_h + (kh - 1) * dil_h = in_h + 2 * pad_h at stride 1).
+        image(windows ? round_up(channels * c_size + (w.kernel_w - 1) * w.dil_w + lanes, lanes) : 0) {}
+};
+
+// P of one sample (DepthLayout), zeros around the image and in the slack.
+template <typename T>
+void copy_padded_image(const T* image, const Window2d& w, int64_t channels, const DepthLayout& d, T* dst) {
+  std::fill(dst, dst + d.image, T(0));
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t h = 0; h < w.in_h; ++h) {
+      copy_span(dst + c * d.c_size + (h + w.pad_h) * d.pitch + w.pad_w, image + (c * w.in_h + h) * w.in_w, w.in_w);
+    }
+  }
+}
+
+// dst[q - q0] for depth positions [q0, q1) of one dY plane: the pixel at q, or zero in the
+// positions of DepthLayout::windows that are no pixel.
+template <typename T>
+void copy_grad_depth(const T* plane, const Window2d& w, const DepthLayout& d, int64_t q0, int64_t q1, T* dst) {
+  if (!d.windows) {
+    copy_span(dst, plane + q0, q1 - q0);
+    return;
+  }
+  for (int64_t q = q0; q < q1;) {
+    const int64_t oh = q / d.pitch, ow = q - oh * d.pitch, end = std::min(q1, q + d.pitch - ow);
+    const int64_t valid = oh < w.out_h ? std::clamp<int64_t>(w.out_w - ow, 0, end - q) : 0;
+    copy_span(dst + q - q0, plane + oh * w.out_w + ow, valid);
+    std::fill(dst + q - q0 + valid, dst + end - q0, T(0));
+    q = end;
+  }
+}
+
+// A stretch of a chunk of dK's depth: positions [first, first + count) of a sample, at
+// chunk offset `offset` (windows: in the sample's padded image in P slot `slot`).
+struct DepthStretch {
+  int64_t sample, first, count, offset, slot;
 };
 
 // dK: dW += dY * im2col(x)^T. Both factors run along the pixels, so the dot-product kernel
-// takes their rows as they are: A = a block's dY rows, B = a few image-column rows (im2col
-// lines), nothing transposed. The depth of one product is a chunk of about `depth` pixels
-// taken across the samples of an item's group, so that the lanes are summed once per long
-// chunk even on small images.
+// takes their rows as they are: A = a block's dY rows, B = image-column rows (windows of
+// the padded image at stride 1, else im2col lines), nothing transposed. The depth of one
+// product is a chunk of about `chunk_depth` positions taken across the samples of an
+// item's group, so that the lanes are summed once per long chunk even on small images.
 template <typename T>
 void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& input,
                            const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_weight) {
@@ -278,6 +333,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   const int64_t cout = plan.out_channels, wcols = plan.weight_cols, wsize = plan.weight_rows * wcols;
   const T* x = input.const_data_ptr<T>();
   const T* dy = grad_output.const_data_ptr<T>();
+  const DepthLayout d(w, L.channels, dk.lanes, int64_t(sizeof(T)));
 
   // Items: (group of samples, range of dW columns). Blocks that share dW rows (rolls) run
   // in order inside an item, so no two threads write the same element. Sample groups come
@@ -291,12 +347,14 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   int64_t max_rows = 0;
   for (const GemmBlock& blk : plan.blocks) max_rows = std::max(max_rows, blk.rows);
   const int64_t a_rows = round_up(max_rows, dk.mr);
-  // Depth of a chunk: B's NR lines within half of L1, A's rows within L2.
-  const int64_t depth = round_up(
-      std::min(per_group * px,
+  // Depth of a chunk: B's NR rows within half of L1, A's rows within L2.
+  const int64_t chunk_depth = round_up(
+      std::min(per_group * d.depth,
                std::max<int64_t>(16 * dk.lanes, std::min<int64_t>(kDotLinesBytes / (dk.nr * int64_t(sizeof(T))),
                                                                   kPanelBytes / (a_rows * int64_t(sizeof(T)))))),
       dk.lanes);
+  // P slots: the samples one chunk can touch (windows only).
+  const int64_t slots = d.windows ? std::min(per_group, ceil_div(chunk_depth, d.depth) + 1) : 0;
   // Group 0 accumulates into grad_weight, the others into their own buffers.
   std::vector<T> partial((groups - 1) * wsize, T(0));
   const int64_t items = groups * pieces;
@@ -304,51 +362,74 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
 #pragma omp parallel num_threads(threads)
   {
     // Zero-filled once: the depth past a chunk's pixels must read as zeros in both.
-    AlignedBuffer<T> a_panel(a_rows * depth), lines(dk.nr * depth);
-    std::fill(a_panel.get(), a_panel.get() + a_rows * depth, T(0));
-    std::fill(lines.get(), lines.get() + dk.nr * depth, T(0));
-    std::vector<DepthPiece> chunk;
+    AlignedBuffer<T> a_panel(a_rows * chunk_depth), lines(d.windows ? 1 : dk.nr * chunk_depth);
+    AlignedBuffer<T> images(slots * d.image);
+    std::fill(a_panel.get(), a_panel.get() + a_rows * chunk_depth, T(0));
+    if (!d.windows) std::fill(lines.get(), lines.get() + dk.nr * chunk_depth, T(0));
+    std::vector<int64_t> slot_sample(slots, -1);
+    std::vector<DepthStretch> chunk;
+    std::vector<gemm::DotPiece> dot_pieces;
+    std::vector<const T*> b_rows(dk.nr);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / pieces, col0 = (item % pieces) * width;
       T* acc = g == 0 ? grad_weight.data_ptr<T>() : partial.data() + (g - 1) * wsize;
       const int64_t n_end = std::min(batch, (g + 1) * per_group);
-      int64_t n = g * per_group, p = 0;
+      int64_t n = g * per_group, q = 0;
       while (n < n_end) {
         chunk.clear();
         int64_t len = 0;
-        while (n < n_end && len < depth) {
-          const int64_t count = std::min(px - p, depth - len);
-          chunk.push_back(DepthPiece{n, p, count, len});
+        while (n < n_end && len < chunk_depth) {
+          const int64_t count = std::min(d.depth - q, chunk_depth - len);
+          chunk.push_back(DepthStretch{n, q, count, len, int64_t(chunk.size())});
           len += count;
-          p += count;
-          if (p == px) ++n, p = 0;
+          q += count;
+          if (q == d.depth) ++n, q = 0;
         }
         const int64_t padded = round_up(len, dk.lanes);
+        dot_pieces.clear();
+        for (const DepthStretch& st : chunk) {
+          if (!d.windows) continue;
+          T* image = images.get() + st.slot * d.image;
+          if (slot_sample[st.slot] != st.sample) {
+            copy_padded_image(x + st.sample * L.channels * plane, w, L.channels, d, image);
+            slot_sample[st.slot] = st.sample;
+          }
+          // B's element p of this stretch: row window + (slot image) + (position) - offset.
+          dot_pieces.push_back(gemm::DotPiece{st.offset, st.offset + st.count,
+                                              st.slot * d.image + st.first - st.offset});
+        }
+        if (!d.windows) dot_pieces.push_back(gemm::DotPiece{0, padded, 0});
         for (const GemmBlock& blk : plan.blocks) {
           const int64_t ncols = std::min(blk.inner, col0 + width) - col0;
           if (ncols <= 0) continue;
           for (int64_t r = 0; r < blk.rows; ++r) {
             T* row = a_panel.get() + r * padded;
-            for (const DepthPiece& piece : chunk) {
-              std::memcpy(row + piece.offset, dy + (piece.sample * cout + blk.out_row + r) * px + piece.first,
-                          piece.count * sizeof(T));
+            for (const DepthStretch& st : chunk) {
+              copy_grad_depth(dy + (st.sample * cout + blk.out_row + r) * px, w, d, st.first, st.first + st.count,
+                              row + st.offset);
             }
             std::fill(row + len, row + padded, T(0));
           }
           for (int64_t j0 = 0; j0 < ncols; j0 += dk.nr) {
             const int64_t cols = std::min<int64_t>(dk.nr, ncols - j0);
-            for (int64_t j = 0; j < cols; ++j) {
+            for (int64_t j = 0; j < dk.nr; ++j) {
+              const RowSource src = column_row_source(L, blk.col_row + col0 + j0 + std::min(j, cols - 1));
+              if (d.windows) {  // rows past `cols` repeat the last one: readable, dropped
+                b_rows[j] = images.get() + src.channel * d.c_size + src.tap_h * w.dil_h * d.pitch + src.tap_w * w.dil_w;
+                continue;
+              }
               T* line = lines.get() + j * padded;
-              const RowSource src = column_row_source(L, blk.col_row + col0 + j0 + j);
-              for (const DepthPiece& piece : chunk) {
-                im2col_span(x + (piece.sample * L.channels + src.channel) * plane, w, src.tap_h, src.tap_w,
-                            piece.first, piece.count, line + piece.offset);
+              b_rows[j] = line;
+              if (j >= cols) continue;
+              for (const DepthStretch& st : chunk) {
+                im2col_span(x + (st.sample * L.channels + src.channel) * plane, w, src.tap_h, src.tap_w,
+                            st.first, st.count, line + st.offset);
               }
               std::fill(line + len, line + padded, T(0));
             }
-            gemm::multiply_dot(dk, blk.rows, cols, padded, a_panel.get(), padded, lines.get(), padded,
-                               acc + blk.weight_row * wcols + col0 + j0, wcols);
+            gemm::multiply_dot(dk, blk.rows, cols, dot_pieces.data(), int(dot_pieces.size()), a_panel.get(),
+                               padded, b_rows.data(), acc + blk.weight_row * wcols + col0 + j0, wcols);
           }
         }
       }

@@ -114,33 +114,43 @@ void test_segments_and_epilogue(std::mt19937& rng) {
   expect(ok, std::string(isa_name(active_isa())) + " empty product = bias");
 }
 
-// The dot-product kernel: C += A B^T with rows contiguous along k (k a multiple of the
-// lanes, rows readable up to whole tiles, as multiply_dot's callers provide); C's other
-// entries, and the tile rows past m and n, are left alone.
+// The dot-product kernel: C += A B^T with rows contiguous along the depth (lengths multiples
+// of the lanes, rows readable up to whole tiles, as multiply_dot's callers provide), over one
+// piece, and over pieces that take B's rows at other offsets; C's other entries, and the
+// tile rows past m and n, are left alone.
 template <typename T>
 void test_dot_against_naive(std::mt19937& rng) {
   const DotKernel<T>& dk = dot_kernel<T>(active_isa());
+  const int64_t lanes = dk.lanes;
   for (int64_t m : {1, 3, 4, 5, 17, 64}) {
     for (int64_t n : {1, 2, 6, 7, 13, 48}) {
-      for (int64_t k : {int64_t(dk.lanes), int64_t(7 * dk.lanes), int64_t(100 * dk.lanes)}) {
-        const int64_t lda = k + 3 * dk.lanes, ldb = k + dk.lanes, ldc = n + 5;
-        const auto a = random_vector<T>(rng, round_up(m, dk.mr) * lda);
-        const auto b = random_vector<T>(rng, round_up(n, dk.nr) * ldb);
-        auto c = random_vector<T>(rng, m * ldc);
-        std::vector<T> expected = c;
-        for (int64_t i = 0; i < m; ++i)
-          for (int64_t j = 0; j < n; ++j) {
-            double sum = expected[i * ldc + j];
-            for (int64_t p = 0; p < k; ++p) sum += double(a[i * lda + p]) * double(b[j * ldb + p]);
-            expected[i * ldc + j] = T(sum);
-          }
-        multiply_dot(dk, m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc);
-        double err = 0;
-        for (int64_t i = 0; i < m * ldc; ++i) err = std::max(err, std::abs(double(c[i]) - double(expected[i])));
-        char what[160];
-        std::snprintf(what, sizeof what, "%s multiply_dot<%s> m=%lld n=%lld k=%lld: err %g", isa_name(active_isa()),
-                      sizeof(T) == 4 ? "float" : "double", (long long)m, (long long)n, (long long)k, err);
-        expect(err <= tolerance<T>(k), what);
+      for (int64_t k : {lanes, 7 * lanes, 100 * lanes}) {
+        for (bool split : {false, true}) {
+          // split: A's depth [0, k) in two pieces; the second meets B 5 elements further on.
+          const int64_t half = k / lanes / 2 * lanes, shift = split ? 5 : 0;
+          const DotPiece pieces[2] = {{0, half, 0}, {half, k, shift}};
+          const int64_t lda = k + 3 * lanes, ldb = k + lanes + shift, ldc = n + 5;
+          const auto a = random_vector<T>(rng, round_up(m, dk.mr) * lda);
+          const auto b = random_vector<T>(rng, round_up(n, dk.nr) * ldb);
+          std::vector<const T*> b_rows;
+          for (int64_t j = 0; j < round_up(n, dk.nr); ++j) b_rows.push_back(b.data() + j * ldb);
+          auto c = random_vector<T>(rng, m * ldc);
+          std::vector<T> expected = c;
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) {
+              double sum = expected[i * ldc + j];
+              for (int64_t p = 0; p < k; ++p) sum += double(a[i * lda + p]) * double(b[j * ldb + p + (p >= half ? shift : 0)]);
+              expected[i * ldc + j] = T(sum);
+            }
+          multiply_dot(dk, m, n, pieces, 2, a.data(), lda, b_rows.data(), c.data(), ldc);
+          double err = 0;
+          for (int64_t i = 0; i < m * ldc; ++i) err = std::max(err, std::abs(double(c[i]) - double(expected[i])));
+          char what[160];
+          std::snprintf(what, sizeof what, "%s multiply_dot<%s> m=%lld n=%lld k=%lld split=%d: err %g",
+                        isa_name(active_isa()), sizeof(T) == 4 ? "float" : "double", (long long)m, (long long)n,
+                        (long long)k, int(split), err);
+          expect(err <= tolerance<T>(k), what);
+        }
       }
     }
   }

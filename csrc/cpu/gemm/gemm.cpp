@@ -180,12 +180,12 @@ void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegm
 }
 
 template <typename T>
-void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
-                  const T* b, int64_t ldb, T* c, int64_t ldc) {
+void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
+                  const T* a, int64_t lda, const T* const* b_rows, T* c, int64_t ldc) {
   for (int64_t j = 0; j < n; j += dk.nr) {
     for (int64_t i = 0; i < m; i += dk.mr) {
-      dk.tile(k, a + i * lda, lda, b + j * ldb, ldb, c + i * ldc + j, ldc, int(std::min<int64_t>(dk.mr, m - i)),
-              int(std::min<int64_t>(dk.nr, n - j)));
+      dk.tile(pieces, num_pieces, a + i * lda, lda, b_rows + j, c + i * ldc + j, ldc,
+              int(std::min<int64_t>(dk.mr, m - i)), int(std::min<int64_t>(dk.nr, n - j)));
     }
   }
 }
@@ -293,8 +293,8 @@ double measure_peak_gflops(bool is_double, int threads) {
   template void multiply_packed<T>(const MicroKernel<T>&, int64_t, int64_t, const KSegment*, int, \
                                    const T*, int64_t, const T*, int64_t, T*, int64_t,            \
                                    const Epilogue<T>&);                                          \
-  template void multiply_dot<T>(const DotKernel<T>&, int64_t, int64_t, int64_t, const T*, int64_t, \
-                                const T*, int64_t, T*, int64_t);                                 \
+  template void multiply_dot<T>(const DotKernel<T>&, int64_t, int64_t, const DotPiece*, int,     \
+                                const T*, int64_t, const T* const*, T*, int64_t);                \
   template void pack_a<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \
   template void pack_b<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \
   template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*,    \

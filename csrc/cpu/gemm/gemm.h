@@ -54,15 +54,22 @@ struct MicroKernel {
 // The dot-product micro-kernel, for products whose depth is contiguous in both operands
 // (the convolution's dK: dY rows times image-column rows, both along the pixels), so that
 // neither operand needs a transposed packing: one MR x NR tile of
-//   C (m x n, ldc) += A (m x k, lda) B (n x k, ldb)^T
-// kept as MR x NR vector accumulators along k, summed across the lanes once at the end
-// (so k should be long: hundreds of lanes). Preconditions, for speed: k is a multiple of
-// `lanes`; A has MR readable rows and B NR (the products of rows past m or n are dropped).
+//   C (m x n, ldc) += sum over pieces of A[:, begin:end] B[:, begin + b_shift : end + b_shift]^T
+// where A's rows lie at a stride (lda) and B's rows anywhere (b_rows: NR row pointers; a
+// row may be a window of an image, and the pieces may take B from several images). The tile
+// is kept as MR x NR vector accumulators along the depth, summed across the lanes once at
+// the end (so the pieces should add up to hundreds of lanes). Preconditions, for speed:
+// every piece's length is a multiple of `lanes`; A has MR readable rows and b_rows NR
+// readable rows (the products of rows past m or n are dropped).
+struct DotPiece {
+  int64_t begin, end, b_shift;
+};
+
 template <typename T>
 struct DotKernel {
   int mr, nr, lanes;
-  using Fn = void (*)(int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
-                      int64_t ldc, int m, int n);
+  using Fn = void (*)(const DotPiece* pieces, int num_pieces, const T* a, int64_t lda,
+                      const T* const* b_rows, T* c, int64_t ldc, int m, int n);
   Fn tile;
 };
 
@@ -93,12 +100,11 @@ void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegm
                      int num_segments, const T* a, int64_t a_depth, const T* b, int64_t b_depth,
                      T* c, int64_t ldc, const Epilogue<T>& ep);
 
-// C (m x n) += A (m x k) B (n x k)^T with the dot-product kernel, tile by tile: B's NR rows
-// stay in L1 while A's rows stream past. Single-threaded; the DotKernel's preconditions
-// hold for the whole product (rows up to round_up(m, mr) and round_up(n, nr) readable).
+// C (m x n) += the DotKernel's sum for every tile: B's NR rows stay in L1 while A's rows
+// stream past. Single-threaded; b_rows holds round_up(n, nr) readable row pointers.
 template <typename T>
-void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
-                  const T* b, int64_t ldb, T* c, int64_t ldc);
+void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
+                  const T* a, int64_t lda, const T* const* b_rows, T* c, int64_t ldc);
 
 // Packing of strided matrices: element (i, j) of A is a[i * row_stride + j * col_stride].
 template <typename T>

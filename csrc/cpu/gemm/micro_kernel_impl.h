@@ -153,25 +153,31 @@ inline void fold_all(typename VecOf<T>::type* v) {
   }
 }
 
-// One MR x NR tile of C += A B^T along k (a multiple of the lanes), the rows of A and B
-// contiguous in k: MR + NR vector loads feed MR * NR FMAs per step, no packing needed.
+// One MR x NR tile of C += A B^T along the pieces of the depth (lengths multiples of the
+// lanes), rows of A and B contiguous along it: MR + NR vector loads feed MR * NR FMAs per
+// step, no packing needed.
 template <typename T, int MR, int NR>
-void dot_tile(int64_t k, const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb, T* c,
-              int64_t ldc, int m, int n) {
+void dot_tile(const DotPiece* pieces, int num_pieces, const T* __restrict a, int64_t lda,
+              const T* const* b_rows, T* c, int64_t ldc, int m, int n) {
   using V = typename VecOf<T>::type;
   constexpr int W = sizeof(V) / sizeof(T), TILE = MR * NR, PADDED = (TILE + W - 1) / W * W;
   V acc[PADDED];
 #pragma GCC unroll 32
   for (int t = 0; t < PADDED; ++t) acc[t] = V{};
-  for (int64_t p = 0; p < k; p += W) {
-    V av[MR];
+  for (int s = 0; s < num_pieces; ++s) {
+    const T* b[NR];
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) av[i] = load<V>(a + i * lda + p);
+    for (int j = 0; j < NR; ++j) b[j] = b_rows[j] + pieces[s].b_shift;
+    for (int64_t p = pieces[s].begin; p < pieces[s].end; p += W) {
+      V av[MR];
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) {
-      const V bv = load<V>(b + j * ldb + p);
+      for (int i = 0; i < MR; ++i) av[i] = load<V>(a + i * lda + p);
 #pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) acc[i * NR + j] += av[i] * bv;
+      for (int j = 0; j < NR; ++j) {
+        const V bv = load<V>(b[j] + p);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) acc[i * NR + j] += av[i] * bv;
+      }
     }
   }
   fold_all<T, W, PADDED>(acc);
