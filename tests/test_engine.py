@@ -43,8 +43,8 @@ CONFIGS = [  # (x shape, w shape, kwargs)
     # dW's columns between the threads instead.
     ((3, 4, 30, 41), (6, 4, 3, 3), dict(padding=1, dilation=(2, 1))),
     ((1, 5, 27, 33), (7, 5, 3, 3), dict(padding=(0, 2))),
-    # Stride 1 with >= 64 input channels per group: dX as the forward convolution with the
-    # flipped weight (and, padding past the kernel's reach, the col2im path again).
+    # Stride 1: dX as the forward convolution with the flipped weight, groups and dilation
+    # (and, with padding past the kernel's reach, the col2im path again).
     ((2, 128, 9, 7), (6, 64, 3, 2), dict(padding=(1, 0), dilation=(2, 1), groups=2)),
     ((1, 64, 6, 5), (3, 64, 3, 3), dict(padding=(3, 1))),
 ]

@@ -160,6 +160,44 @@ void pack_image_columns(const MicroKernel<T>& uk, const T* image, const ColumnLa
   }
 }
 
+// Stride 1, the image read in place: the im2col row of (channel c, tap i, j) over the
+// output pixels, taken at padded-width positions q = oh * pitch + ow (pitch = in_w +
+// 2 * pad_w), is the window of the sample's zero-padded image at offset(c, i, j) =
+// c * c_size + i * dil_h * pitch + j * dil_w. Positions with ow >= out_w are no pixel (the
+// window there holds the next line's values): the forward drops their results, dK gives
+// them zero dY. This replaces the im2col copies (C * kh * kw values per pixel) by one copy of
+// the image (C values per pixel) at the cost of the (pitch - out_w) / pitch extra positions.
+struct PaddedImage {
+  bool usable;  // stride 1, more than one tap, the copy within kImageBytes
+  int64_t pitch, c_size, size;  // size: per sample, with kSlack past the last window
+  static constexpr int64_t kImageBytes = int64_t(8) << 20;
+  // Elements read past the last channel's windows: a strip (NR <= 48) or a lane rounding.
+  static constexpr int64_t kSlack = 64;
+
+  PaddedImage(const Window2d& w, int64_t channels, int64_t element_bytes)
+      : usable(w.stride_h == 1 && w.stride_w == 1 && w.kernel_h * w.kernel_w > 1 &&
+               channels * (w.in_h + 2 * w.pad_h) * (w.in_w + 2 * w.pad_w) * element_bytes <= kImageBytes),
+        pitch(w.in_w + 2 * w.pad_w),
+        c_size((w.in_h + 2 * w.pad_h) * pitch),
+        // At stride 1, out_h + (kh - 1) * dil_h = in_h + 2 * pad_h: the last window of a
+        // channel ends (kw - 1) * dil_w past out_h lines of the next.
+        size(round_up(channels * c_size + (w.kernel_w - 1) * w.dil_w + kSlack, 16)) {}
+
+  int64_t offset(const Window2d& w, const RowSource& src) const {
+    return src.channel * c_size + src.tap_h * w.dil_h * pitch + src.tap_w * w.dil_w;
+  }
+
+  template <typename T>
+  void copy(const T* image, const Window2d& w, int64_t channels, T* dst) const {
+    std::fill(dst, dst + size, T(0));
+    for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t h = 0; h < w.in_h; ++h) {
+        copy_span(dst + c * c_size + (h + w.pad_h) * pitch + w.pad_w, image + (c * w.in_h + h) * w.in_w, w.in_w);
+      }
+    }
+  }
+};
+
 template <typename T>
 void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
                    const ColumnLayout& L, const BlockPlan& plan, bool relu, const at::Tensor& output) {
@@ -172,10 +210,25 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
   T* y = output.data_ptr<T>();
   const PackedBlocks<T> weights(uk, weight_mat.const_data_ptr<T>(), plan.weight_cols, plan, false);
 
-  // Pixel blocks: as many B strips as fit the panel budget, fewer when the batch alone
-  // does not give every thread two items.
-  const int64_t strips = ceil_div(px, uk.nr);
-  int64_t per_item = std::clamp<int64_t>(kPanelBytes / (real_rows * uk.nr * int64_t(sizeof(T))), 1, strips);
+  // Stride 1: B is read in place from the padded image (PaddedImage), each block's rows
+  // at the offsets of its column rows, into a scratch C over padded-width positions whose
+  // pixels are then copied out. Otherwise B is packed from the image (im2col).
+  const PaddedImage padded_image(w, L.channels, int64_t(sizeof(T)));
+  const bool windows = padded_image.usable;
+  std::vector<std::vector<int64_t>> offsets;
+  if (windows) {
+    for (const GemmBlock& blk : plan.blocks) {
+      offsets.emplace_back(blk.inner);
+      for (int64_t k = 0; k < blk.inner; ++k) offsets.back()[k] = padded_image.offset(w, column_row_source(L, blk.col_row + k));
+    }
+  }
+  // Items: blocks of B strips (positions), as many as fit the budget of the packed panel (or
+  // of the scratch C: a quarter of it, as the padded image shares L2 with it; measured
+  // best at 64 channels @ 56), fewer when the batch alone does not give every thread two.
+  const int64_t positions = windows ? (w.out_h - 1) * padded_image.pitch + w.out_w : px;
+  const int64_t strips = ceil_div(positions, uk.nr);
+  const int64_t strip_rows = windows ? cout : real_rows, budget = windows ? kPanelBytes / 4 : kPanelBytes;
+  int64_t per_item = std::clamp<int64_t>(budget / (strip_rows * uk.nr * int64_t(sizeof(T))), 1, strips);
   while (per_item > 1 && batch * ceil_div(strips, per_item) < 2 * int64_t(at::get_num_threads())) {
     per_item = ceil_div(per_item, 2);
   }
@@ -183,17 +236,41 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
   const int threads = engine_threads(items, 2 * batch * px * cout * real_rows);
 #pragma omp parallel num_threads(threads)
   {
-    AlignedBuffer<T> columns(per_item * uk.nr * real_rows);
+    AlignedBuffer<T> scratch(per_item * uk.nr * strip_rows), image(windows ? padded_image.size : 1);
+    int64_t image_sample = -1;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t n = item / per_sample, first = (item % per_sample) * per_item * uk.nr;
-      const int64_t count = std::min(per_item * uk.nr, px - first);
-      pack_image_columns(uk, x + n * L.channels * plane, L, first, count, columns.get());
+      const int64_t count = std::min(per_item * uk.nr, positions - first);
+      if (windows) {
+        if (image_sample != n) padded_image.copy(x + n * L.channels * plane, w, L.channels, image.get());
+        image_sample = n;
+        for (size_t b = 0; b < plan.blocks.size(); ++b) {
+          const GemmBlock& blk = plan.blocks[b];
+          const KSegment segment{0, 0, blk.inner};  // a rolling window's wrap is in the offsets
+          gemm::multiply_windows(uk, blk.rows, count, &segment, 1, weights[b], blk.inner,
+                                 image.get() + first, offsets[b].data(), scratch.get() + blk.out_row * count, count,
+                                 Epilogue<T>{T(1), T(0), bias ? bias + blk.out_row : nullptr, relu});
+        }
+        // The pixels among the positions, into the output planes.
+        for (int64_t q = first; q < first + count;) {
+          const int64_t oh = q / padded_image.pitch, ow = q - oh * padded_image.pitch;
+          const int64_t end = std::min(first + count, q + padded_image.pitch - ow);
+          const int64_t valid = std::clamp<int64_t>(w.out_w - ow, 0, end - q);
+          for (int64_t r = 0; valid > 0 && r < cout; ++r) {
+            copy_span(y + (n * cout + r) * px + oh * w.out_w + ow, scratch.get() + r * count + q - first, valid);
+          }
+          q = end;
+        }
+        continue;
+      }
+      T* columns = scratch.get();
+      pack_image_columns(uk, x + n * L.channels * plane, L, first, count, columns);
       for (size_t b = 0; b < plan.blocks.size(); ++b) {
         const GemmBlock& blk = plan.blocks[b];
         KSegment segments[2];
         const int nseg = block_segments(blk, real_rows, segments);
-        gemm::multiply_packed(uk, blk.rows, count, segments, nseg, weights[b], blk.inner, columns.get(),
+        gemm::multiply_packed(uk, blk.rows, count, segments, nseg, weights[b], blk.inner, columns,
                               real_rows, y + (n * cout + blk.out_row) * px + first, px,
                               Epilogue<T>{T(1), T(0), bias ? bias + blk.out_row : nullptr, relu});
       }
@@ -259,42 +336,19 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
   }
 }
 
-// dK's depth, per sample: the output pixels, as `depth` positions. For stride 1 these are
-// padded-width positions q = oh * pitch + ow (pitch = in_w + 2 * pad_w): then the im2col
-// row (c, i, j) over them is a window of the sample's zero-padded image P (c_size per
-// channel) at c * c_size + i * dil_h * pitch + j * dil_w, read in place, and dY is copied
-// into the same layout with zeros in the pitch - out_w positions past each line (where P's
-// window holds no output pixel's value) and up to a whole number of lanes. Other strides
-// copy the im2col rows (lines) instead, over the plain pixels; so do 1x1 kernels (their
-// lines are plain copies: measured faster) and images of over kImageBytes.
+// dK's depth, per sample: the output pixels, as `depth` positions: padded-width positions
+// (PaddedImage) when the image is read in place, with dY copied into the same layout with
+// zeros in the positions that are no pixel and up to a whole number of lanes; otherwise
+// the plain pixels, with the im2col rows copied (lines).
 struct DepthLayout {
-  bool windows;           // stride 1: B rows are windows of the padded image
-  int64_t pitch, depth;   // positions per output line and per sample (windows: lanes multiple)
-  int64_t c_size, image;  // padded image: per channel, and per sample with slack for the reads past it
+  bool windows;          // B rows are windows of the padded image
+  int64_t pitch, depth;  // positions per output line and per sample (windows: lanes multiple)
 
-  static constexpr int64_t kImageBytes = int64_t(8) << 20;
-
-  DepthLayout(const Window2d& w, int64_t channels, int64_t lanes, int64_t element_bytes)
-      : windows(w.stride_h == 1 && w.stride_w == 1 && w.kernel_h * w.kernel_w > 1 &&
-                channels * (w.in_h + 2 * w.pad_h) * (w.in_w + 2 * w.pad_w) * element_bytes <= kImageBytes),
-        pitch(windows ? w.in_w + 2 * w.pad_w : w.out_w),
-        depth(windows ? round_up(w.out_h * pitch, lanes) : w.out_h * w.out_w),
-        c_size((w.in_h + 2 * w.pad_h) * pitch),
-        // The last channel's windows end at most (kw - 1) * dil_w + (depth - out_h * pitch)
-        // past it (out_h + (kh - 1) * dil_h = in_h + 2 * pad_h at stride 1).
-        image(windows ? round_up(channels * c_size + (w.kernel_w - 1) * w.dil_w + lanes, lanes) : 0) {}
+  DepthLayout(const Window2d& w, const PaddedImage& image, int64_t lanes)
+      : windows(image.usable),
+        pitch(windows ? image.pitch : w.out_w),
+        depth(windows ? round_up(w.out_h * pitch, lanes) : w.out_h * w.out_w) {}
 };
-
-// P of one sample (DepthLayout), zeros around the image and in the slack.
-template <typename T>
-void copy_padded_image(const T* image, const Window2d& w, int64_t channels, const DepthLayout& d, T* dst) {
-  std::fill(dst, dst + d.image, T(0));
-  for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t h = 0; h < w.in_h; ++h) {
-      copy_span(dst + c * d.c_size + (h + w.pad_h) * d.pitch + w.pad_w, image + (c * w.in_h + h) * w.in_w, w.in_w);
-    }
-  }
-}
 
 // dst[q - q0] for depth positions [q0, q1) of one dY plane: the pixel at q, or zero in the
 // positions of DepthLayout::windows that are no pixel.
@@ -333,7 +387,8 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   const int64_t cout = plan.out_channels, wcols = plan.weight_cols, wsize = plan.weight_rows * wcols;
   const T* x = input.const_data_ptr<T>();
   const T* dy = grad_output.const_data_ptr<T>();
-  const DepthLayout d(w, L.channels, dk.lanes, int64_t(sizeof(T)));
+  const PaddedImage padded_image(w, L.channels, int64_t(sizeof(T)));
+  const DepthLayout d(w, padded_image, dk.lanes);
 
   // Items: (group of samples, range of dW columns). Blocks that share dW rows (rolls) run
   // in order inside an item, so no two threads write the same element. Sample groups come
@@ -363,7 +418,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   {
     // Zero-filled once: the depth past a chunk's pixels must read as zeros in both.
     AlignedBuffer<T> a_panel(a_rows * chunk_depth), lines(d.windows ? 1 : dk.nr * chunk_depth);
-    AlignedBuffer<T> images(slots * d.image);
+    AlignedBuffer<T> images(slots * padded_image.size);
     std::fill(a_panel.get(), a_panel.get() + a_rows * chunk_depth, T(0));
     if (!d.windows) std::fill(lines.get(), lines.get() + dk.nr * chunk_depth, T(0));
     std::vector<int64_t> slot_sample(slots, -1);
@@ -390,14 +445,14 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
         dot_pieces.clear();
         for (const DepthStretch& st : chunk) {
           if (!d.windows) continue;
-          T* image = images.get() + st.slot * d.image;
           if (slot_sample[st.slot] != st.sample) {
-            copy_padded_image(x + st.sample * L.channels * plane, w, L.channels, d, image);
+            padded_image.copy(x + st.sample * L.channels * plane, w, L.channels,
+                              images.get() + st.slot * padded_image.size);
             slot_sample[st.slot] = st.sample;
           }
           // B's element p of this stretch: row window + (slot image) + (position) - offset.
           dot_pieces.push_back(gemm::DotPiece{st.offset, st.offset + st.count,
-                                              st.slot * d.image + st.first - st.offset});
+                                              st.slot * padded_image.size + st.first - st.offset});
         }
         if (!d.windows) dot_pieces.push_back(gemm::DotPiece{0, padded, 0});
         for (const GemmBlock& blk : plan.blocks) {
@@ -416,7 +471,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
             for (int64_t j = 0; j < dk.nr; ++j) {
               const RowSource src = column_row_source(L, blk.col_row + col0 + j0 + std::min(j, cols - 1));
               if (d.windows) {  // rows past `cols` repeat the last one: readable, dropped
-                b_rows[j] = images.get() + src.channel * d.c_size + src.tap_h * w.dil_h * d.pitch + src.tap_w * w.dil_w;
+                b_rows[j] = images.get() + padded_image.offset(w, src);
                 continue;
               }
               T* line = lines.get() + j * padded;

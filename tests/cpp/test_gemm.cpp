@@ -2,6 +2,7 @@
 //  - gemm() against a naive triple loop over odd sizes, both transposes, alpha and beta
 //    (beta = 0 must ignore NaN already in C);
 //  - multiply_packed's epilogue (bias per row, ReLU) and a product split into K segments;
+//  - B read in place as windows of a buffer (multiply_windows);
 //  - the dot-product kernel (multiply_dot) against a naive loop;
 //  - the measured peak is positive (the benchmark divides by it).
 #include <cmath>
@@ -114,6 +115,36 @@ void test_segments_and_epilogue(std::mt19937& rng) {
   expect(ok, std::string(isa_name(active_isa())) + " empty product = bias");
 }
 
+// multiply_windows: B's rows read in place at offsets into one buffer (overlapping windows,
+// as a convolution's taps are), in two K segments, with the bias + ReLU epilogue.
+template <typename T>
+void test_windows(std::mt19937& rng) {
+  const MicroKernel<T>& uk = micro_kernel<T>(active_isa());
+  for (int64_t n : {int64_t(1), int64_t(uk.lanes + 3), int64_t(uk.nr), int64_t(3 * uk.nr + 5)}) {
+    const int64_t m = 21, k = 77, split = 30;
+    const auto a = random_vector<T>(rng, m * k);
+    const auto image = random_vector<T>(rng, 4 * k + round_up(n, uk.nr) + 64);
+    const auto bias = random_vector<T>(rng, m);
+    std::vector<int64_t> offsets(k);
+    for (int64_t r = 0; r < k; ++r) offsets[r] = (r * 37) % (3 * k) + r % 3;
+    std::vector<T> a_packed(round_up(m, uk.mr) * k);
+    pack_a(uk, a.data(), k, 1, m, k, a_packed.data());
+    const KSegment segments[2] = {{0, 0, split}, {split, split, k - split}};
+    std::vector<T> c(m * n, std::numeric_limits<T>::quiet_NaN());
+    multiply_windows(uk, m, n, segments, 2, a_packed.data(), k, image.data(), offsets.data(), c.data(), n,
+                     Epilogue<T>{T(1), T(0), bias.data(), true});
+    double err = 0;
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double sum = bias[i];
+        for (int64_t p = 0; p < k; ++p) sum += double(a[i * k + p]) * double(image[offsets[p] + j]);
+        err = std::max(err, std::abs(std::max(sum, 0.0) - double(c[i * n + j])));
+      }
+    expect(err <= tolerance<T>(k), std::string(isa_name(active_isa())) + " multiply_windows n=" + std::to_string(n) +
+                                       ": err " + std::to_string(err));
+  }
+}
+
 // The dot-product kernel: C += A B^T with rows contiguous along the depth (lengths multiples
 // of the lanes, rows readable up to whole tiles, as multiply_dot's callers provide), over one
 // piece, and over pieces that take B's rows at other offsets; C's other entries, and the
@@ -171,6 +202,8 @@ int main() {
     test_gemm_against_naive<double>(rng);
     test_segments_and_epilogue<float>(rng);
     test_segments_and_epilogue<double>(rng);
+    test_windows<float>(rng);
+    test_windows<double>(rng);
     test_dot_against_naive<float>(rng);
     test_dot_against_naive<double>(rng);
     expect(measure_peak_gflops(false, 1) > 0, "peak measured");

@@ -139,10 +139,32 @@ constexpr int64_t kDepthBytes = 384 * 1024;
 constexpr int64_t kRowBlockBytes = 256 * 1024;
 }  // namespace
 
+// Where a tile's B comes from: packed strips of `depth` rows, or windows of an image.
 template <typename T>
-void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegment* segments,
-                     int num_segments, const T* a, int64_t a_depth, const T* b, int64_t b_depth,
-                     T* c, int64_t ldc, const Epilogue<T>& ep) {
+struct PackedB {
+  const T* b;
+  int64_t depth;
+  void tile(const MicroKernel<T>& uk, int64_t kc, const T* a, int64_t j, int64_t k, T* c, int64_t ldc,
+            const Epilogue<T>& ep, int m, int n) const {
+    uk(kc, a, b + (j / uk.nr) * uk.nr * depth + k * uk.nr, c, ldc, ep, m, n);
+  }
+};
+
+template <typename T>
+struct WindowsB {
+  const T* b;
+  const int64_t* offsets;
+  void tile(const MicroKernel<T>& uk, int64_t kc, const T* a, int64_t j, int64_t k, T* c, int64_t ldc,
+            const Epilogue<T>& ep, int m, int n) const {
+    uk.windows(kc, a, b + j, offsets + k, c, ldc, ep, m, n);
+  }
+};
+
+// The blocked loops of multiply_packed and multiply_windows.
+template <typename T, typename B>
+void multiply_blocked(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegment* segments,
+                      int num_segments, const T* a, int64_t a_depth, const B& b, T* c, int64_t ldc,
+                      const Epilogue<T>& ep) {
   const int64_t mr = uk.mr, nr = uk.nr;
   const int64_t kc_max = std::max<int64_t>(16, kDepthBytes / 2 / (nr * int64_t(sizeof(T))));
   int64_t total = 0;
@@ -150,8 +172,9 @@ void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegm
   if (total == 0) {  // an empty sum: the epilogue of zero
     for (int64_t i = 0; i < m; i += mr)
       for (int64_t j = 0; j < n; j += nr)
-        uk(0, a, b, c + i * ldc + j, ldc, Epilogue<T>{ep.alpha, ep.beta, ep.bias ? ep.bias + i : nullptr, ep.relu},
-           int(std::min(mr, m - i)), int(std::min(nr, n - j)));
+        b.tile(uk, 0, a, j, 0, c + i * ldc + j, ldc,
+               Epilogue<T>{ep.alpha, ep.beta, ep.bias ? ep.bias + i : nullptr, ep.relu}, int(std::min(mr, m - i)),
+               int(std::min(nr, n - j)));
     return;
   }
   int64_t done = 0;
@@ -167,16 +190,29 @@ void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegm
       for (int64_t i0 = 0; i0 < m; i0 += mc) {
         const int64_t i1 = std::min(m, i0 + mc);
         for (int64_t j = 0; j < n; j += nr) {
-          const T* b_panel = b + (j / nr) * nr * b_depth + (seg.b_k + p) * nr;
           for (int64_t i = i0; i < i1; i += mr) {
             pass.bias = last && ep.bias ? ep.bias + i : nullptr;
-            uk(kc, a + (i / mr) * mr * a_depth + (seg.a_k + p) * mr, b_panel, c + i * ldc + j, ldc,
-               pass, int(std::min(mr, m - i)), int(std::min(nr, n - j)));
+            b.tile(uk, kc, a + (i / mr) * mr * a_depth + (seg.a_k + p) * mr, j, seg.b_k + p, c + i * ldc + j, ldc,
+                   pass, int(std::min(mr, m - i)), int(std::min(nr, n - j)));
           }
         }
       }
     }
   }
+}
+
+template <typename T>
+void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegment* segments,
+                     int num_segments, const T* a, int64_t a_depth, const T* b, int64_t b_depth,
+                     T* c, int64_t ldc, const Epilogue<T>& ep) {
+  multiply_blocked(uk, m, n, segments, num_segments, a, a_depth, PackedB<T>{b, b_depth}, c, ldc, ep);
+}
+
+template <typename T>
+void multiply_windows(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegment* segments,
+                      int num_segments, const T* a, int64_t a_depth, const T* b, const int64_t* b_offsets,
+                      T* c, int64_t ldc, const Epilogue<T>& ep) {
+  multiply_blocked(uk, m, n, segments, num_segments, a, a_depth, WindowsB<T>{b, b_offsets}, c, ldc, ep);
 }
 
 template <typename T>
@@ -293,6 +329,9 @@ double measure_peak_gflops(bool is_double, int threads) {
   template void multiply_packed<T>(const MicroKernel<T>&, int64_t, int64_t, const KSegment*, int, \
                                    const T*, int64_t, const T*, int64_t, T*, int64_t,            \
                                    const Epilogue<T>&);                                          \
+  template void multiply_windows<T>(const MicroKernel<T>&, int64_t, int64_t, const KSegment*, int, \
+                                    const T*, int64_t, const T*, const int64_t*, T*, int64_t,         \
+                                    const Epilogue<T>&);                                              \
   template void multiply_dot<T>(const DotKernel<T>&, int64_t, int64_t, const DotPiece*, int,     \
                                 const T*, int64_t, const T* const*, T*, int64_t);                \
   template void pack_a<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \

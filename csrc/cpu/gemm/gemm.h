@@ -41,13 +41,20 @@ template <typename T>
 struct MicroKernel {
   int mr, nr, lanes;  // nr = lanes * vectors
   // Tile of m <= mr valid rows and n <= nr valid columns; kc >= 0 (0: C = epilogue(0)).
-  using Fn = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, const Epilogue<T>& ep,
-                      int m, int n);
-  Fn by_vectors[4];  // [v - 1]: computes only the first v vectors of the strip (narrow edges)
+  // B's row p is at b + p * nr (a packed strip) or, with b_offsets, at b + b_offsets[p]
+  // (a window of an image, read in place: see multiply_windows).
+  using Fn = void (*)(int64_t kc, const T* a, const T* b, const int64_t* b_offsets, T* c, int64_t ldc,
+                      const Epilogue<T>& ep, int m, int n);
+  Fn by_vectors[4];          // [v - 1]: computes only the first v vectors of the strip (narrow edges)
+  Fn windows_by_vectors[4];  // the same, B as windows
 
   void operator()(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, const Epilogue<T>& ep,
                   int m, int n) const {
-    by_vectors[(n + lanes - 1) / lanes - 1](kc, a, b, c, ldc, ep, m, n);
+    by_vectors[(n + lanes - 1) / lanes - 1](kc, a, b, nullptr, c, ldc, ep, m, n);
+  }
+  void windows(int64_t kc, const T* a, const T* b, const int64_t* b_offsets, T* c, int64_t ldc,
+               const Epilogue<T>& ep, int m, int n) const {
+    windows_by_vectors[(n + lanes - 1) / lanes - 1](kc, a, b, b_offsets, c, ldc, ep, m, n);
   }
 };
 
@@ -99,6 +106,15 @@ template <typename T>
 void multiply_packed(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegment* segments,
                      int num_segments, const T* a, int64_t a_depth, const T* b, int64_t b_depth,
                      T* c, int64_t ldc, const Epilogue<T>& ep);
+
+// multiply_packed with B read in place as windows of an image: B's row r (of the segments'
+// b_k range) is the n contiguous elements at b + b_offsets[r]. For a stride-1 convolution
+// over a zero-padded image these are its im2col rows, so B needs no packing at all
+// (cpu/conv_engine.cpp). Every row must be readable for round_up(n, lanes) elements.
+template <typename T>
+void multiply_windows(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSegment* segments,
+                      int num_segments, const T* a, int64_t a_depth, const T* b, const int64_t* b_offsets,
+                      T* c, int64_t ldc, const Epilogue<T>& ep);
 
 // C (m x n) += the DotKernel's sum for every tile: B's NR rows stay in L1 while A's rows
 // stream past. Single-threaded; b_rows holds round_up(n, nr) readable row pointers.

@@ -38,9 +38,9 @@ inline void store(T* p, const V& v) {
 // One MR x (NV * lanes) tile of C from an A strip ([k][MR]) and a B strip ([k][NV_FULL *
 // lanes]); NV < NV_FULL for the narrow last strip of a row. Partial tiles (m < MR or
 // n < NV * lanes) go through a local buffer so that C is never touched out of bounds.
-template <typename T, int MR, int NV_FULL, int NV>
-void tile_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc,
-                 const Epilogue<T>& ep, int m, int n) {
+template <typename T, int MR, int NV_FULL, int NV, bool WINDOWS>
+void tile_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, const int64_t* b_offsets, T* c,
+                 int64_t ldc, const Epilogue<T>& ep, int m, int n) {
   using V = typename VecOf<T>::type;
   constexpr int W = sizeof(V) / sizeof(T), NR = NV_FULL * W, TN = NV * W;
   if (ep.beta != T(0) && m == MR) {  // C is read at the end: start fetching it now
@@ -55,10 +55,11 @@ void tile_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c,
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = V{};
   }
-  for (int64_t p = 0; p < kc; ++p, a += MR, b += NR) {
+  for (int64_t p = 0; p < kc; ++p, a += MR) {
+    const T* b_row = WINDOWS ? b + b_offsets[p] : b + p * NR;
     V bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + v * W);
+    for (int v = 0; v < NV; ++v) bv[v] = load<V>(b_row + v * W);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const T ai = a[i];
@@ -99,8 +100,10 @@ constexpr MicroKernel<T> make_micro_kernel() {
   static_assert(NV >= 1 && NV <= 4, "1 to 4 vectors per tile row");
   return MicroKernel<T>{
       MR, NV * W, W,
-      {&tile_kernel<T, MR, NV, 1>, &tile_kernel<T, MR, NV, (NV >= 2 ? 2 : NV)>,
-       &tile_kernel<T, MR, NV, (NV >= 3 ? 3 : NV)>, &tile_kernel<T, MR, NV, NV>}};
+      {&tile_kernel<T, MR, NV, 1, false>, &tile_kernel<T, MR, NV, (NV >= 2 ? 2 : NV), false>,
+       &tile_kernel<T, MR, NV, (NV >= 3 ? 3 : NV), false>, &tile_kernel<T, MR, NV, NV, false>},
+      {&tile_kernel<T, MR, NV, 1, true>, &tile_kernel<T, MR, NV, (NV >= 2 ? 2 : NV), true>,
+       &tile_kernel<T, MR, NV, (NV >= 3 ? 3 : NV), true>, &tile_kernel<T, MR, NV, NV, true>}};
 }
 
 // --- the dot-product kernel (DotKernel in gemm.h) ---------------------------------------
