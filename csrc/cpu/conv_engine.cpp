@@ -424,7 +424,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
     std::vector<int64_t> slot_sample(slots, -1);
     std::vector<DepthStretch> chunk;
     std::vector<gemm::DotPiece> dot_pieces;
-    std::vector<const T*> b_rows(dk.nr);
+    std::vector<const T*> b_rows(d.windows ? round_up(wcols, dk.nr) : dk.nr);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / pieces, col0 = (item % pieces) * width;
@@ -466,17 +466,22 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
             }
             std::fill(row + len, row + padded, T(0));
           }
+          if (d.windows) {  // every column's window at once; rows past ncols repeat the last: dropped
+            for (int64_t j = 0; j < round_up(ncols, dk.nr); ++j) {
+              b_rows[j] = images.get() +
+                          padded_image.offset(w, column_row_source(L, blk.col_row + col0 + std::min(j, ncols - 1)));
+            }
+            gemm::multiply_dot(dk, blk.rows, ncols, dot_pieces.data(), int(dot_pieces.size()), a_panel.get(), padded,
+                               b_rows.data(), acc + blk.weight_row * wcols + col0, wcols, gemm::DotOrder::kARowsStay);
+            continue;
+          }
           for (int64_t j0 = 0; j0 < ncols; j0 += dk.nr) {
             const int64_t cols = std::min<int64_t>(dk.nr, ncols - j0);
             for (int64_t j = 0; j < dk.nr; ++j) {
-              const RowSource src = column_row_source(L, blk.col_row + col0 + j0 + std::min(j, cols - 1));
-              if (d.windows) {  // rows past `cols` repeat the last one: readable, dropped
-                b_rows[j] = images.get() + padded_image.offset(w, src);
-                continue;
-              }
               T* line = lines.get() + j * padded;
               b_rows[j] = line;
               if (j >= cols) continue;
+              const RowSource src = column_row_source(L, blk.col_row + col0 + j0 + j);
               for (const DepthStretch& st : chunk) {
                 im2col_span(x + (st.sample * L.channels + src.channel) * plane, w, src.tap_h, src.tap_w,
                             st.first, st.count, line + st.offset);

@@ -217,12 +217,17 @@ void multiply_windows(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSeg
 
 template <typename T>
 void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
-                  const T* a, int64_t lda, const T* const* b_rows, T* c, int64_t ldc) {
-  for (int64_t j = 0; j < n; j += dk.nr) {
-    for (int64_t i = 0; i < m; i += dk.mr) {
-      dk.tile(pieces, num_pieces, a + i * lda, lda, b_rows + j, c + i * ldc + j, ldc,
-              int(std::min<int64_t>(dk.mr, m - i)), int(std::min<int64_t>(dk.nr, n - j)));
-    }
+                  const T* a, int64_t lda, const T* const* b_rows, T* c, int64_t ldc, DotOrder order) {
+  const auto tile = [&](int64_t i, int64_t j) {
+    dk.tile(pieces, num_pieces, a + i * lda, lda, b_rows + j, c + i * ldc + j, ldc,
+            int(std::min<int64_t>(dk.mr, m - i)), int(std::min<int64_t>(dk.nr, n - j)));
+  };
+  if (order == DotOrder::kBRowsStay) {
+    for (int64_t j = 0; j < n; j += dk.nr)
+      for (int64_t i = 0; i < m; i += dk.mr) tile(i, j);
+  } else {
+    for (int64_t i = 0; i < m; i += dk.mr)
+      for (int64_t j = 0; j < n; j += dk.nr) tile(i, j);
   }
 }
 
@@ -335,7 +340,7 @@ double measure_peak_gflops(bool is_double, int threads) {
                                     const T*, int64_t, const T*, const int64_t*, T*, int64_t,         \
                                     const Epilogue<T>&);                                              \
   template void multiply_dot<T>(const DotKernel<T>&, int64_t, int64_t, const DotPiece*, int,     \
-                                const T*, int64_t, const T* const*, T*, int64_t);                \
+                                const T*, int64_t, const T* const*, T*, int64_t, DotOrder);      \
   template void pack_a<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \
   template void pack_b<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \
   template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*,    \

@@ -116,11 +116,16 @@ void multiply_windows(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSeg
                       int num_segments, const T* a, int64_t a_depth, const T* b, const int64_t* b_offsets,
                       T* c, int64_t ldc, const Epilogue<T>& ep);
 
-// C (m x n) += the DotKernel's sum for every tile: B's NR rows stay in L1 while A's rows
-// stream past. Single-threaded; b_rows holds round_up(n, nr) readable row pointers.
+// C (m x n) += the DotKernel's sum for every tile. Single-threaded; b_rows holds
+// round_up(n, nr) readable row pointers. The tile order keeps one operand's rows in L1:
+//   kBRowsStay: B's NR rows while A's rows stream past (B rows built per tile column);
+//   kARowsStay: A's MR rows while B's rows stream past (B rows read in place as windows of
+//               an image: neighbouring windows overlap, so they bring few new cache lines).
+enum class DotOrder { kBRowsStay, kARowsStay };
 template <typename T>
 void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
-                  const T* a, int64_t lda, const T* const* b_rows, T* c, int64_t ldc);
+                  const T* a, int64_t lda, const T* const* b_rows, T* c, int64_t ldc,
+                  DotOrder order = DotOrder::kBRowsStay);
 
 // Packing of strided matrices: element (i, j) of A is a[i * row_stride + j * col_stride].
 template <typename T>
