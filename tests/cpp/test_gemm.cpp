@@ -157,6 +157,7 @@ void test_dot_against_naive(std::mt19937& rng) {
     for (int64_t n : {1, 2, 6, 7, 13, 48}) {
       for (int64_t k : {lanes, 7 * lanes, 100 * lanes}) {
         for (bool split : {false, true}) {
+          const DotOrder order = (m + n + k) % 2 ? DotOrder::kARowsStay : DotOrder::kBRowsStay;
           // split: A's depth [0, k) in two pieces; the second meets B 5 elements further on.
           const int64_t half = k / lanes / 2 * lanes, shift = split ? 5 : 0;
           const DotPiece pieces[2] = {{0, half, 0}, {half, k, shift}};
@@ -173,13 +174,13 @@ void test_dot_against_naive(std::mt19937& rng) {
               for (int64_t p = 0; p < k; ++p) sum += double(a[i * lda + p]) * double(b[j * ldb + p + (p >= half ? shift : 0)]);
               expected[i * ldc + j] = T(sum);
             }
-          multiply_dot(dk, m, n, pieces, 2, a.data(), lda, b_rows.data(), c.data(), ldc);
+          multiply_dot(dk, m, n, pieces, 2, a.data(), lda, b_rows.data(), c.data(), ldc, order);
           double err = 0;
           for (int64_t i = 0; i < m * ldc; ++i) err = std::max(err, std::abs(double(c[i]) - double(expected[i])));
           char what[160];
-          std::snprintf(what, sizeof what, "%s multiply_dot<%s> m=%lld n=%lld k=%lld split=%d: err %g",
+          std::snprintf(what, sizeof what, "%s multiply_dot<%s> m=%lld n=%lld k=%lld split=%d order=%d: err %g",
                         isa_name(active_isa()), sizeof(T) == 4 ? "float" : "double", (long long)m, (long long)n,
-                        (long long)k, int(split), err);
+                        (long long)k, int(split), int(order), err);
           expect(err <= tolerance<T>(k), what);
         }
       }
