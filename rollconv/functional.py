@@ -118,24 +118,28 @@ ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
 
 #: Off the CPU, 'auto' uses the channel-FFT algorithm from this many channels on (with rolls == C).
 FFT_MIN_CHANNELS = 48
-#: On the CPU with rolls == C, 'auto' picks 'direct' over 'fft' for at most this many
-#: channels when there are at least DIRECT_MIN_FILTERS filters.
-DIRECT_MAX_CHANNELS = 4
-DIRECT_MIN_FILTERS = 16
+#: On the CPU with rolls == C, 'auto' picks 'direct' over 'fft' for at most
+#: DIRECT_MAX_CHANNELS channels with at least DIRECT_MIN_FILTERS filters, and for at most
+#: DIRECT_ALWAYS_CHANNELS channels whatever the filters.
+DIRECT_MAX_CHANNELS = 8
+DIRECT_MIN_FILTERS = 4
+DIRECT_ALWAYS_CHANNELS = 4
 
 
 def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     """The algorithm 'auto' picks for roll_conv2d.
 
-    On the CPU (float32/float64), measured on the project's 2-core AVX-512 CPU (fwd+bwd
-    with ReLU, float32, N=8, 16x16 and 32x32, C 2-256, F 1-64; bench/run.py and the notes
-    of issue 5):
+    On the CPU (float32/float64), measured on the project's 2-core AVX-512 machines (fwd+bwd
+    with ReLU, float32, N=8, 16x16 and 32x32, C 2-32, F 1-64; bench/run.py and the notes of
+    issues 5 and 6):
     - rolls == C: 'fft' (the fused channel-FFT engine), except 'direct' when
-      C <= DIRECT_MAX_CHANNELS and F >= DIRECT_MIN_FILTERS. fft runs 1.1-3.3x the bank from
-      C=8 on (3.9x the seed method at C=64, F=4 and 10x at C=256, F=1) and 1.4-2x at C <= 4
-      with few filters; with few channels and many filters the GEMM engine's direct path
-      wins (1.6-2.7x fft at C=2-4, F=64).
-    - fewer rolls: 'direct' when C <= 4 and F >= 32 (1.6-3.2x the bank), else 'bank'.
+      C <= DIRECT_ALWAYS_CHANNELS, or C <= DIRECT_MAX_CHANNELS and F >= DIRECT_MIN_FILTERS.
+      With the GEMM engine reading the image in place (issue 6), direct runs 1.1-2.7x fft at
+      C = 2-8 (F >= 4; C <= 4 with any F, within 10%); from C = 16 on fft wins or is within
+      6% of the best but once (C = 16, F = 64 at 16x16: direct 1.3x faster), 1.1-1.7x the
+      bank at C = 32, 10x the seed method at C = 256, F = 1 on the machine of issue 5.
+    - fewer rolls: 'direct' when C <= 4 and F >= 32 (1.6-3.2x the bank; measured before
+      issue 6's engine changes), else 'bank'.
     Off the CPU (CUDA: not measured, no GPU here; fft is composed of cuFFT and our kernels):
     'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank'. float16/bfloat16: 'bank'.
     The CPU figures assume the CPU engines are on (not ROLLCONV_CPU_ENGINE=0). Override
@@ -149,8 +153,9 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     if rolls == channels:
         if not on_cpu:
             return "fft" if channels >= FFT_MIN_CHANNELS else "bank"
-        few_channels_many_filters = channels <= DIRECT_MAX_CHANNELS and filters >= DIRECT_MIN_FILTERS
-        return "direct" if few_channels_many_filters else "fft"
+        few_channels = channels <= DIRECT_ALWAYS_CHANNELS or (
+            channels <= DIRECT_MAX_CHANNELS and filters >= DIRECT_MIN_FILTERS)
+        return "direct" if few_channels else "fft"
     if on_cpu and channels <= 4 and filters >= 32:
         return "direct"
     return "bank"
@@ -170,7 +175,7 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
     rolling x's channels by one rolls the output's blocks of F channels by one.
 
     algorithm: 'direct' computes every roll as a row window of one im2col of x (the bank is
-    never built; GEMMs through ATen); 'bank' expands the bank inside the op and calls
+    never built; on CPU the GEMM engine reads x in place, on CUDA cuBLAS GEMMs); 'bank' expands the bank inside the op and calls
     ATen's convolution (oneDNN on CPU, cuDNN on CUDA), folding dK back in the op; 'fft'
     (rolls == C, float32/float64) diagonalizes the circulant bank with a real FFT over the
     channels: C/2 + 1 small complex convolutions; 'auto' (default) asks
