@@ -13,15 +13,18 @@ namespace rollconv::gemm {
 namespace ROLLCONV_ISA {
 namespace {
 
+// type: the vector of T; lane_index: integer lanes as wide as T's (__builtin_shuffle's masks).
 template <typename T>
 struct VecOf;
 template <>
 struct VecOf<float> {
   typedef float type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
+  typedef int32_t lane_index __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
 };
 template <>
 struct VecOf<double> {
   typedef double type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
+  typedef int64_t lane_index __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
 };
 
 template <typename V, typename T>
@@ -108,17 +111,6 @@ constexpr MicroKernel<T> make_micro_kernel() {
 
 // --- the dot-product kernel (DotKernel in gemm.h) ---------------------------------------
 
-template <typename T>
-struct LaneIndexOf;  // integer lanes as wide as T's, for __builtin_shuffle's masks
-template <>
-struct LaneIndexOf<float> {
-  typedef int32_t type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
-};
-template <>
-struct LaneIndexOf<double> {
-  typedef int64_t type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
-};
-
 // One step of a transposing lane reduction. Vectors a and b each hold W / B partial sums
 // spread over blocks of B lanes; shuffle(a, b, lo) + shuffle(a, b, hi) holds the 2W / B
 // sums of both (a's first) over blocks of B / 2 lanes.
@@ -139,7 +131,7 @@ struct FoldMasks {
 template <typename T, int B, int... L>
 inline typename VecOf<T>::type fold(typename VecOf<T>::type a, typename VecOf<T>::type b,
                                     std::integer_sequence<int, L...>) {
-  using M = typename LaneIndexOf<T>::type;
+  using M = typename VecOf<T>::lane_index;
   static constexpr FoldMasks<sizeof...(L), B> masks;
   return __builtin_shuffle(a, b, M{masks.lo[L]...}) + __builtin_shuffle(a, b, M{masks.hi[L]...});
 }
