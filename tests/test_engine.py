@@ -47,6 +47,8 @@ CONFIGS = [  # (x shape, w shape, kwargs)
     # (and, with padding past the kernel's reach, the col2im path again).
     ((2, 128, 9, 7), (6, 64, 3, 2), dict(padding=(1, 0), dilation=(2, 1), groups=2)),
     ((1, 64, 6, 5), (3, 64, 3, 3), dict(padding=(3, 1))),
+    # A padded sample over 8 MiB (float64): the forward packs B, dK copies im2col lines.
+    ((1, 8, 370, 370), (2, 8, 3, 3), dict(padding=1)),
 ]
 
 

@@ -339,7 +339,9 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
 // dK's depth, per sample: the output pixels, as `depth` positions: padded-width positions
 // (PaddedImage) when the image is read in place, with dY copied into the same layout with
 // zeros in the positions that are no pixel and up to a whole number of lanes; otherwise
-// the plain pixels, with the im2col rows copied (lines).
+// the plain pixels, with the im2col rows copied (lines). (dY's zeros at the extra positions
+// meet neighbouring pixels: an infinite or NaN pixel there gives NaN where PyTorch's dW is
+// finite. Only non-finite inputs can tell the difference.)
 struct DepthLayout {
   bool windows;          // B rows are windows of the padded image
   int64_t pitch, depth;  // positions per output line and per sample (windows: lanes multiple)
