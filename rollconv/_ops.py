@@ -125,6 +125,8 @@ def _register_gemm_conv_autograd(fwd, dx, dk, relu_flag=False):
         input, weight, output = ctx.saved_tensors
         if output is not None:  # ReLU's own backward (differentiable, one pass)
             grad = torch.ops.aten.threshold_backward(grad, output, 0)
+        # Once for both passes (each would copy it): y.sum().backward() gives an expanded dy.
+        grad = grad.contiguous()
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_input = dx(grad, weight, list(input.shape[2:]), *ctx.geometry)
