@@ -1,21 +1,25 @@
-// The CPU convolution engine: the GEMM engine of cpu/gemm with im2col fused into its
-// packing, so that no (C*kh*kw x H_out*W_out) column matrix is ever built. Per call the
-// extra memory is the packed weights plus, per thread, one packed panel of about
-// kPanelBytes, whatever the batch size.
+// The CPU convolution engine: the GEMM engine of cpu/gemm fed straight from the image, so
+// that no (C*kh*kw x H_out*W_out) column matrix is ever built. Per call the extra memory is
+// the packed weights plus, per thread, a panel or scratch of about kPanelBytes and one or
+// two padded sample copies (PaddedImage, at most 8 MiB each), whatever the batch size.
 //
-//   forward:  per (sample, pixel block): pack the block's image columns (all channel x tap
-//             rows) as B panels straight from the image; every GEMM block (group, or band of
-//             rolls) multiplies its packed weight rows with its row window of them. A roll
-//             window that passes the last channel wraps to the first: two K segments.
-//             Bias and ReLU are applied in the micro-kernel's write-back.
-//   dX:       per (sample, range of input channels): B = dY panel, A = W^T rows of those
+//   forward:  per (sample, block of output positions), every GEMM block (group, or band of
+//             rolls) multiplies its packed weight rows with B, bias and ReLU applied in the
+//             micro-kernel's write-back. At stride 1, B is read in place: its rows are
+//             windows of the sample's zero-padded copy (PaddedImage), the results come over
+//             padded-width positions and their pixels are copied out. Otherwise (strides,
+//             1x1, large images) B panels are packed from the image (im2col), a roll window
+//             that passes the last channel wrapping to the first as a second K segment.
+//   dX:       (stride 1 runs the forward with the flipped weight instead: common/conv.cpp)
+//             per (sample, range of input channels): B = dY panel, A = W^T rows of those
 //             channels, the product (a few column rows) is added into the input planes at
 //             once (col2im of a tile). Each thread owns whole planes: no races, fixed order.
 //   dK:       dW = dY * im2col(x)^T by the dot-product kernel (both factors run along the
-//             pixels, so nothing is transposed): A = dY rows, B = a few im2col lines, over
-//             chunks of pixels that run across samples. Each thread owns a group of samples
-//             with its own accumulator (summed in a fixed order afterwards) and, when the
-//             samples are fewer than the threads, a range of dW's columns.
+//             pixels, so nothing is transposed): A = dY rows, B = im2col rows (windows of
+//             the padded copy at stride 1, else copied lines), over chunks of positions that
+//             run across samples. Each thread owns a group of samples with its own
+//             accumulator (summed in a fixed order afterwards) and, when the samples are
+//             fewer than the threads, a range of dW's columns.
 // Deterministic: the same inputs and thread count give bitwise the same result.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -212,7 +216,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
 
   // Stride 1: B is read in place from the padded image (PaddedImage), each block's rows
   // at the offsets of its column rows, into a scratch C over padded-width positions whose
-  // pixels are then copied out. Otherwise B is packed from the image (im2col).
+  // pixels are then copied out. Otherwise (and for 1x1 kernels or large images) B is packed from the image (im2col).
   const PaddedImage padded_image(w, L.channels, int64_t(sizeof(T)));
   const bool windows = padded_image.usable;
   std::vector<std::vector<int64_t>> offsets;
