@@ -216,7 +216,8 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
 
   // Stride 1: B is read in place from the padded image (PaddedImage), each block's rows
   // at the offsets of its column rows, into a scratch C over padded-width positions whose
-  // pixels are then copied out. Otherwise (and for 1x1 kernels or large images) B is packed from the image (im2col).
+  // pixels are then copied out. Otherwise (and for 1x1 kernels or large images) B is
+  // packed from the image (im2col).
   const PaddedImage padded_image(w, L.channels, int64_t(sizeof(T)));
   const bool windows = padded_image.usable;
   std::vector<std::vector<int64_t>> offsets;
