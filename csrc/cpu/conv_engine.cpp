@@ -1,7 +1,8 @@
 // The CPU convolution engine: the GEMM engine of cpu/gemm fed straight from the image, so
 // that no (C*kh*kw x H_out*W_out) column matrix is ever built. Per call the extra memory is
-// the packed weights plus, per thread, a panel or scratch of about kPanelBytes and one or
-// two padded sample copies (PaddedImage, at most 8 MiB each), whatever the batch size.
+// the packed weights plus, per thread, a panel or scratch of about kPanelBytes and the
+// padded copies of the samples in use (PaddedImage, at most 8 MiB each: one in the forward,
+// those of one dK chunk of ~1024 positions), whatever the batch size.
 //
 //   forward:  per (sample, block of output positions), every GEMM block (group, or band of
 //             rolls) multiplies its packed weight rows with B, bias and ReLU applied in the
