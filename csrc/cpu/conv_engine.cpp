@@ -173,20 +173,45 @@ void pack_image_columns(const MicroKernel<T>& uk, const T* image, const ColumnLa
 // them zero dY. This replaces the im2col copies (C * kh * kw values per pixel) by one copy of
 // the image (C values per pixel) at the cost of the (pitch - out_w) / pitch extra positions.
 struct PaddedImage {
-  bool usable;  // stride 1, more than one tap, the copy within kImageBytes
   int64_t pitch, c_size, size;  // size: per sample, with kSlack past the last window
+  bool usable;                  // stride 1, more than one tap, the copy within kImageBytes
   static constexpr int64_t kImageBytes = int64_t(8) << 20;
   // Elements read past the last channel's windows: a strip (NR <= 48) or a lane rounding.
   static constexpr int64_t kSlack = 64;
 
   PaddedImage(const Window2d& w, int64_t channels, int64_t element_bytes)
-      : usable(w.stride_h == 1 && w.stride_w == 1 && w.kernel_h * w.kernel_w > 1 &&
-               channels * (w.in_h + 2 * w.pad_h) * (w.in_w + 2 * w.pad_w) * element_bytes <= kImageBytes),
-        pitch(w.in_w + 2 * w.pad_w),
+      : pitch(w.in_w + 2 * w.pad_w),
         c_size((w.in_h + 2 * w.pad_h) * pitch),
         // At stride 1, out_h + (kh - 1) * dil_h = in_h + 2 * pad_h: the last window of a
         // channel ends (kw - 1) * dil_w past out_h lines of the next.
-        size(round_up(channels * c_size + (w.kernel_w - 1) * w.dil_w + kSlack, 16)) {}
+        size(round_up(channels * c_size + (w.kernel_w - 1) * w.dil_w + kSlack, 16)) {
+    usable = w.stride_h == 1 && w.stride_w == 1 && w.kernel_h * w.kernel_w > 1 &&
+             channels * c_size * element_bytes <= kImageBytes;
+  }
+
+  // Every block's column rows as window offsets: [block][k] for k < blk.inner (a rolling
+  // window's wrap to the first channel is in the offsets).
+  std::vector<std::vector<int64_t>> block_offsets(const ColumnLayout& L, const BlockPlan& plan) const {
+    std::vector<std::vector<int64_t>> offsets;
+    for (const GemmBlock& blk : plan.blocks) {
+      offsets.emplace_back(blk.inner);
+      for (int64_t k = 0; k < blk.inner; ++k) offsets.back()[k] = offset(L.win, column_row_source(L, blk.col_row + k));
+    }
+    return offsets;
+  }
+
+  // Walks positions [q0, q1) line by line: run(q, end, pixel, valid) for each piece [q, end)
+  // within one line, whose first `valid` positions are the output pixels from `pixel` on
+  // (the rest, past out_w or past the last line, are no pixel).
+  template <typename Run>
+  void for_each_run(const Window2d& w, int64_t q0, int64_t q1, const Run& run) const {
+    for (int64_t q = q0; q < q1;) {
+      const int64_t oh = q / pitch, ow = q - oh * pitch, end = std::min(q1, q + pitch - ow);
+      const int64_t valid = oh < w.out_h ? std::clamp<int64_t>(w.out_w - ow, 0, end - q) : 0;
+      run(q, end, oh * w.out_w + ow, valid);
+      q = end;
+    }
+  }
 
   int64_t offset(const Window2d& w, const RowSource& src) const {
     return src.channel * c_size + src.tap_h * w.dil_h * pitch + src.tap_w * w.dil_w;
@@ -221,13 +246,8 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
   // packed from the image (im2col).
   const PaddedImage padded_image(w, L.channels, int64_t(sizeof(T)));
   const bool windows = padded_image.usable;
-  std::vector<std::vector<int64_t>> offsets;
-  if (windows) {
-    for (const GemmBlock& blk : plan.blocks) {
-      offsets.emplace_back(blk.inner);
-      for (int64_t k = 0; k < blk.inner; ++k) offsets.back()[k] = padded_image.offset(w, column_row_source(L, blk.col_row + k));
-    }
-  }
+  const std::vector<std::vector<int64_t>> offsets =
+      windows ? padded_image.block_offsets(L, plan) : std::vector<std::vector<int64_t>>();
   // Items: blocks of B strips (positions), as many as fit the budget of the packed panel (or
   // of the scratch C: a quarter of it, as the padded image shares L2 with it; measured
   // best at 64 channels @ 56), fewer when the batch alone does not give every thread two.
@@ -253,21 +273,17 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
         image_sample = n;
         for (size_t b = 0; b < plan.blocks.size(); ++b) {
           const GemmBlock& blk = plan.blocks[b];
-          const KSegment segment{0, 0, blk.inner};  // a rolling window's wrap is in the offsets
+          const KSegment segment{0, 0, blk.inner};
           gemm::multiply_windows(uk, blk.rows, count, &segment, 1, weights[b], blk.inner,
                                  image.get() + first, offsets[b].data(), scratch.get() + blk.out_row * count, count,
                                  Epilogue<T>{T(1), T(0), bias ? bias + blk.out_row : nullptr, relu});
         }
         // The pixels among the positions, into the output planes.
-        for (int64_t q = first; q < first + count;) {
-          const int64_t oh = q / padded_image.pitch, ow = q - oh * padded_image.pitch;
-          const int64_t end = std::min(first + count, q + padded_image.pitch - ow);
-          const int64_t valid = std::clamp<int64_t>(w.out_w - ow, 0, end - q);
+        padded_image.for_each_run(w, first, first + count, [&](int64_t q, int64_t, int64_t pixel, int64_t valid) {
           for (int64_t r = 0; valid > 0 && r < cout; ++r) {
-            copy_span(y + (n * cout + r) * px + oh * w.out_w + ow, scratch.get() + r * count + q - first, valid);
+            copy_span(y + (n * cout + r) * px + pixel, scratch.get() + r * count + q - first, valid);
           }
-          q = end;
-        }
+        });
         continue;
       }
       T* columns = scratch.get();
@@ -349,13 +365,14 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
 // meet neighbouring pixels: an infinite or NaN pixel there gives NaN where PyTorch's dW is
 // finite. Only non-finite inputs can tell the difference.)
 struct DepthLayout {
-  bool windows;          // B rows are windows of the padded image
-  int64_t pitch, depth;  // positions per output line and per sample (windows: lanes multiple)
+  const PaddedImage& image;
+  bool windows;   // B rows are windows of the padded image
+  int64_t depth;  // positions per sample (windows: a lanes multiple)
 
-  DepthLayout(const Window2d& w, const PaddedImage& image, int64_t lanes)
-      : windows(image.usable),
-        pitch(windows ? image.pitch : w.out_w),
-        depth(windows ? round_up(w.out_h * pitch, lanes) : w.out_h * w.out_w) {}
+  DepthLayout(const Window2d& w, const PaddedImage& padded, int64_t lanes)
+      : image(padded),
+        windows(padded.usable),
+        depth(windows ? round_up(w.out_h * padded.pitch, lanes) : w.out_h * w.out_w) {}
 };
 
 // dst[q - q0] for depth positions [q0, q1) of one dY plane: the pixel at q, or zero in the
@@ -366,13 +383,10 @@ void copy_grad_depth(const T* plane, const Window2d& w, const DepthLayout& d, in
     copy_span(dst, plane + q0, q1 - q0);
     return;
   }
-  for (int64_t q = q0; q < q1;) {
-    const int64_t oh = q / d.pitch, ow = q - oh * d.pitch, end = std::min(q1, q + d.pitch - ow);
-    const int64_t valid = oh < w.out_h ? std::clamp<int64_t>(w.out_w - ow, 0, end - q) : 0;
-    copy_span(dst + q - q0, plane + oh * w.out_w + ow, valid);
+  d.image.for_each_run(w, q0, q1, [&](int64_t q, int64_t end, int64_t pixel, int64_t valid) {
+    copy_span(dst + q - q0, plane + pixel, valid);
     std::fill(dst + q - q0 + valid, dst + end - q0, T(0));
-    q = end;
-  }
+  });
 }
 
 // A stretch of a chunk of dK's depth: positions [first, first + count) of a sample, at
@@ -397,6 +411,8 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   const T* dy = grad_output.const_data_ptr<T>();
   const PaddedImage padded_image(w, L.channels, int64_t(sizeof(T)));
   const DepthLayout d(w, padded_image, dk.lanes);
+  const std::vector<std::vector<int64_t>> offsets =
+      d.windows ? padded_image.block_offsets(L, plan) : std::vector<std::vector<int64_t>>();
 
   // Items: (group of samples, range of dW columns). Blocks that share dW rows (rolls) run
   // in order inside an item, so no two threads write the same element. Sample groups come
@@ -463,7 +479,8 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
                                               st.slot * padded_image.size + st.first - st.offset});
         }
         if (!d.windows) dot_pieces.push_back(gemm::DotPiece{0, padded, 0});
-        for (const GemmBlock& blk : plan.blocks) {
+        for (size_t b = 0; b < plan.blocks.size(); ++b) {
+          const GemmBlock& blk = plan.blocks[b];
           const int64_t ncols = std::min(blk.inner, col0 + width) - col0;
           if (ncols <= 0) continue;
           for (int64_t r = 0; r < blk.rows; ++r) {
@@ -476,8 +493,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
           }
           if (d.windows) {  // every column's window at once; rows past ncols repeat the last: dropped
             for (int64_t j = 0; j < round_up(ncols, dk.nr); ++j) {
-              b_rows[j] = images.get() +
-                          padded_image.offset(w, column_row_source(L, blk.col_row + col0 + std::min(j, ncols - 1)));
+              b_rows[j] = images.get() + offsets[b][col0 + std::min(j, ncols - 1)];
             }
             gemm::multiply_dot(dk, blk.rows, ncols, dot_pieces.data(), int(dot_pieces.size()), a_panel.get(), padded,
                                b_rows.data(), acc + blk.weight_row * wcols + col0, wcols, gemm::DotOrder::kARowsStay);
