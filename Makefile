@@ -14,7 +14,7 @@ SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu') setup
 CMAKE_DIR := build/cmake
 PYTEST_ARGS ?=
 
-.PHONY: all demo test build bench venv cpp-test py-test cpu-only-test info clean
+.PHONY: all demo test build bench venv cpp-test py-test cpu-only-test sanitizer-test info clean
 
 all: build
 
@@ -41,7 +41,7 @@ demo: build
 	$(PY) -m rollconv info
 	$(PY) examples/train_digits.py
 
-test: cpp-test cpu-only-test py-test
+test: cpp-test cpu-only-test sanitizer-test py-test
 
 $(CMAKE_DIR)/build.ninja: CMakeLists.txt $(VENV)/.deps
 	$(VENV)/bin/cmake -S . -B $(CMAKE_DIR) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
@@ -59,6 +59,11 @@ py-test: build
 # without touching the installed package.
 cpu-only-test: $(VENV)/.deps
 	bash tests/cpu_only_build.sh $(PY)
+
+# The C++ tests and a subset of the Python tests under AddressSanitizer + UBSan
+# (build/sanitize; any report fails the run).
+sanitizer-test: $(VENV)/.deps
+	bash tests/sanitizer_build.sh $(PY)
 
 bench: build
 	$(PY) bench/run.py

@@ -3,6 +3,8 @@
 Switches (environment variables):
   FORCE_CUDA=1          build the CUDA kernels even if no toolkit is auto-detected
   FORCE_ONLY_CPU=1      build the CPU kernels only, even if a toolkit is present
+  ROLLCONV_SANITIZE=1   CPU-only build with AddressSanitizer + UndefinedBehaviorSanitizer
+                        (tests/sanitizer_build.sh; objects in build/sanitize)
   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (default below)
   CUDA_HOME             the CUDA toolkit; found automatically when unset
 """
@@ -49,11 +51,12 @@ def env_flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
-cuda_home = None if env_flag("FORCE_ONLY_CPU") else find_cuda_home()
+sanitize = env_flag("ROLLCONV_SANITIZE")
+cuda_home = None if env_flag("FORCE_ONLY_CPU") or sanitize else find_cuda_home()
 if cuda_home:
     # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
     os.environ["CUDA_HOME"] = cuda_home
-with_cuda = not env_flag("FORCE_ONLY_CPU") and (cuda_home is not None or env_flag("FORCE_CUDA"))
+with_cuda = not env_flag("FORCE_ONLY_CPU") and not sanitize and (cuda_home is not None or env_flag("FORCE_CUDA"))
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
 
@@ -76,13 +79,18 @@ def extension():
     sources += glob.glob("csrc/cpu/gemm/*.cpp") + glob.glob("csrc/cpu/fft/*.cpp")
     cxx_flags = ["-O3", "-fopenmp", "-DROLLCONV_VERSION=\"0.1.0\""]
     include_dirs = [os.path.join(ROOT, "csrc")]
+    link_flags = ["-fopenmp"]
+    if sanitize:  # every report aborts (no recovery), so a test run fails on any
+        sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+        cxx_flags += sanitizers + ["-fno-omit-frame-pointer", "-g", "-O1"]
+        link_flags += sanitizers
     if not with_cuda:
         return CppExtension(
             "rollconv._C",
             sorted(sources),
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_flags,
         )
     sources += glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")
     archs = os.environ["TORCH_CUDA_ARCH_LIST"]
@@ -102,7 +110,8 @@ class BuildExt(BuildExtension):
     changed, also for `pip install -e .` (which otherwise uses a fresh temp dir)."""
 
     def run(self):
-        self.build_temp = os.path.join(ROOT, "build", "cuda" if with_cuda else "cpu")
+        kind = "sanitize" if sanitize else "cuda" if with_cuda else "cpu"
+        self.build_temp = os.path.join(ROOT, "build", kind)
         super().run()
 
 

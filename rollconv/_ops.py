@@ -6,6 +6,7 @@ ops themselves, so double backward works: the derivatives of the dX and dK passe
 again a forward, a dX or a dK pass (LRN's double backward: see below).
 """
 import torch
+from torch._prims_common import suggest_memory_format
 
 ops = torch.ops.rollconv
 
@@ -19,6 +20,16 @@ def _conv_out_hw(in_hw, kernel_hw, stride, padding, dilation):
 
 
 # --- fake kernels ---------------------------------------------------------------------
+
+
+def _empty_like_rule(like, shape, *operands, dtype=None):
+    """An empty tensor of `shape` in the memory format the kernels give (checks.h's
+    in_memory_format_of): channels_last when a 4-D operand's strides are channels_last-like."""
+    channels_last = any(
+        t.dim() == 4 and suggest_memory_format(t) == torch.channels_last for t in operands
+    )
+    fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
 
 
 def _same_device(op, **tensors):
@@ -37,17 +48,17 @@ def _(input, weight, bias, stride, padding, dilation, groups):
     _same_device("rollconv.conv2d", input=input, weight=weight, bias=bias)
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "rollconv.conv2d: expected 4-D input and weight")
     h, w = _conv_out_hw(input.shape[2:], weight.shape[2:], stride, padding, dilation)
-    return input.new_empty((input.shape[0], weight.shape[0], h, w))
+    return _empty_like_rule(input, (input.shape[0], weight.shape[0], h, w), input, weight)
 
 
 @torch.library.register_fake("rollconv::conv2d_backward_input")
 def _(grad_output, weight, input_size, stride, padding, dilation, groups):
-    return grad_output.new_empty((grad_output.shape[0], weight.shape[1] * groups, *input_size))
+    return _empty_like_rule(grad_output, (grad_output.shape[0], weight.shape[1] * groups, *input_size), grad_output, weight)
 
 
 @torch.library.register_fake("rollconv::conv2d_backward_weight")
 def _(grad_output, input, kernel_size, stride, padding, dilation, groups):
-    return input.new_empty((grad_output.shape[1], input.shape[1] // groups, *kernel_size))
+    return _empty_like_rule(input, (grad_output.shape[1], input.shape[1] // groups, *kernel_size), grad_output, input)
 
 
 @torch.library.register_fake("rollconv::bias_backward")
@@ -60,17 +71,17 @@ def _(input, weight, bias, stride, padding, dilation, rolls, algorithm, relu):
     _same_device("rollconv.roll_conv2d", input=input, weight=weight, bias=bias)
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "rollconv.roll_conv2d: expected 4-D input and weight")
     h, w = _conv_out_hw(input.shape[2:], weight.shape[2:], stride, padding, dilation)
-    return input.new_empty((input.shape[0], rolls * weight.shape[0], h, w))
+    return _empty_like_rule(input, (input.shape[0], rolls * weight.shape[0], h, w), input, weight)
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_backward_input")
 def _(grad_output, weight, input_size, stride, padding, dilation, rolls, algorithm):
-    return grad_output.new_empty((grad_output.shape[0], weight.shape[1], *input_size))
+    return _empty_like_rule(grad_output, (grad_output.shape[0], weight.shape[1], *input_size), grad_output, weight)
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_backward_weight")
 def _(grad_output, input, kernel_size, stride, padding, dilation, rolls, algorithm):
-    return input.new_empty((grad_output.shape[1] // rolls, input.shape[1], *kernel_size))
+    return _empty_like_rule(input, (grad_output.shape[1] // rolls, input.shape[1], *kernel_size), grad_output, input)
 
 
 def _pool_out(size, kernel, stride, padding, dilation, ceil_mode):
@@ -85,22 +96,22 @@ def _pool_out(size, kernel, stride, padding, dilation, ceil_mode):
 def _(input, kernel_size, stride, padding, dilation, ceil_mode):
     h, w = (_pool_out(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode) for i in (0, 1))
     shape = (input.shape[0], input.shape[1], h, w)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+    return _empty_like_rule(input, shape, input), _empty_like_rule(input, shape, input, dtype=torch.int64)
 
 
 @torch.library.register_fake("rollconv::max_pool2d_backward")
 def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation):
-    return grad_output.new_empty((grad_output.shape[0], grad_output.shape[1], *input_size))
+    return _empty_like_rule(grad_output, (grad_output.shape[0], grad_output.shape[1], *input_size), grad_output)
 
 
 @torch.library.register_fake("rollconv::local_response_norm_forward")
 def _(input, size, alpha, beta, k):
-    return torch.empty_like(input, memory_format=torch.contiguous_format)
+    return _empty_like_rule(input, input.shape, input)
 
 
 @torch.library.register_fake("rollconv::local_response_norm_backward")
 def _(grad_output, input, size, alpha, beta, k):
-    return torch.empty_like(input, memory_format=torch.contiguous_format)
+    return _empty_like_rule(input, input.shape, input)
 
 
 # --- autograd -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 ops = torch.ops.rollconv
 
 __all__ = [
+    "ArgumentError",
     "conv2d",
     "conv_transpose2d",
     "roll_conv2d",
@@ -16,6 +17,15 @@ __all__ = [
     "max_pool2d",
     "local_response_norm",
 ]
+
+
+class ArgumentError(ValueError, RuntimeError):
+    """An argument rollconv cannot accept (a wrong rank, shape, dtype or geometry).
+
+    A subclass of both ValueError and RuntimeError: code written for torch.nn.functional,
+    which raises RuntimeError for such arguments, catches it, and so does code that expects
+    Python's ValueError. (The ops' own checks, in C++, raise RuntimeError.)
+    """
 
 
 def _pair(value, name):
@@ -37,8 +47,16 @@ def _batched(input, name="input"):
     if input.dim() == 3:
         return input.unsqueeze(0), True
     if input.dim() != 4:
-        raise ValueError(f"expected {name} to be 3-D (C, H, W) or 4-D (N, C, H, W), but got shape {tuple(input.shape)}")
+        raise ArgumentError(f"expected {name} to be 3-D (C, H, W) or 4-D (N, C, H, W), but got shape {tuple(input.shape)}")
     return input, False
+
+
+def _check_weight(weight, layout):
+    """weight must be a 4-D tensor; `layout` names its dims for the message."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a Tensor, but got {type(weight).__name__}")
+    if weight.dim() != 4:
+        raise ArgumentError(f"expected weight to be a 4-D tensor {layout}, but got shape {tuple(weight.shape)}")
 
 
 def _padding_args(input, weight, padding, stride, dilation):
@@ -49,9 +67,9 @@ def _padding_args(input, weight, padding, stride, dilation):
     if padding == "valid":
         return input, [0, 0]
     if padding != "same":
-        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', but got {padding!r}")
+        raise ArgumentError(f"padding must be an int, a pair of ints, 'valid' or 'same', but got {padding!r}")
     if stride != [1, 1]:
-        raise ValueError("padding='same' is not supported for strided convolutions")
+        raise ArgumentError("padding='same' is not supported for strided convolutions")
     total = [dilation[i] * (weight.shape[2 + i] - 1) for i in (0, 1)]
     extra = [t % 2 for t in total]
     if any(extra):
@@ -64,8 +82,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     input (N, C, H, W) or (C, H, W); weight (C_out, C / groups, kh, kw); bias (C_out,).
     padding: int, pair, 'valid' or 'same'. CPU: float32/float64; CUDA: also float16/bfloat16.
+    The output is channels_last when input or weight is (torch's rule). With no input
+    channels the output is the bias over every pixel (torch returns no channels there).
+
+    Raises ArgumentError (a RuntimeError and ValueError) for a wrong rank or padding string,
+    TypeError for non-tensor or non-int arguments, RuntimeError from the op for wrong shapes,
+    dtypes, devices or geometry.
     """
     x, squeeze = _batched(input)
+    _check_weight(weight, "(C_out, C / groups, kh, kw)")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     x, padding = _padding_args(x, weight, padding, stride, dilation)
     out = ops.conv2d_forward(x, weight, bias, stride, padding, dilation, int(groups))
@@ -81,18 +106,31 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     x, squeeze = _batched(input)
     stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
     dilation, output_padding = _pair(dilation, "dilation"), _pair(output_padding, "output_padding")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-        raise ValueError(f"expected weight to be a 4-D tensor (C_in, C_out / groups, kh, kw), got {getattr(weight, 'shape', weight)}")
+    _check_weight(weight, "(C_in, C_out / groups, kh, kw)")
     # Checked here because the output size below divides by them; the op checks the rest.
     if min(stride) <= 0 or min(dilation) <= 0:
-        raise ValueError(f"stride and dilation must be positive, but got stride={tuple(stride)}, dilation={tuple(dilation)}")
+        raise ArgumentError(f"stride and dilation must be positive, but got stride={tuple(stride)}, dilation={tuple(dilation)}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise ArgumentError(f"groups must be a positive int, but got {groups!r}")
     if x.shape[1] != weight.shape[0]:
-        raise ValueError(
+        raise ArgumentError(
             f"expected input with weight.shape[0] = {weight.shape[0]} channels, but got {x.shape[1]} channels"
         )
+    if weight.shape[0] % groups != 0:
+        raise ArgumentError(f"groups={groups} must divide weight.shape[0] = {weight.shape[0]}")
+    out_channels = weight.shape[1] * groups
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a Tensor or None, but got {type(bias).__name__}")
+        if bias.shape != (out_channels,):
+            raise ArgumentError(f"expected bias of shape ({out_channels},), but got {tuple(bias.shape)}")
+        if bias.dtype != x.dtype or bias.device != x.device:
+            raise ArgumentError(
+                f"expected bias with the input's dtype and device ({x.dtype}, {x.device}), but got ({bias.dtype}, {bias.device})"
+            )
     for i in (0, 1):
         if output_padding[i] < 0 or (output_padding[i] >= stride[i] and output_padding[i] >= dilation[i]):
-            raise ValueError(
+            raise ArgumentError(
                 f"output_padding must be non-negative and smaller than either stride or dilation, "
                 f"but got output_padding={tuple(output_padding)}, stride={tuple(stride)}, dilation={tuple(dilation)}"
             )
@@ -100,8 +138,11 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         (x.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + output_padding[i] + 1
         for i in (0, 1)
     ]
-    if min(out_hw) <= 0:
-        raise ValueError(f"conv_transpose2d: the output would be empty ({out_hw[0]} x {out_hw[1]})")
+    if min(out_hw) < 0 or (min(out_hw) == 0 and x.numel() > 0):
+        raise ArgumentError(f"conv_transpose2d: the output would be empty ({out_hw[0]} x {out_hw[1]})")
+    if min(out_hw) == 0:  # an empty batch or no channels, as torch: an empty result
+        out = x.new_zeros((x.shape[0], out_channels, *out_hw))
+        return out.squeeze(0) if squeeze else out
     # With output_padding >= stride (allowed when < dilation) the matching convolution has
     # more output rows than x: they receive zeros.
     conv_hw = [(out_hw[i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1 for i in (0, 1)]
@@ -183,12 +224,11 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
     """
     x, squeeze = _batched(input)
     if activation not in (None, "relu"):
-        raise ValueError(f"activation must be None or 'relu', but got {activation!r}")
+        raise ArgumentError(f"activation must be None or 'relu', but got {activation!r}")
     if algorithm not in ROLL_ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ROLL_ALGORITHMS}, but got {algorithm!r}")
+        raise ArgumentError(f"algorithm must be one of {ROLL_ALGORITHMS}, but got {algorithm!r}")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-        raise ValueError(f"expected weight to be a 4-D tensor (F, C, kh, kw), got {getattr(weight, 'shape', weight)}")
+    _check_weight(weight, "(F, C, kh, kw)")
     rolls = x.shape[1] if rolls is None else rolls
     if isinstance(rolls, bool) or not isinstance(rolls, int):
         raise TypeError(f"rolls must be an int or None, but got {rolls!r}")
@@ -233,7 +273,7 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a Tensor, but got {type(input).__name__}")
     if input.dim() < 3:
-        raise ValueError(f"expected input with at least 3 dimensions (N, C, *), but got shape {tuple(input.shape)}")
+        raise ArgumentError(f"expected input with at least 3 dimensions (N, C, *), but got shape {tuple(input.shape)}")
     if isinstance(size, bool) or not isinstance(size, int):
         raise TypeError(f"size must be an int, but got {size!r}")
     return ops.local_response_norm_forward(input, size, float(alpha), float(beta), float(k))

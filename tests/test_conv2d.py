@@ -273,7 +273,7 @@ def test_conv2d_module_init_matches_torch():
     [
         (lambda: RF.conv2d(randn(2, 3, 5), randn(4, 3, 3, 3)), "channels"),  # unbatched C=2 mismatch
         (lambda: RF.conv2d(randn(5, 5), randn(4, 3, 3, 3)), "3-D .* or 4-D"),
-        (lambda: RF.conv2d(randn(1, 3, 5, 5), randn(4, 3, 3)), "weight to have 4 dimensions"),
+        (lambda: RF.conv2d(randn(1, 3, 5, 5), randn(4, 3, 3)), "weight to be a 4-D tensor"),
         (lambda: RF.conv2d(randn(1, 4, 5, 5), randn(4, 3, 3, 3)), "weight.shape\\[1\\] \\* groups"),
         (lambda: RF.conv2d(randn(1, 4, 5, 5), randn(4, 2, 3, 3), groups=3), "groups=3 must divide"),
         (lambda: RF.conv2d(randn(1, 4, 5, 5), randn(3, 2, 3, 3), groups=2), "groups=2 must divide the output"),

@@ -1,6 +1,9 @@
 #include "common/checks.h"
 
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
+
+#include <limits>
 
 namespace rollconv {
 
@@ -47,9 +50,20 @@ void check_4d_operands(const char* op, const DeviceKernels& kernels, const char*
 
 namespace {
 
+// a * b + c, or a clear error when it does not fit int64 (stride, dilation and padding
+// may be anything a Python int holds; their products must not wrap).
+int64_t checked_mul_add(const char* op, const char* what, int64_t a, int64_t b, int64_t c) {
+  int64_t product = 0, sum = 0;
+  TORCH_CHECK(!c10::mul_overflows(a, b, &product) && !c10::add_overflows(product, c, &sum), op,
+              ": the ", what, " overflows int64 (", a, " * ", b, " + ", c, ")");
+  return sum;
+}
+
 // A window with everything but its output size, after the checks shared by all windows.
 Window2d checked_window(const char* op, Pair input, Pair kernel, Pair stride, Pair padding,
                         Pair dilation) {
+  TORCH_CHECK(input.h >= 0 && input.w >= 0, op, ": the input's spatial size must be non-negative, but got (",
+              input.h, ", ", input.w, ")");
   TORCH_CHECK(kernel.h > 0 && kernel.w > 0, op, ": kernel_size must be positive, but got (",
               kernel.h, ", ", kernel.w, ")");
   TORCH_CHECK(stride.h > 0 && stride.w > 0, op, ": stride must be positive, but got (", stride.h,
@@ -72,18 +86,29 @@ Window2d checked_window(const char* op, Pair input, Pair kernel, Pair stride, Pa
   return w;
 }
 
+// The extent of the dilated kernel, dil * (k - 1) + 1, and of the padded input, in + 2 * pad,
+// along one axis; both checked against int64 overflow, so that every index the kernels
+// compute (all at most the padded extent plus one stride) fits.
+struct Extents {
+  int64_t span, padded;
+};
+Extents axis_extents(const char* op, int64_t in, int64_t kernel, int64_t pad, int64_t dil) {
+  return Extents{checked_mul_add(op, "dilated kernel size", dil, kernel - 1, 1),
+                 checked_mul_add(op, "padded input size", 2, pad, in)};
+}
+
 }  // namespace
 
 Window2d conv_window(const char* op, Pair input, Pair kernel, Pair stride, Pair padding,
                      Pair dilation) {
   Window2d w = checked_window(op, input, kernel, stride, padding, dilation);
-  const int64_t span_h = dilation.h * (kernel.h - 1) + 1;
-  const int64_t span_w = dilation.w * (kernel.w - 1) + 1;
-  TORCH_CHECK(input.h + 2 * padding.h >= span_h && input.w + 2 * padding.w >= span_w, op,
-              ": the kernel (", span_h, " x ", span_w, " after dilation) is larger than the padded input (",
-              input.h + 2 * padding.h, " x ", input.w + 2 * padding.w, ")");
-  w.out_h = (input.h + 2 * padding.h - span_h) / stride.h + 1;
-  w.out_w = (input.w + 2 * padding.w - span_w) / stride.w + 1;
+  const Extents eh = axis_extents(op, input.h, kernel.h, padding.h, dilation.h);
+  const Extents ew = axis_extents(op, input.w, kernel.w, padding.w, dilation.w);
+  TORCH_CHECK(eh.padded >= eh.span && ew.padded >= ew.span, op, ": the kernel (", eh.span, " x ",
+              ew.span, " after dilation) is larger than the padded input (", eh.padded, " x ",
+              ew.padded, ")");
+  w.out_h = (eh.padded - eh.span) / stride.h + 1;
+  w.out_w = (ew.padded - ew.span) / stride.w + 1;
   return w;
 }
 
@@ -91,11 +116,13 @@ namespace {
 
 // torch's pooling_output_shape: floor or ceil division; with ceil_mode the last window
 // must start inside the input or its left padding.
-int64_t pooled_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dil,
-                    bool ceil_mode) {
-  const int64_t numerator = in + 2 * pad - dil * (kernel - 1) - 1 + (ceil_mode ? stride - 1 : 0);
+int64_t pooled_size(const char* op, int64_t in, int64_t kernel, int64_t stride, int64_t pad,
+                    int64_t dil, bool ceil_mode) {
+  const Extents e = axis_extents(op, in, kernel, pad, dil);
+  const int64_t numerator = checked_mul_add(op, "pooling window", 1, e.padded - e.span,
+                                            ceil_mode ? stride - 1 : 0);
   int64_t out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
-  if (ceil_mode && (out - 1) * stride >= in + pad) --out;
+  if (ceil_mode && out > 0 && (out - 1) * stride >= in + pad) --out;
   return out;
 }
 
@@ -107,11 +134,33 @@ Window2d pool_window(const char* op, Pair input, Pair kernel, Pair stride, Pair 
   TORCH_CHECK(padding.h <= kernel.h / 2 && padding.w <= kernel.w / 2, op,
               ": padding must be at most half of kernel_size, but got padding=(", padding.h, ", ",
               padding.w, ") and kernel_size=(", kernel.h, ", ", kernel.w, ")");
-  w.out_h = pooled_size(input.h, kernel.h, stride.h, padding.h, dilation.h, ceil_mode);
-  w.out_w = pooled_size(input.w, kernel.w, stride.w, padding.w, dilation.w, ceil_mode);
+  w.out_h = pooled_size(op, input.h, kernel.h, stride.h, padding.h, dilation.h, ceil_mode);
+  w.out_w = pooled_size(op, input.w, kernel.w, stride.w, padding.w, dilation.w, ceil_mode);
   TORCH_CHECK(w.out_h > 0 && w.out_w > 0, op, ": the output would be empty (", w.out_h, " x ",
               w.out_w, ") for input ", input.h, " x ", input.w, "; the pooling window is too large");
   return w;
+}
+
+void check_nonempty_images(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.size(0) == 0 || t.size(1) == 0 || (t.size(2) > 0 && t.size(3) > 0), op, ": expected ", name,
+              " with non-zero height and width (only a zero batch or zero channels may leave it empty), "
+              "but got shape ", t.sizes());
+}
+
+void check_numel_fits(const char* op, const char* name, at::IntArrayRef shape) {
+  uint64_t numel = 0;
+  TORCH_CHECK(!c10::safe_multiplies_u64(shape, &numel) &&
+                  numel <= uint64_t(std::numeric_limits<int64_t>::max()),
+              op, ": ", name, " of shape ", shape, " has more elements than int64 can count");
+}
+
+at::Tensor in_memory_format_of(const at::Tensor& result, std::initializer_list<at::Tensor> operands) {
+  for (const at::Tensor& t : operands) {
+    if (t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
+      return result.contiguous(at::MemoryFormat::ChannelsLast);
+    }
+  }
+  return result;
 }
 
 void check_grad_output(const char* op, const at::Tensor& grad_output, int64_t batch,

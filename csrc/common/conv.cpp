@@ -18,6 +18,8 @@
 // expanded bank through ATen's convolution) and "fft" (the channel-Fourier domain).
 #include <ATen/ATen.h>
 
+#include <c10/util/accumulate.h>
+
 #include <cstdlib>
 #include <vector>
 
@@ -84,8 +86,9 @@ bool uses_engine(const DeviceKernels& k, const Tensor& t) {
   return k.engine != nullptr && k.engine->supports(t.scalar_type());
 }
 
-bool uses_fft_engine(const DeviceKernels& k, const Tensor& t) {
-  return k.roll_fft_engine != nullptr && k.roll_fft_engine->supports(t.scalar_type());
+bool uses_fft_engine(const DeviceKernels& k, const Tensor& t, const Window2d& w) {
+  return k.roll_fft_engine != nullptr && k.roll_fft_engine->supports(t.scalar_type()) &&
+         k.roll_fft_engine->fits(w, t.scalar_type());
 }
 
 // Per chunk, with column matrices (rows, b * L):
@@ -237,7 +240,7 @@ ConvSetup conv2d_setup(const char* op, int64_t channels, int64_t out_channels,
 // Rolls per GEMM: enough to give it about 64 rows, at most C/4 so that the band's zero
 // corners (G - 1 extra channels per row) add at most a quarter to the work.
 int64_t rolls_per_gemm(int64_t filters, int64_t channels, int64_t rolls) {
-  const int64_t wanted = (64 + filters - 1) / filters;
+  const int64_t wanted = ceil_div(64, std::max<int64_t>(1, filters));
   return std::max<int64_t>(1, std::min({wanted, channels / 4, rolls}));
 }
 
@@ -246,6 +249,7 @@ ConvSetup roll_setup(const char* op, int64_t channels, int64_t filters, int64_t 
                      IntArrayRef dilation, int64_t rolls) {
   TORCH_CHECK(weight_channels == channels, op, ": expected weight.shape[1] (", weight_channels,
               ") to equal the input channels (", channels, ")");
+  TORCH_CHECK(channels > 0, op, ": the rolling convolution needs at least one input channel");
   TORCH_CHECK(rolls >= 1 && rolls <= channels, op, ": rolls must be in [1, ", channels,
               "] (the input channels), but got ", rolls);
   ConvSetup s;
@@ -383,9 +387,8 @@ Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& we
                    const std::optional<Tensor>& bias, const Window2d& w, bool relu) {
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
   Tensor out = at::empty({batch, channels * filters, w.out_h, w.out_w}, input.options());
-  if (batch == 0) return out;
   const Tensor taps = channel_rfft(weight);  // (F, kh, kw, K)
-  if (uses_fft_engine(k, input)) {
+  if (uses_fft_engine(k, input, w)) {
     const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
     k.roll_fft_engine->forward(input.contiguous(), taps, b, w, relu, out);
     return out;
@@ -416,9 +419,8 @@ Tensor fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, con
                           const Window2d& w) {
   const int64_t batch = grad_output.size(0), channels = weight.size(1), filters = weight.size(0);
   Tensor grad_input = at::empty({batch, channels, w.in_h, w.in_w}, grad_output.options());
-  if (batch == 0) return grad_input;
   const Tensor taps = channel_rfft(weight);
-  if (uses_fft_engine(k, grad_output)) {
+  if (uses_fft_engine(k, grad_output, w)) {
     k.roll_fft_engine->backward_input(grad_output.contiguous(), taps, w, grad_input);
     return grad_input;
   }
@@ -437,11 +439,10 @@ Tensor fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, co
                            Pair kernel, const Window2d& w) {
   const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t filters = grad_output.size(1) / channels;
-  if (batch == 0) return at::zeros({filters, channels, kernel.h, kernel.w}, input.options());
   const int64_t freqs = channels / 2 + 1;
   Tensor grad_taps = at::zeros({filters, kernel.h, kernel.w, freqs},
                                input.options().dtype(c10::toComplexType(input.scalar_type())));
-  if (uses_fft_engine(k, input)) {
+  if (uses_fft_engine(k, input, w)) {
     k.roll_fft_engine->backward_weight(grad_output.contiguous(), input.contiguous(), w, grad_taps);
   } else {
     Tensor chunk_taps = at::empty_like(grad_taps);
@@ -490,6 +491,31 @@ Tensor shape_only(const Tensor& like, at::IntArrayRef shape) {
   return at::empty(shape, like.options());
 }
 
+// --- sizes with nothing to compute ------------------------------------------------------
+// A zero batch, zero input channels or zero output channels leave nothing for a GEMM, an
+// FFT or a library convolution to do (and they divide by these sizes), so the entry points
+// answer directly. With zero input channels the sum over channels is empty: the forward is
+// the bias broadcast over the pixels (through ReLU), dW is zero. (torch.nn.functional.conv2d
+// instead returns zero output channels there, contradicting the weight's shape.)
+bool nothing_to_sum(int64_t batch, int64_t in_channels, int64_t out_channels) {
+  return batch == 0 || in_channels == 0 || out_channels == 0;
+}
+
+// (N, out_channels, oh, ow): bias[c % bias_period] (or zero), through ReLU.
+Tensor bias_only_output(const Tensor& like, int64_t batch, int64_t out_channels, const Window2d& w,
+                        const std::optional<Tensor>& bias, int64_t bias_period, bool relu) {
+  Tensor out = at::zeros({batch, out_channels, w.out_h, w.out_w}, like.options());
+  if (bias.has_value() && bias->defined() && out.numel() > 0) {
+    out.view({batch, out_channels / bias_period, bias_period, -1}).add_(bias->view({1, 1, bias_period, 1}));
+    if (relu) out.relu_();
+  }
+  return out;
+}
+
+void check_output_fits(const char* op, int64_t batch, int64_t channels, const Window2d& w) {
+  check_numel_fits(op, "the output", {batch, channels, w.out_h, w.out_w});
+}
+
 }  // namespace
 
 Tensor conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
@@ -497,11 +523,17 @@ Tensor conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor&
                       IntArrayRef dilation, int64_t groups) {
   constexpr const char* op = "rollconv.conv2d";
   check_4d_operands(op, k, "input", input, "weight", weight);
+  check_nonempty_images(op, "input", input);
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = conv2d_setup(op, input.size(1), weight.size(0), weight.size(1),
                                    spatial(input), spatial(weight), stride, padding, dilation, groups);
-  return gemm_conv_forward(k, input, weight.contiguous().view({weight.size(0), -1}), bias,
-                           s.layout, s.plan, /*relu=*/false);
+  check_output_fits(op, input.size(0), weight.size(0), s.layout.win);
+  Tensor out = nothing_to_sum(input.size(0), input.size(1), weight.size(0))
+                   ? bias_only_output(input, input.size(0), weight.size(0), s.layout.win, bias,
+                                      weight.size(0), /*relu=*/false)
+                   : gemm_conv_forward(k, input, weight.contiguous().view({weight.size(0), -1}), bias,
+                                       s.layout, s.plan, /*relu=*/false);
+  return in_memory_format_of(out, {input, weight});
 }
 
 Tensor conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
@@ -509,15 +541,22 @@ Tensor conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
                              IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   constexpr const char* op = "rollconv.conv2d_backward_input";
   check_4d_operands(op, k, "grad_output", grad_output, "weight", weight);
+  check_nonempty_images(op, "grad_output", grad_output);
   const Pair in = pair_arg(op, "input_size", input_size);
   const ConvSetup s = conv2d_setup(op, weight.size(1) * groups, weight.size(0), weight.size(1), in,
                                    spatial(weight), stride, padding, dilation, groups);
   check_grad_output(op, grad_output, grad_output.size(0), weight.size(0), s.layout.win);
-  if (dx_as_forward(k, grad_output, s.layout.win)) {
-    return dx_by_forward(k, grad_output, weight, groups, s.layout.win, dilation);
+  check_numel_fits(op, "grad_input", {grad_output.size(0), s.layout.channels, in.h, in.w});
+  Tensor grad_input;
+  if (nothing_to_sum(grad_output.size(0), s.layout.channels, weight.size(0))) {
+    grad_input = at::zeros({grad_output.size(0), s.layout.channels, in.h, in.w}, grad_output.options());
+  } else if (dx_as_forward(k, grad_output, s.layout.win)) {
+    grad_input = dx_by_forward(k, grad_output, weight, groups, s.layout.win, dilation);
+  } else {
+    grad_input = gemm_conv_backward_input(k, grad_output, weight.contiguous().view({weight.size(0), -1}),
+                                          s.layout, s.plan);
   }
-  return gemm_conv_backward_input(k, grad_output, weight.contiguous().view({weight.size(0), -1}),
-                                  s.layout, s.plan);
+  return in_memory_format_of(grad_input, {grad_output, weight});
 }
 
 Tensor conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
@@ -532,18 +571,27 @@ Tensor conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
   const ConvSetup s = conv2d_setup(op, input.size(1), out_channels, input.size(1) / groups,
                                    spatial(input), kernel, stride, padding, dilation, groups);
   check_grad_output(op, grad_output, input.size(0), out_channels, s.layout.win);
-  return gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan)
-      .view({out_channels, input.size(1) / groups, kernel.h, kernel.w})
-      .to(input.scalar_type());
+  const std::vector<int64_t> shape{out_channels, input.size(1) / groups, kernel.h, kernel.w};
+  check_numel_fits(op, "grad_weight", shape);
+  Tensor grad_weight =
+      nothing_to_sum(input.size(0), input.size(1), out_channels)
+          ? at::zeros(shape, input.options())
+          : gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan).view(shape).to(input.scalar_type());
+  return in_memory_format_of(grad_weight, {grad_output, input});
 }
 
 Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t channels) {
   constexpr const char* op = "rollconv.bias_backward";
   check_input(op, "grad_output", grad_output, -2, k);
-  TORCH_CHECK(channels > 0 && grad_output.size(1) % channels == 0, op, ": channels=", channels,
-              " must be positive and divide grad_output.shape[1] (", grad_output.size(1), ")");
+  const int64_t total = grad_output.size(1);
+  TORCH_CHECK(channels >= 0 && (channels == 0 ? total == 0 : total % channels == 0), op,
+              ": channels=", channels, " must be non-negative and divide grad_output.shape[1] (",
+              total, ")");
   const auto acc = accumulate_type(grad_output.scalar_type());
-  return grad_output.reshape({grad_output.size(0), grad_output.size(1) / channels, channels, -1})
+  if (channels == 0) return at::zeros({0}, grad_output.options());
+  // Explicit sizes (no -1): a zero batch or zero pixels leaves -1 ambiguous.
+  const int64_t pixels = c10::multiply_integers(grad_output.sizes().slice(2));
+  return grad_output.reshape({grad_output.size(0), total / channels, channels, pixels})
       .sum({0, 1, 3}, /*keepdim=*/false, acc)
       .to(grad_output.scalar_type());
 }
@@ -554,19 +602,27 @@ Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Te
                            c10::string_view algorithm, bool relu) {
   constexpr const char* op = "rollconv.roll_conv2d";
   check_4d_operands(op, k, "input", input, "weight", weight);
+  check_nonempty_images(op, "input", input);
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input),
                                  spatial(weight), stride, padding, dilation, rolls);
   const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1), input.scalar_type());
-  if (alg == RollAlgorithm::kFft) return fft_forward(k, input, weight, bias, s.layout.win, relu);
-  if (alg == RollAlgorithm::kBank) {
+  check_output_fits(op, input.size(0), s.plan.out_channels, s.layout.win);
+  Tensor out;
+  if (nothing_to_sum(input.size(0), input.size(1), weight.size(0))) {
+    out = bias_only_output(input, input.size(0), s.plan.out_channels, s.layout.win, bias, weight.size(0), relu);
+  } else if (alg == RollAlgorithm::kFft) {
+    out = fft_forward(k, input, weight, bias, s.layout.win, relu);
+  } else if (alg == RollAlgorithm::kBank) {
     const std::optional<Tensor> bank_bias =
         bias.has_value() && bias->defined() ? std::optional<Tensor>(bias->repeat({rolls})) : std::nullopt;
-    Tensor out = at::convolution(input, expand_bank(weight, rolls), bank_bias, stride, padding,
-                                 dilation, false, {0, 0}, 1);
-    return relu ? out.relu_() : out;
+    out = at::convolution(input, expand_bank(weight, rolls), bank_bias, stride, padding, dilation, false,
+                          {0, 0}, 1);
+    if (relu) out.relu_();
+  } else {
+    out = gemm_conv_forward(k, input, roll_band(weight, s.plan), bias, s.layout, s.plan, relu);
   }
-  return gemm_conv_forward(k, input, roll_band(weight, s.plan), bias, s.layout, s.plan, relu);
+  return in_memory_format_of(out, {input, weight});
 }
 
 Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
@@ -580,19 +636,25 @@ Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_out
                                  padding, dilation, rolls);
   check_grad_output(op, grad_output, grad_output.size(0), s.plan.out_channels, s.layout.win);
   const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, weight.size(1), grad_output.scalar_type());
-  if (alg == RollAlgorithm::kFft) return fft_backward_input(k, grad_output, weight, s.layout.win);
-  if (alg == RollAlgorithm::kBank) {
-    const Tensor input_shape = shape_only(grad_output, {grad_output.size(0), weight.size(1),
-                                                        s.layout.win.in_h, s.layout.win.in_w});
-    return std::get<0>(at::convolution_backward(grad_output.contiguous(), input_shape,
-                                                expand_bank(weight, rolls), std::nullopt, stride,
-                                                padding, dilation, false, {0, 0}, 1,
-                                                {true, false, false}));
+  const Window2d& w = s.layout.win;
+  check_numel_fits(op, "grad_input", {grad_output.size(0), weight.size(1), w.in_h, w.in_w});
+  Tensor grad_input;
+  if (nothing_to_sum(grad_output.size(0), weight.size(1), weight.size(0))) {
+    grad_input = at::zeros({grad_output.size(0), weight.size(1), w.in_h, w.in_w}, grad_output.options());
+  } else if (alg == RollAlgorithm::kFft) {
+    grad_input = fft_backward_input(k, grad_output, weight, w);
+  } else if (alg == RollAlgorithm::kBank) {
+    const Tensor input_shape = shape_only(grad_output, {grad_output.size(0), weight.size(1), w.in_h, w.in_w});
+    grad_input = std::get<0>(at::convolution_backward(grad_output.contiguous(), input_shape,
+                                                      expand_bank(weight, rolls), std::nullopt, stride,
+                                                      padding, dilation, false, {0, 0}, 1,
+                                                      {true, false, false}));
+  } else if (dx_as_forward(k, grad_output, w)) {  // the bank's dX, as conv2d's
+    grad_input = dx_by_forward(k, grad_output, expand_bank(weight, rolls), 1, w, dilation);
+  } else {
+    grad_input = gemm_conv_backward_input(k, grad_output, roll_band(weight, s.plan), s.layout, s.plan);
   }
-  if (dx_as_forward(k, grad_output, s.layout.win)) {  // the bank's dX, as conv2d's
-    return dx_by_forward(k, grad_output, expand_bank(weight, rolls), 1, s.layout.win, dilation);
-  }
-  return gemm_conv_backward_input(k, grad_output, roll_band(weight, s.plan), s.layout, s.plan);
+  return in_memory_format_of(grad_input, {grad_output, weight});
 }
 
 Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
@@ -609,16 +671,24 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
                                  stride, padding, dilation, rolls);
   check_grad_output(op, grad_output, input.size(0), s.plan.out_channels, s.layout.win);
   const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1), input.scalar_type());
-  if (alg == RollAlgorithm::kFft) return fft_backward_weight(k, grad_output, input, kernel, s.layout.win);
-  if (alg == RollAlgorithm::kBank) {
+  const std::vector<int64_t> shape{filters, input.size(1), kernel.h, kernel.w};
+  check_numel_fits(op, "grad_weight", shape);
+  Tensor grad_weight;
+  if (nothing_to_sum(input.size(0), input.size(1), filters)) {
+    grad_weight = at::zeros(shape, input.options());
+  } else if (alg == RollAlgorithm::kFft) {
+    grad_weight = fft_backward_weight(k, grad_output, input, kernel, s.layout.win);
+  } else if (alg == RollAlgorithm::kBank) {
     const Tensor bank_shape = shape_only(input, {grad_output.size(1), input.size(1), kernel.h, kernel.w});
     const Tensor grad_bank = std::get<1>(at::convolution_backward(
         grad_output.contiguous(), input, bank_shape, std::nullopt, stride, padding, dilation, false,
         {0, 0}, 1, {false, true, false}));
-    return fold_bank(grad_bank, rolls);
+    grad_weight = fold_bank(grad_bank, rolls);
+  } else {
+    const Tensor grad_band = gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan);
+    grad_weight = fold_roll_band(grad_band, filters, input.size(1), kernel).to(input.scalar_type());
   }
-  const Tensor grad_band = gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan);
-  return fold_roll_band(grad_band, filters, input.size(1), kernel).to(input.scalar_type());
+  return in_memory_format_of(grad_weight, {grad_output, input});
 }
 
 }  // namespace rollconv::ops

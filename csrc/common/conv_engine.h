@@ -60,6 +60,10 @@ struct ConvEngine {
 // Deterministic: the sums have a fixed order, whatever the thread count.
 struct RollFftEngine {
   bool (*supports)(at::ScalarType dtype);
+  // Whether its extra memory for this window stays bounded by the input and output sizes
+  // (its zero-padded tiles grow with the stride and dilation; where they would not fit,
+  // the composed path runs instead, whose memory does not).
+  bool (*fits)(const Window2d& window, at::ScalarType dtype);
   void (*forward)(const at::Tensor& input, const at::Tensor& taps, const at::Tensor& bias,
                   const Window2d& window, bool relu, const at::Tensor& output);
   void (*backward_input)(const at::Tensor& grad_output, const at::Tensor& taps,

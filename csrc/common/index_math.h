@@ -78,14 +78,32 @@ RC_HD void valid_outputs(int64_t in_size, int64_t tap, int64_t stride, int64_t p
   *hi = last;
 }
 
+// The taps [*lo, *hi) that can land on input `in` from some output in [0, out_size):
+// those with in + pad - (out_size - 1) * stride <= tap * dil <= in + pad. Bounds the work of a
+// gather by the output's reach rather than the kernel (a pooling kernel may be far larger
+// than the input).
+RC_HD void covering_taps(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dil,
+                         int64_t out_size, int64_t* lo, int64_t* hi) {
+  const int64_t top = in + pad;
+  const int64_t bottom = top - (out_size - 1) * stride;
+  int64_t first = bottom <= 0 ? 0 : (bottom + dil - 1) / dil;
+  int64_t last = top < 0 ? 0 : top / dil + 1;
+  last = last < kernel ? last : kernel;
+  *lo = first < last ? first : last;
+  *hi = last;
+}
+
 // Calls visit(i, j, oh, ow) for each kernel tap (i, j) of each output window (oh, ow)
 // that covers input (h, x), in a fixed order: the skeleton of every gather backward.
 template <typename Visit>
 RC_HD void for_each_covering_tap(const Window2d& w, int64_t h, int64_t x, Visit&& visit) {
-  for (int64_t i = 0; i < w.kernel_h; ++i) {
+  int64_t i0, i1, j0, j1;
+  covering_taps(h, w.kernel_h, w.stride_h, w.pad_h, w.dil_h, w.out_h, &i0, &i1);
+  covering_taps(x, w.kernel_w, w.stride_w, w.pad_w, w.dil_w, w.out_w, &j0, &j1);
+  for (int64_t i = i0; i < i1; ++i) {
     int64_t oh;
     if (!window_hit(h, i, w.stride_h, w.pad_h, w.dil_h, w.out_h, &oh)) continue;
-    for (int64_t j = 0; j < w.kernel_w; ++j) {
+    for (int64_t j = j0; j < j1; ++j) {
       int64_t ow;
       if (!window_hit(x, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &ow)) continue;
       visit(i, j, oh, ow);
@@ -141,18 +159,26 @@ RC_HD bool is_nan(T v) {
   return v != v;
 }
 
+// The first input coordinate of a pooling window at or after 0, and the end of the window
+// clipped to the input: [*first, *end) stepping by dil (arithmetic, not a loop over the
+// padding: a window may start far outside the input).
+RC_HD void pool_window_span(int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dil,
+                            int64_t in_size, int64_t* first, int64_t* end) {
+  const int64_t start = out * stride - pad;
+  *first = start >= 0 ? start : start + ((-start + dil - 1) / dil) * dil;
+  const int64_t stop = start + (kernel - 1) * dil + 1;
+  *end = stop < in_size ? stop : in_size;
+}
+
 // Max pooling over one window of a plane, with PyTorch's rules: padding acts as -inf,
 // the first maximum wins ties, and a NaN wins (the last NaN seen). The index is the
 // flat h * in_w + x position inside the plane.
 template <typename T, typename Acc>
 RC_HD void max_pool_window(const T* plane, const Window2d& w, int64_t oh, int64_t ow, T* max_out,
                            int64_t* index_out) {
-  int64_t h0 = oh * w.stride_h - w.pad_h;
-  int64_t x0 = ow * w.stride_w - w.pad_w;
-  const int64_t h1 = (h0 + (w.kernel_h - 1) * w.dil_h + 1) < w.in_h ? h0 + (w.kernel_h - 1) * w.dil_h + 1 : w.in_h;
-  const int64_t x1 = (x0 + (w.kernel_w - 1) * w.dil_w + 1) < w.in_w ? x0 + (w.kernel_w - 1) * w.dil_w + 1 : w.in_w;
-  while (h0 < 0) h0 += w.dil_h;
-  while (x0 < 0) x0 += w.dil_w;
+  int64_t h0, h1, x0, x1;
+  pool_window_span(oh, w.kernel_h, w.stride_h, w.pad_h, w.dil_h, w.in_h, &h0, &h1);
+  pool_window_span(ow, w.kernel_w, w.stride_w, w.pad_w, w.dil_w, w.in_w, &x0, &x1);
   int64_t best_index = h0 * w.in_w + x0;
   Acc best = -std::numeric_limits<Acc>::infinity();
   for (int64_t h = h0; h < h1; h += w.dil_h) {

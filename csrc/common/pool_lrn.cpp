@@ -1,6 +1,7 @@
 // Max pooling and local response normalization: validation and shapes here, the
 // per-element math in index_math.h, the loops in cpu/ and cuda/.
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 
 #include "common/checks.h"
 #include "common/ops.h"
@@ -13,6 +14,9 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const DeviceKernels& k, const Tens
                                               bool ceil_mode) {
   constexpr const char* op = "rollconv.max_pool2d";
   check_input(op, "input", input_, 4, k);
+  TORCH_CHECK(input_.size(1) > 0 && input_.size(2) > 0 && input_.size(3) > 0, op,
+              ": expected an input with non-zero channels, height and width (only the batch may be "
+              "empty), but got shape ", input_.sizes());
   const Window2d w = pool_window(op, Pair{input_.size(2), input_.size(3)},
                                  pair_arg(op, "kernel_size", kernel_size),
                                  pair_arg(op, "stride", stride), pair_arg(op, "padding", padding),
@@ -25,7 +29,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const DeviceKernels& k, const Tens
     k.max_pool_forward(input.view({n * c, w.in_h, w.in_w}), output.view({n * c, w.out_h, w.out_w}),
                        indices.view({n * c, w.out_h, w.out_w}), w);
   }
-  return {output, indices};
+  return {in_memory_format_of(output, {input_}), in_memory_format_of(indices, {input_})};
 }
 
 Tensor max_pool2d_backward(const DeviceKernels& k, const Tensor& grad_output_,
@@ -56,7 +60,7 @@ Tensor max_pool2d_backward(const DeviceKernels& k, const Tensor& grad_output_,
                         indices.view({n * c, w.out_h, w.out_w}), grad_input.view({n * c, in.h, in.w}),
                         w);
   }
-  return grad_input;
+  return in_memory_format_of(grad_input, {grad_output_});
 }
 
 namespace {
@@ -67,8 +71,10 @@ LrnParams lrn_params(const char* op, const Tensor& input, int64_t size, double a
   return LrnParams{input.size(1), size, alpha, beta, k};
 }
 
-// (N, C, *) viewed as (N, C, S).
-Tensor as_ncs(const Tensor& t) { return t.contiguous().view({t.size(0), t.size(1), -1}); }
+// (N, C, *) viewed as (N, C, S) (S spelled out: with a zero size, -1 would be ambiguous).
+Tensor as_ncs(const Tensor& t) {
+  return t.contiguous().view({t.size(0), t.size(1), c10::multiply_integers(t.sizes().slice(2))});
+}
 
 }  // namespace
 
@@ -80,7 +86,7 @@ Tensor local_response_norm_forward(const DeviceKernels& k, const Tensor& input, 
   const Tensor x = as_ncs(input);
   Tensor output = at::empty_like(x);
   if (x.numel() > 0) k.lrn_forward(x, output, p);
-  return output.view(input.sizes());
+  return in_memory_format_of(output.view(input.sizes()), {input});
 }
 
 Tensor local_response_norm_backward(const DeviceKernels& k, const Tensor& grad_output,
@@ -101,7 +107,7 @@ Tensor local_response_norm_backward(const DeviceKernels& k, const Tensor& grad_o
     Tensor term = at::empty(x.sizes(), x.options().dtype(acc));
     k.lrn_backward(as_ncs(grad_output), x, own, term, grad_input, p);
   }
-  return grad_input.view(input.sizes());
+  return in_memory_format_of(grad_input.view(input.sizes()), {input});
 }
 
 }  // namespace rollconv::ops

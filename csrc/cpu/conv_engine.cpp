@@ -260,9 +260,15 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
   }
   const int64_t per_sample = ceil_div(strips, per_item), items = batch * per_sample;
   const int threads = engine_threads(items, 2 * batch * px * cout * real_rows);
-#pragma omp parallel num_threads(threads)
-  {
-    AlignedBuffer<T> scratch(per_item * uk.nr * strip_rows), image(windows ? padded_image.size : 1);
+  struct Buffers {
+    AlignedBuffer<T> scratch, image;
+  };
+  const auto buffers = [&] {
+    return Buffers{AlignedBuffer<T>(per_item * uk.nr * strip_rows), AlignedBuffer<T>(windows ? padded_image.size : 1)};
+  };
+  parallel_with_state(threads, buffers, [&](Buffers& t) {
+    AlignedBuffer<T>& scratch = t.scratch;
+    AlignedBuffer<T>& image = t.image;
     int64_t image_sample = -1;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
@@ -297,7 +303,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
                               Epilogue<T>{T(1), T(0), bias ? bias + blk.out_row : nullptr, relu});
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -321,9 +327,13 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
       kPanelBytes / ((tile_rows + cout) * int64_t(sizeof(T))) / uk.nr * uk.nr, uk.nr, round_up(px, uk.nr));
   const int64_t items = batch * ranges;
   const int threads = engine_threads(items, 2 * batch * px * cout * plan.weight_cols);
-#pragma omp parallel num_threads(threads)
-  {
-    AlignedBuffer<T> panel(pixels * cout), tile(tile_rows * pixels);
+  struct Buffers {
+    AlignedBuffer<T> panel, tile;
+  };
+  const auto buffers = [&] { return Buffers{AlignedBuffer<T>(pixels * cout), AlignedBuffer<T>(tile_rows * pixels)}; };
+  parallel_with_state(threads, buffers, [&](Buffers& t) {
+    AlignedBuffer<T>& panel = t.panel;
+    AlignedBuffer<T>& tile = t.tile;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t n = item / ranges, c0 = (item % ranges) * per_range;
@@ -355,7 +365,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
         }
       }
     }
-  }
+  });
 }
 
 // dK's depth, per sample: the output pixels, as `depth` positions: padded-width positions
@@ -438,17 +448,26 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   std::vector<T> partial((groups - 1) * wsize, T(0));
   const int64_t items = groups * pieces;
   const int threads = engine_threads(items, 2 * batch * px * cout * wcols);
-#pragma omp parallel num_threads(threads)
-  {
+  struct Buffers {
+    AlignedBuffer<T> a_panel, lines, images;
+    std::vector<const T*> b_rows;
+  };
+  const auto buffers = [&] {
+    return Buffers{AlignedBuffer<T>(a_rows * chunk_depth), AlignedBuffer<T>(d.windows ? 1 : dk.nr * chunk_depth),
+                   AlignedBuffer<T>(slots * padded_image.size),
+                   std::vector<const T*>(d.windows ? round_up(wcols, dk.nr) : dk.nr)};
+  };
+  parallel_with_state(threads, buffers, [&](Buffers& t) {
+    AlignedBuffer<T>& a_panel = t.a_panel;
+    AlignedBuffer<T>& lines = t.lines;
+    AlignedBuffer<T>& images = t.images;
+    std::vector<const T*>& b_rows = t.b_rows;
     // Zero-filled once: the depth past a chunk's pixels must read as zeros in both.
-    AlignedBuffer<T> a_panel(a_rows * chunk_depth), lines(d.windows ? 1 : dk.nr * chunk_depth);
-    AlignedBuffer<T> images(slots * padded_image.size);
     std::fill(a_panel.get(), a_panel.get() + a_rows * chunk_depth, T(0));
     if (!d.windows) std::fill(lines.get(), lines.get() + dk.nr * chunk_depth, T(0));
     std::vector<int64_t> slot_sample(slots, -1);
     std::vector<DepthStretch> chunk;
     std::vector<gemm::DotPiece> dot_pieces;
-    std::vector<const T*> b_rows(d.windows ? round_up(wcols, dk.nr) : dk.nr);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / pieces, col0 = (item % pieces) * width;
@@ -518,7 +537,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
         }
       }
     }
-  }
+  });
   T* gw = grad_weight.data_ptr<T>();
   for (int64_t g = 1; g < groups; ++g) {  // fixed order: deterministic
     const T* part = partial.data() + (g - 1) * wsize;

@@ -65,7 +65,9 @@ void col2im_loops(const T* cols, T* x, int64_t batch, const ColumnLayout& L) {
 
 template <typename T>
 void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, const Window2d& w) {
-#pragma omp parallel for num_threads(threads_for(planes * w.out_h * w.out_w * w.kernel_h * w.kernel_w))
+  // A window visits at most the input's extent along each axis, however large the kernel.
+  const int64_t taps = std::min(w.kernel_h, w.in_h) * std::min(w.kernel_w, w.in_w);
+#pragma omp parallel for num_threads(threads_for(planes * w.out_h * w.out_w * taps))
   for (int64_t p = 0; p < planes; ++p) {
     for (int64_t oh = 0; oh < w.out_h; ++oh) {
       for (int64_t ow = 0; ow < w.out_w; ++ow) {
@@ -78,16 +80,27 @@ void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, cons
 
 // Max-pool backward: each thread owns whole planes and adds every window's gradient at
 // its argmax, in output order (deterministic; the CUDA kernel gathers per input element
-// with max_pool_gather instead, and the C++ tests check that both agree).
+// with max_pool_gather instead, and the C++ tests check that both agree). An index outside
+// the plane (indices not made by max_pool2d_forward for this input size) is skipped and
+// reported: returns false.
 template <typename T>
-void max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t planes, const Window2d& w) {
+bool max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t planes, const Window2d& w) {
   const int64_t out_plane = w.out_h * w.out_w, in_plane = w.in_h * w.in_w;
-#pragma omp parallel for num_threads(threads_for(planes * (in_plane + out_plane)))
+  bool in_range = true;
+#pragma omp parallel for num_threads(threads_for(planes * (in_plane + out_plane))) reduction(&& : in_range)
   for (int64_t p = 0; p < planes; ++p) {
     T* plane = gx + p * in_plane;
     std::fill(plane, plane + in_plane, T(0));
-    for (int64_t o = 0; o < out_plane; ++o) plane[idx[p * out_plane + o]] += gy[p * out_plane + o];
+    for (int64_t o = 0; o < out_plane; ++o) {
+      const int64_t i = idx[p * out_plane + o];
+      if (i < 0 || i >= in_plane) {
+        in_range = false;
+        continue;
+      }
+      plane[i] += gy[p * out_plane + o];
+    }
   }
+  return in_range;
 }
 
 // LRN: body(column, c, element) for every element (n, c, s) of an (N, C, S) tensor,
@@ -198,10 +211,13 @@ void max_pool_forward_cpu(const at::Tensor& input, const at::Tensor& output,
 
 void max_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                            const at::Tensor& grad_input, const Window2d& w) {
+  bool in_range = true;
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rollconv_max_pool_backward_cpu", [&] {
-    max_pool_backward_loops(grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
-                            grad_input.data_ptr<scalar_t>(), grad_input.size(0), w);
+    in_range = max_pool_backward_loops(grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
+                                       grad_input.data_ptr<scalar_t>(), grad_input.size(0), w);
   });
+  TORCH_CHECK(in_range, "rollconv.max_pool2d_backward: indices must lie in [0, ", w.in_h * w.in_w,
+              ") (positions in an input plane of ", w.in_h, " x ", w.in_w, ")");
 }
 
 void lrn_forward_cpu(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {

@@ -92,6 +92,15 @@ void analyze_grad(const Kernels<T>& kern, const Plan<T>& plan, const AnalysisIte
                pixels, scratch);
 }
 
+// One thread's buffers: the transforms' scratch, a zero-padded tile of the operand the sums
+// read, and the sums of a block.
+template <typename T>
+struct ThreadBuffers {
+  ThreadBuffers(const Plan<T>& plan, int64_t tile_size, int64_t sums_size)
+      : scratch(plan.scratch_size()), tile(tile_size), sums(sums_size) {}
+  AlignedBuffer<T> scratch, tile, sums;
+};
+
 // The taps / C as (re, im) pairs [F][kh * kw][K].
 at::Tensor scaled_taps(const at::Tensor& taps, int64_t channels) {
   return at::view_as_real(taps * (1.0 / double(channels))).contiguous();
@@ -122,32 +131,30 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
   const int64_t blocks = ceil_div(w.out_h, rows), block_px = rows * w.out_w;
   AlignedBuffer<T> spectra(chunk * spectrum_size);
   const int threads = engine_threads(chunk * blocks, sum_flops(batch, filters, freqs, w));
-#pragma omp parallel num_threads(threads)
-  {
-    AlignedBuffer<T> scratch(plan.scratch_size()), tile(channel_fft::tile_size<T>(w, rows));
-    AlignedBuffer<T> sums(filters * 2 * freqs * block_px);
+  const auto buffers = [&] { return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), filters * 2 * freqs * block_px); };
+  parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, batch - n0);
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
         analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
-                      spectra.get(), scratch.get());
+                      spectra.get(), t.scratch.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, oh0 = (item % blocks) * rows;
         const int64_t oh1 = std::min(w.out_h, oh0 + rows), count = (oh1 - oh0) * w.out_w;
-        kern.forward_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, tile.get(),
-                          sums.get());
+        kern.forward_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
+                          t.sums.get());
         for (int64_t f = 0; f < filters; ++f) {
           // roll r of filter f is output channel r * F + f
-          kern.synthesize(plan, sums.get() + f * 2 * freqs * count, count, count,
+          kern.synthesize(plan, t.sums.get() + f * 2 * freqs * count, count, count,
                           y + ((n0 + s) * channels * filters + f) * out_px + oh0 * w.out_w,
-                          filters * out_px, b ? b[f] : T(0), relu, scratch.get());
+                          filters * out_px, b ? b[f] : T(0), relu, t.scratch.get());
         }
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -168,28 +175,26 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
   const int64_t blocks = ceil_div(w.in_h, rows);
   AlignedBuffer<T> spectra(chunk * spectrum_size);
   const int threads = engine_threads(chunk * blocks, sum_flops(batch, filters, freqs, w));
-#pragma omp parallel num_threads(threads)
-  {
-    AlignedBuffer<T> scratch(plan.scratch_size()), tile(channel_fft::tile_size<T>(w, rows));
-    AlignedBuffer<T> sums(2 * freqs * rows * w.in_w);
+  const auto buffers = [&] { return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), 2 * freqs * rows * w.in_w); };
+  parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, batch - n0);
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
         analyze_grad(kern, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
-                     filters, out_px, spectra.get(), scratch.get());
+                     filters, out_px, spectra.get(), t.scratch.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, h0 = (item % blocks) * rows;
         const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
-        kern.input_grad_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, h0, h1, tile.get(),
-                             sums.get());
-        kern.synthesize(plan, sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w,
-                        in_px, T(0), false, scratch.get());
+        kern.input_grad_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, h0, h1, t.tile.get(),
+                             t.sums.get());
+        kern.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w,
+                        in_px, T(0), false, t.scratch.get());
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -209,9 +214,8 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   const int64_t chunk = samples_per_chunk(batch, (x_size + dy_size) * int64_t(sizeof(T)));
   AlignedBuffer<T> x_spectra(chunk * x_size), dy_spectra(chunk * dy_size);
   const int threads = engine_threads(filters * freqs, sum_flops(batch, filters, freqs, w));
-#pragma omp parallel num_threads(threads)
-  {
-    AlignedBuffer<T> scratch(plan.scratch_size()), tile(channel_fft::tile_size<T>(w, 1));
+  const auto buffers = [&] { return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, 1), 0); };
+  parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, batch - n0);
       const int64_t nx = analysis_items<T>(nb, 1, in_px);
@@ -219,10 +223,10 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
       for (int64_t item = 0; item < nx + analysis_items<T>(nb, filters, out_px); ++item) {
         if (item < nx) {
           analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
-                        x_spectra.get(), scratch.get());
+                        x_spectra.get(), t.scratch.get());
         } else {
           analyze_grad(kern, plan, analysis_item<T>(item - nx, filters, out_px),
-                       dy + n0 * channels * filters * out_px, filters, out_px, dy_spectra.get(), scratch.get());
+                       dy + n0 * channels * filters * out_px, filters, out_px, dy_spectra.get(), t.scratch.get());
         }
       }
 #pragma omp for schedule(dynamic, 1)
@@ -230,16 +234,20 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
         const int64_t f = item / freqs, k = item % freqs;
         for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
           kern.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
-                                dy_spectra.get() + s * dy_size + f * 2 * freqs * out_px, tile.get(),
+                                dy_spectra.get() + s * dy_size + f * 2 * freqs * out_px, t.tile.get(),
                                 acc + 2 * (f * kk * freqs + k));
         }
       }
     }
-  }
+  });
 }
 
 bool fft_engine_supports(at::ScalarType dtype) {
   return cpu_conv_engine().supports(dtype);  // the same switch: ROLLCONV_CPU_ENGINE=0 turns both off
+}
+
+bool fft_engine_fits(const Window2d& window, at::ScalarType dtype) {
+  return dtype == at::kDouble ? channel_fft::fits_tiles<double>(window) : channel_fft::fits_tiles<float>(window);
 }
 
 void fft_engine_forward(const at::Tensor& input, const at::Tensor& taps, const at::Tensor& bias,
@@ -266,7 +274,7 @@ void fft_engine_backward_weight(const at::Tensor& grad_output, const at::Tensor&
 }  // namespace
 
 const RollFftEngine& cpu_roll_fft_engine() {
-  static const RollFftEngine engine{fft_engine_supports, fft_engine_forward, fft_engine_backward_input,
+  static const RollFftEngine engine{fft_engine_supports, fft_engine_fits, fft_engine_forward, fft_engine_backward_input,
                                     fft_engine_backward_weight};
   return engine;
 }

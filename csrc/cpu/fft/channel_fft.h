@@ -80,19 +80,30 @@ struct Kernels {
 };
 
 // Scratch elements the per-frequency sums need for blocks of up to `rows` rows: zero-padded
-// copies of the planes they read, rows rounded up to whole lane chunks.
-template <typename T>
-int64_t tile_size(const Window2d& w, int64_t rows) {
+// copies of the planes they read, rows rounded up to whole lane chunks. Count is the
+// arithmetic type: double where the geometry may be extreme (see fits_tiles).
+template <typename T, typename Count = int64_t>
+Count tile_size(const Window2d& w, int64_t rows) {
   const int64_t lanes = kLaneBytes / int64_t(sizeof(T));
-  const int64_t out_cols = ceil_div(w.out_w, lanes) * lanes, in_cols = ceil_div(w.in_w, lanes) * lanes;
-  const auto input_tile = [&](int64_t out_rows) {  // forward, dK: X under out_rows output rows
-    return ((out_rows - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1) *
-           ((out_cols - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1);
+  const Count out_cols = Count(ceil_div(w.out_w, lanes) * lanes), in_cols = Count(ceil_div(w.in_w, lanes) * lanes);
+  const auto span = [](int64_t kernel, int64_t dil) { return Count(kernel - 1) * Count(dil); };
+  const auto input_tile = [&](Count out_rows) {  // forward, dK: X under out_rows output rows
+    return ((out_rows - 1) * Count(w.stride_h) + span(w.kernel_h, w.dil_h) + 1) *
+           ((out_cols - 1) * Count(w.stride_w) + span(w.kernel_w, w.dil_w) + 1);
   };
-  const int64_t forward = input_tile(rows);
-  const int64_t input_grad = (rows + (w.kernel_h - 1) * w.dil_h) * (in_cols + (w.kernel_w - 1) * w.dil_w);
-  const int64_t weight_grad = input_tile(w.out_h) + w.out_h * out_cols;
+  const Count forward = input_tile(Count(rows));
+  const Count input_grad = (Count(rows) + span(w.kernel_h, w.dil_h)) * (in_cols + span(w.kernel_w, w.dil_w));
+  const Count weight_grad = input_tile(Count(w.out_h)) + Count(w.out_h) * out_cols;
   return 2 * std::max({forward, input_grad, weight_grad});
+}
+
+// Whether the tiles of a window stay within a small multiple of its input and output planes
+// (plus 1 MiB): they grow with the stride and the dilation, which the input does not bound.
+template <typename T>
+bool fits_tiles(const Window2d& w) {
+  const int64_t lanes = kLaneBytes / int64_t(sizeof(T));
+  const double planes = double(w.in_h) * double(w.in_w) + double(w.out_h) * double(ceil_div(w.out_w, lanes) * lanes);
+  return tile_size<T, double>(w, 1) <= 8 * planes + double((int64_t(1) << 20) / int64_t(sizeof(T)));
 }
 
 template <typename T>

@@ -1,6 +1,7 @@
 // The ISA-independent layers of the GEMM engine: run-time ISA choice, packing, the
 // blocked loops around the micro-kernel, the parallel plain GEMM, the peak measurement.
 #include "cpu/gemm/gemm.h"
+#include "cpu/parallel.h"
 
 #include <omp.h>
 
@@ -285,15 +286,14 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   AlignedBuffer<T> a_packed(round_up(m, uk.mr) * k);
   const KSegment all{0, 0, k};
   const Epilogue<T> ep{alpha, beta, nullptr, false};
-#pragma omp parallel num_threads(nthreads)
-  {
+  const auto buffers = [&] { return AlignedBuffer<T>(strips_per_item * uk.nr * k); };
+  parallel_with_state(nthreads, buffers, [&](AlignedBuffer<T>& b_packed) {
 #pragma omp for schedule(static)
     for (int64_t i0 = 0; i0 < m; i0 += uk.mr) {
       const T* src = a + (trans_a ? i0 : i0 * lda);
       pack_a(uk, src, trans_a ? 1 : lda, trans_a ? lda : 1, std::min<int64_t>(uk.mr, m - i0), k,
              a_packed.get() + i0 * k);
     }
-    AlignedBuffer<T> b_packed(strips_per_item * uk.nr * k);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t j0 = item * strips / items * uk.nr;
@@ -303,7 +303,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
       pack_b(uk, src, trans_b ? 1 : ldb, trans_b ? ldb : 1, k, cols, b_packed.get());
       multiply_packed(uk, m, cols, &all, 1, a_packed.get(), k, b_packed.get(), k, c + j0, ldc, ep);
     }
-  }
+  });
 }
 
 double measure_peak_gflops(bool is_double, int threads) {
