@@ -49,9 +49,10 @@ def _join_batch(op, info, in_dims, args, tensors=1):
 
 
 def _loop(op, info, in_dims, args):
-    """Call op once per index of the vmapped dimension and stack the results."""
+    """Call op once per index of the vmapped dimension and stack the results. (The in_dims
+    of a list argument is a list of Nones.)"""
     outs = [
-        op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)))
+        op(*(a.select(d, i) if isinstance(d, int) else a for a, d in zip(args, in_dims)))
         for i in range(info.batch_size)
     ]
     return torch.stack(outs), 0
