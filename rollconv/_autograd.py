@@ -21,7 +21,6 @@ shape as with ``register_autograd``.
 """
 import torch
 from torch._functorch.utils import enable_single_level_autograd_function
-from torch.autograd import forward_ad
 from torch.autograd.forward_ad import _set_fwd_grad_enabled
 from torch.autograd.function import _SingleLevelFunction
 
@@ -32,16 +31,16 @@ _LIB = torch.library.Library("rollconv", "FRAGMENT")
 
 
 def _has_tangent(t):
-    """Whether t is a dual tensor (``torch.func.jvp`` makes its dual tensors with
-    ``torch.autograd.forward_ad`` too)."""
-    return isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None
+    """Whether t carries a forward-mode tangent (a dual tensor of ``torch.autograd.forward_ad``,
+    which ``torch.func.jvp`` uses too). Asked of the tensor itself, not of forward_ad's
+    Python level counter, which graphs traced by torch.compile do not update."""
+    return isinstance(t, torch.Tensor) and torch._VF._unpack_dual(t, 0)[1] is not None
 
 
 def _needs_derivatives(args):
     if _C.is_grad_enabled() and _C._any_requires_grad(*args):
         return True
-    in_dual_level = forward_ad._current_level >= 0 and _C._is_fwd_grad_enabled()
-    return in_dual_level and any(_has_tangent(a) for a in args)
+    return _C._is_fwd_grad_enabled() and any(_has_tangent(a) for a in args)
 
 
 def register_derivatives(name, *, setup_context, backward, jvp, vmap):
