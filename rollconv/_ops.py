@@ -167,7 +167,7 @@ def _register_gemm_conv(fwd, dx, dk, rolling):
             None if t_input is None else forward_of(ctx, t_input, weight),
             None if t_weight is None else forward_of(ctx, input, t_weight),
         ])
-        if t_bias is not None:  # shared by the rolls: output channel r*F + f gets b[f]
+        if t_bias is not None:  # roll_conv2d's bias is shared by the rolls: channel r*F + f gets b[f]
             per_channel = t_bias.repeat(ctx.output_shape[1] // t_bias.shape[0])
             t_output = _sum([t_output, per_channel.view(1, -1, 1, 1).expand(ctx.output_shape)])
         if output is not None:
@@ -307,14 +307,14 @@ def _channel_window_sum(t, before, after):
     return sum((padded[:, o : o + channels] for o in range(1, before + after + 1)), padded[:, :channels])
 
 
-def _lrn_denominator(x, size, alpha, k):
-    """d = k + alpha/size * (window sum of x^2) for x of shape (N, C, S)."""
-    return k + alpha / size * _channel_window_sum(x * x, *_lrn_windows(size)[0])
-
-
 def _lrn_windows(size):
     """(before, after) of W(c) (the forward's window) and of W'(i) (the backward's)."""
     return (size // 2, (size - 1) // 2), ((size - 1) // 2, size // 2)
+
+
+def _lrn_denominator(x, size, alpha, k):
+    """d = k + alpha/size * (window sum of x^2) for x of shape (N, C, S)."""
+    return k + alpha / size * _channel_window_sum(x * x, *_lrn_windows(size)[0])
 
 
 def _lrn_tangent_of_denominator(x, t_x, size, alpha):

@@ -286,6 +286,21 @@ def test_per_sample_gradients_of_a_model_with_functional_call():
             _close(per_sample[k][i], p.grad)
 
 
+def test_functionalize_linearize_vectorized_jacobian_and_compiled_jvp():
+    """Transforms built on the others: each as torch's for the same math."""
+    ours, ref, (x, w, b) = _case("roll_conv2d-direct-relu")
+    ones = (torch.ones_like(x), torch.ones_like(w), torch.ones_like(b))
+    _assert_same_transform(torch.func.functionalize, ours, ref, x, w, b)
+    _assert_same_transform(lambda f: torch.func.functionalize(grad(_loss(f), (0, 1, 2))), ours, ref, x, w, b)
+    _assert_same_transform(lambda f: lambda *a: torch.func.linearize(f, *a)[1](*ones), ours, ref, x, w, b)
+    _assert_same_transform(
+        lambda f: lambda *a: torch.autograd.functional.jacobian(f, a, vectorize=True), ours, ref, x, w, b
+    )
+    # torch.compile traces jvp's dual level into the graph: the tangent must still be seen
+    compiled = torch.compile(lambda *a: jvp(ours, a, ones)[1], backend="aot_eager", fullgraph=True)
+    _close(compiled(x, w, b), jvp(ref, (x, w, b), ones)[1])
+
+
 # --- torch.fx -----------------------------------------------------------------------------------
 
 
