@@ -1,12 +1,20 @@
-"""Fake (meta) kernels and autograd formulas of the torch.ops.rollconv ops.
+"""Fake (meta) kernels, derivatives and batching rules of the torch.ops.rollconv ops.
 
 The fake kernels give output shapes (symbolic sizes included) for torch.compile and
-torch.export; validation lives in the C++ kernels. Every backward is built from the
-ops themselves, so double backward works: the derivatives of the dX and dK passes are
-again a forward, a dX or a dK pass (LRN's double backward: see below).
+torch.export; validation lives in the C++ kernels. Every op has a backward (reverse
+mode), a jvp (forward mode) and a vmap rule (rollconv/_batching.py), registered by
+rollconv/_autograd.py so that autograd, forward AD and every torch.func transform work.
+Every derivative is built from the ops themselves (or torch ops), so derivatives of
+any order work: the derivatives of the dX and dK passes are again a forward, a dX or a
+dK pass (LRN's and max pooling's: see below).
 """
+import math
+
 import torch
 from torch._prims_common import suggest_memory_format
+
+from . import _batching
+from ._autograd import register_derivatives
 
 ops = torch.ops.rollconv
 
@@ -114,23 +122,37 @@ def _(grad_output, input, size, alpha, beta, k):
     return _empty_like_rule(input, input.shape, input)
 
 
-# --- autograd -------------------------------------------------------------------------
+# --- derivatives ----------------------------------------------------------------------
 # conv2d and roll_conv2d share their calculus. Each is bilinear in (input, weight), so
 # with the geometry fixed (stride, padding, dilation, and groups or rolls):
 #   y  = fwd(x, w) + b           dx = dX(dy, w)    dw = dK(dy, x)    db = bias_backward(dy)
 #   dX(g, w): d/dg -> fwd(gg, w)      d/dw -> dK(g, gg)
 #   dK(g, x): d/dg -> fwd(x, gg)      d/dx -> dX(g, gg)
-# so every derivative of every pass is again a pass, and double backward works.
-# roll_conv2d's fused ReLU masks dy with the saved output first.
+# so every derivative of every pass is again a pass, and double backward works. Forward
+# mode follows from bilinearity too: the tangent of fwd(x, w) + b is
+# fwd(tx, w) + fwd(x, tw) + tb, of dX(g, w) is dX(tg, w) + dX(g, tw), of dK(g, x) is
+# dK(tg, x) + dK(g, tx). roll_conv2d's fused ReLU masks dy (backward) and the tangent
+# (forward mode) with the output: threshold_backward(t, y, 0), ReLU's derivative.
 
 
-def _register_gemm_conv_autograd(fwd, dx, dk, relu_flag=False):
+def _sum(terms):
+    """The sum of the terms that are not None (None if all are)."""
+    present = [t for t in terms if t is not None]
+    return sum(present[1:], present[0]) if present else None
+
+
+def _register_gemm_conv(fwd, dx, dk, rolling):
+    fwd, dx, dk = (getattr(ops, name) for name in (fwd, dx, dk))
+
     def forward_setup(ctx, inputs, output):
         input, weight = inputs[:2]
-        relu = relu_flag and inputs[-1]
-        ctx.save_for_backward(input, weight, output if relu else None)
+        relu = rolling and inputs[-1]
+        saved = (input, weight, output if relu else None)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
         # stride, padding, dilation, groups | rolls, algorithm: the passes' trailing arguments
-        ctx.geometry = tuple(inputs[3:-1] if relu_flag else inputs[3:])
+        ctx.geometry = tuple(inputs[3:-1] if rolling else inputs[3:])
+        ctx.output_shape = output.shape
 
     def forward_backward(ctx, grad):
         input, weight, output = ctx.saved_tensors
@@ -147,13 +169,28 @@ def _register_gemm_conv_autograd(fwd, dx, dk, relu_flag=False):
             grad_bias = ops.bias_backward(grad, weight.shape[0])
         return (grad_input, grad_weight, grad_bias) + (None,) * (len(ctx.needs_input_grad) - 3)
 
-    def pass_setup(ctx, inputs, output):
-        grad_output, other = inputs[:2]
-        ctx.save_for_backward(grad_output, other)
-        ctx.geometry = tuple(inputs[3:])
-
     def forward_of(ctx, x, w):
-        return fwd(x, w, None, *ctx.geometry, *((False,) if relu_flag else ()))
+        return fwd(x, w, None, *ctx.geometry, *((False,) if rolling else ()))
+
+    def forward_jvp(ctx, t_input, t_weight, t_bias, *_):
+        input, weight, output = ctx.saved_tensors
+        t_output = _sum([
+            None if t_input is None else forward_of(ctx, t_input, weight),
+            None if t_weight is None else forward_of(ctx, input, t_weight),
+        ])
+        if t_bias is not None:  # roll_conv2d's bias is shared by the rolls: channel r*F + f gets b[f]
+            per_channel = t_bias.repeat(ctx.output_shape[1] // t_bias.shape[0])
+            t_output = _sum([t_output, per_channel.view(1, -1, 1, 1).expand(ctx.output_shape)])
+        if output is not None:
+            t_output = torch.ops.aten.threshold_backward(t_output, output, 0)
+        return t_output
+
+    def pass_setup(ctx, inputs, output):
+        grad_output, other, size = inputs[:3]
+        ctx.save_for_backward(grad_output, other)
+        ctx.save_for_forward(grad_output, other)
+        ctx.size = list(size)
+        ctx.geometry = tuple(inputs[3:])
 
     def dx_backward(ctx, gg):  # dX(g, w)
         grad_output, weight = ctx.saved_tensors
@@ -167,22 +204,37 @@ def _register_gemm_conv_autograd(fwd, dx, dk, relu_flag=False):
         d_input = dx(grad_output, gg, list(input.shape[2:]), *ctx.geometry) if ctx.needs_input_grad[1] else None
         return (d_grad, d_input) + (None,) * (len(ctx.needs_input_grad) - 2)
 
-    for op, backward, setup in ((fwd, forward_backward, forward_setup), (dx, dx_backward, pass_setup), (dk, dk_backward, pass_setup)):
-        torch.library.register_autograd(op.default, backward, setup_context=setup)
+    def bilinear_jvp(op):  # the tangent of op(g, other, size, *geometry), bilinear in (g, other)
+        def jvp(ctx, t_grad, t_other, *_):
+            grad_output, other = ctx.saved_tensors
+            return _sum([
+                None if t_grad is None else op(t_grad, other, ctx.size, *ctx.geometry),
+                None if t_other is None else op(grad_output, t_other, ctx.size, *ctx.geometry),
+            ])
+
+        return jvp
+
+    for op, setup, backward, jvp in (
+        (fwd, forward_setup, forward_backward, forward_jvp),
+        (dx, pass_setup, dx_backward, bilinear_jvp(dx)),
+        (dk, pass_setup, dk_backward, bilinear_jvp(dk)),
+    ):
+        name = op.default._opname
+        register_derivatives(name, setup_context=setup, backward=backward, jvp=jvp, vmap=getattr(_batching, name))
 
 
-_register_gemm_conv_autograd(ops.conv2d_forward, ops.conv2d_backward_input, ops.conv2d_backward_weight)
-_register_gemm_conv_autograd(
-    ops.roll_conv2d_forward, ops.roll_conv2d_backward_input, ops.roll_conv2d_backward_weight, relu_flag=True
-)
+_register_gemm_conv("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", rolling=False)
+_register_gemm_conv("roll_conv2d_forward", "roll_conv2d_backward_input", "roll_conv2d_backward_weight", rolling=True)
 
 
-# bias_backward is linear: its adjoint broadcasts gg back over grad_output's shape.
+# bias_backward is linear: its tangent is itself applied to the tangent, and its adjoint
+# broadcasts gg back over grad_output's shape.
 
 
 def _bias_backward_setup(ctx, inputs, output):
     grad_output, channels = inputs
     ctx.shape = grad_output.shape
+    ctx.channels = channels
 
 
 def _bias_backward_backward(ctx, gg):
@@ -192,14 +244,31 @@ def _bias_backward_backward(ctx, gg):
     return per_channel.expand(shape), None
 
 
-# max pooling: the backward routes the gradient to the saved argmax; its own adjoint
-# gathers gg at those indices.
+def _bias_backward_jvp(ctx, t_grad, _):
+    return ops.bias_backward(t_grad, ctx.channels)
+
+
+# max pooling: the output is the input gathered at the argmax, so its tangent is the
+# tangent gathered there; the backward routes the gradient to the saved argmax and is
+# linear in it (its adjoint and its tangent: the same gather, the same routing).
+
+
+def _flat_spatial(t):
+    """(N, C, *) -> (N, C, S); reshape, not flatten, which gradcheck's (legacy) vmap of
+    forward-mode derivatives cannot batch."""
+    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
+
+
+def _gather_at(t, indices):
+    """t[n, c].flatten()[indices[n, c]]: t of shape (N, C, H, W), flat argmax indices."""
+    return _flat_spatial(t).gather(2, _flat_spatial(indices)).view(indices.shape)
 
 
 def _max_pool_setup(ctx, inputs, output):
     input, kernel_size, stride, padding, dilation, ceil_mode = inputs
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
+    ctx.save_for_forward(output[1])
     ctx.args = (list(input.shape[2:]), kernel_size, stride, padding, dilation)
 
 
@@ -208,23 +277,97 @@ def _max_pool_backward(ctx, grad, _grad_indices):
     return ops.max_pool2d_backward(grad, indices, *ctx.args), None, None, None, None, None
 
 
+def _max_pool_jvp(ctx, t_input, *_):
+    (indices,) = ctx.saved_tensors
+    return _gather_at(t_input, indices), None
+
+
 def _max_pool_backward_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
+    ctx.save_for_forward(inputs[1])
+    ctx.args = tuple(inputs[2:])
 
 
 def _max_pool_backward_backward(ctx, gg):
     (indices,) = ctx.saved_tensors
-    picked = gg.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
-    return picked, None, None, None, None, None, None
+    return _gather_at(gg, indices), None, None, None, None, None, None
 
 
-# local response normalization: the analytic backward kernel; its own derivative (double
-# backward) differentiates the same formula written in torch ops.
+def _max_pool_backward_jvp(ctx, t_grad, *_):
+    (indices,) = ctx.saved_tensors
+    return ops.max_pool2d_backward(t_grad, indices, *ctx.args)
+
+
+# local response normalization (torch.nn.functional.local_response_norm's definition):
+#   y_c = x_c d_c^-beta,   d_c = k + alpha/size sum_{j in W(c)} x_j^2,
+#   W(c) = [c - size//2, c + (size-1)//2]
+# Backward: the analytic kernel, with a = alpha/size and W'(i) = {c : i in W(c)}:
+#   B(g, x)_i = g_i d_i^-beta - 2 a beta x_i sum_{c in W'(i)} u_c,   u_c = g_c x_c d_c^(-beta-1).
+# Tangents (closed forms in torch ops), with t_d_c = 2a sum_{j in W(c)} x_j t_x_j:
+#   of y:  t_y_c = t_x_c d_c^-beta - beta x_c d_c^(-beta-1) t_d_c
+#   of B:  t_B_i = t_g_i d_i^-beta - beta g_i d_i^(-beta-1) t_d_i
+#                  - 2 a beta (t_x_i sum_{W'(i)} u_c + x_i sum_{W'(i)} t_u_c),
+#          t_u_c = (t_g_c x_c + g_c t_x_c) d_c^(-beta-1) - (beta+1) g_c x_c d_c^(-beta-2) t_d_c.
+# The double backward differentiates B written in torch ops.
+
+
+def _channel_window_sum(t, before, after):
+    """sum_{j = c - before}^{c + after} t[:, j] (zero outside [0, C)) for t of shape (N, C, S)."""
+    channels = t.shape[1]
+    padded = torch.nn.functional.pad(t, (0, 0, before, after))
+    return sum((padded[:, o : o + channels] for o in range(1, before + after + 1)), padded[:, :channels])
+
+
+def _lrn_windows(size):
+    """(before, after) of W(c) (the forward's window) and of W'(i) (the backward's)."""
+    return (size // 2, (size - 1) // 2), ((size - 1) // 2, size // 2)
+
+
+def _lrn_denominator(x, size, alpha, k):
+    """d = k + alpha/size * (window sum of x^2) for x of shape (N, C, S)."""
+    return k + alpha / size * _channel_window_sum(x * x, *_lrn_windows(size)[0])
+
+
+def _lrn_tangent_of_denominator(x, t_x, size, alpha):
+    return 2 * alpha / size * _channel_window_sum(x * t_x, *_lrn_windows(size)[0])
+
+
+def _lrn_jvp_expression(input, tangent, size, alpha, beta, k):
+    x, t_x = _flat_spatial(input), _flat_spatial(tangent)
+    d = _lrn_denominator(x, size, alpha, k)
+    t_d = _lrn_tangent_of_denominator(x, t_x, size, alpha)
+    t_output = t_x * d.pow(-beta) - beta * x * d.pow(-beta - 1) * t_d
+    return t_output.view(input.shape)
+
+
+def _lrn_backward_jvp_expression(grad_output, input, t_grad, t_input, size, alpha, beta, k):
+    g, x = _flat_spatial(grad_output), _flat_spatial(input)
+    t_g, t_x = _flat_spatial(t_grad), _flat_spatial(t_input)
+    d = _lrn_denominator(x, size, alpha, k)
+    t_d = _lrn_tangent_of_denominator(x, t_x, size, alpha)
+    d_pow = d.pow(-beta - 1)
+    u = g * x * d_pow
+    t_u = (t_g * x + g * t_x) * d_pow - (beta + 1) * u / d * t_d
+    backward_window = _lrn_windows(size)[1]
+    cross = _channel_window_sum(u, *backward_window)
+    t_cross = _channel_window_sum(t_u, *backward_window)
+    t_result = t_g * d.pow(-beta) - beta * g * d_pow * t_d - 2 * alpha * beta / size * (t_x * cross + x * t_cross)
+    return t_result.view(input.shape)
+
+
+def _lrn_backward_expression(grad_output, input, size, alpha, beta, k):
+    """B(g, x), the analytic LRN backward (the kernel's formula, index_math.h), in torch ops:
+    used only to differentiate it once more."""
+    g, x = _flat_spatial(grad_output), _flat_spatial(input)
+    d = _lrn_denominator(x, size, alpha, k)
+    cross = _channel_window_sum(g * x * d.pow(-beta - 1), *_lrn_windows(size)[1])
+    return (g * d.pow(-beta) - 2 * alpha * beta / size * x * cross).view(input.shape)
 
 
 def _lrn_setup(ctx, inputs, output):
     input, size, alpha, beta, k = inputs
     ctx.save_for_backward(input)
+    ctx.save_for_forward(input)
     ctx.args = (size, alpha, beta, k)
 
 
@@ -233,27 +376,15 @@ def _lrn_backward(ctx, grad):
     return ops.local_response_norm_backward(grad, input, *ctx.args), None, None, None, None
 
 
-def _channel_window_sum(t, before, after):
-    """sum_{j = c - before}^{c + after} t[:, j] (zero outside [0, C)) for t of shape (N, C, S)."""
-    channels = t.shape[1]
-    padded = torch.nn.functional.pad(t, (0, 0, before, after))
-    return sum(padded[:, o : o + channels] for o in range(before + after + 1))
-
-
-def _lrn_backward_expression(grad_output, input, size, alpha, beta, k):
-    """The analytic LRN backward (the kernel's formula, index_math.h) in torch ops: used only
-    to differentiate it once more (double backward)."""
-    x = input.reshape(input.shape[0], input.shape[1], -1)
-    g = grad_output.reshape(x.shape)
-    d = k + alpha / size * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
-    own = g * d.pow(-beta)
-    cross = _channel_window_sum(own * x / d, (size - 1) // 2, size // 2)
-    return (own - 2 * alpha * beta / size * x * cross).reshape(input.shape)
+def _lrn_jvp(ctx, t_input, *_):
+    (input,) = ctx.saved_tensors
+    return _lrn_jvp_expression(input, t_input, *ctx.args)
 
 
 def _lrn_backward_setup(ctx, inputs, output):
     grad_output, input, size, alpha, beta, k = inputs
     ctx.save_for_backward(grad_output, input)
+    ctx.save_for_forward(grad_output, input)
     ctx.args = (size, alpha, beta, k)
 
 
@@ -264,19 +395,26 @@ def _lrn_double_backward(ctx, gg):
     return d_grad, d_input, None, None, None, None
 
 
-_AUTOGRAD = {
-    "bias_backward": (_bias_backward_backward, _bias_backward_setup),
-    "max_pool2d_forward": (_max_pool_backward, _max_pool_setup),
-    "max_pool2d_backward": (_max_pool_backward_backward, _max_pool_backward_setup),
-    "local_response_norm_forward": (_lrn_backward, _lrn_setup),
-    "local_response_norm_backward": (_lrn_double_backward, _lrn_backward_setup),
+def _lrn_backward_jvp(ctx, t_grad, t_input, *_):
+    grad_output, input = ctx.saved_tensors
+    t_grad = torch.zeros_like(grad_output) if t_grad is None else t_grad
+    t_input = torch.zeros_like(input) if t_input is None else t_input
+    return _lrn_backward_jvp_expression(grad_output, input, t_grad, t_input, *ctx.args)
+
+
+_DERIVATIVES = {
+    "bias_backward": (_bias_backward_setup, _bias_backward_backward, _bias_backward_jvp),
+    "max_pool2d_forward": (_max_pool_setup, _max_pool_backward, _max_pool_jvp),
+    "max_pool2d_backward": (_max_pool_backward_setup, _max_pool_backward_backward, _max_pool_backward_jvp),
+    "local_response_norm_forward": (_lrn_setup, _lrn_backward, _lrn_jvp),
+    "local_response_norm_backward": (_lrn_backward_setup, _lrn_double_backward, _lrn_backward_jvp),
 }
 
-for _name, (_backward, _setup) in _AUTOGRAD.items():
-    torch.library.register_autograd(f"rollconv::{_name}", _backward, setup_context=_setup)
+for _name, (_setup, _backward, _jvp) in _DERIVATIVES.items():
+    register_derivatives(_name, setup_context=_setup, backward=_backward, jvp=_jvp, vmap=getattr(_batching, _name))
 
 #: Every op of the library, for tests (opcheck) and docs.
 OP_NAMES = sorted(
-    list(_AUTOGRAD)
+    list(_DERIVATIVES)
     + [f"{kind}_{part}" for kind in ("conv2d", "roll_conv2d") for part in ("forward", "backward_input", "backward_weight")]
 )

@@ -2,9 +2,12 @@
 
 Each function normalizes its arguments (ints or pairs, string padding, unbatched
 input) and calls one ``torch.ops.rollconv`` op; kernels, autograd and validation are
-the op's.
+the op's. Like ``torch.nn.functional``, each function defers to ``__torch_function__``
+overrides of its tensor arguments (``torch.overrides``), so ``torch.fx.symbolic_trace``
+records it as one call_function node and tensor subclasses and modes see it.
 """
 import torch
+from torch.overrides import handle_torch_function, has_torch_function_unary, has_torch_function_variadic
 
 ops = torch.ops.rollconv
 
@@ -89,6 +92,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     TypeError for non-tensor or non-int arguments, RuntimeError from the op for wrong shapes,
     dtypes, devices or geometry.
     """
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(
+            conv2d, (input, weight, bias), input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups
+        )
     x, squeeze = _batched(input)
     _check_weight(weight, "(C_out, C / groups, kh, kw)")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
@@ -103,6 +110,11 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     It is conv2d's input-gradient pass (``conv2d_backward_input``): weight has shape
     (C_in, C_out / groups, kh, kw); its gradients are conv2d's forward and weight passes.
     """
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(
+            conv_transpose2d, (input, weight, bias), input, weight, bias, stride=stride, padding=padding,
+            output_padding=output_padding, groups=groups, dilation=dilation,
+        )
     x, squeeze = _batched(input)
     stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
     dilation, output_padding = _pair(dilation, "dilation"), _pair(output_padding, "output_padding")
@@ -222,6 +234,11 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
     channels: C/2 + 1 small complex convolutions; 'auto' (default) asks
     ``choose_roll_algorithm``. All are exact (same math, float rounding aside).
     """
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(
+            roll_conv2d, (input, weight, bias), input, weight, bias, stride=stride, padding=padding, dilation=dilation,
+            rolls=rolls, activation=activation, algorithm=algorithm,
+        )
     x, squeeze = _batched(input)
     if activation not in (None, "relu"):
         raise ArgumentError(f"activation must be None or 'relu', but got {activation!r}")
@@ -252,6 +269,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     goes to one element: the first maximum in row-major order (PyTorch's rule; the seed's
     backward instead gave it to every element equal to the maximum).
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(
+            max_pool2d, (input,), input, kernel_size, stride=stride, padding=padding, dilation=dilation,
+            ceil_mode=ceil_mode, return_indices=return_indices,
+        )
     x, squeeze = _batched(input)
     kernel_size = _pair(kernel_size, "kernel_size")
     stride = kernel_size if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride, "stride")
@@ -270,6 +292,8 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
 
     for input of shape (N, C, *) with at least 3 dims. The backward is an analytic kernel.
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(local_response_norm, (input,), input, size, alpha=alpha, beta=beta, k=k)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a Tensor, but got {type(input).__name__}")
     if input.dim() < 3:
