@@ -298,15 +298,13 @@ Pair spatial(const Tensor& t) { return Pair{t.size(2), t.size(3)}; }
 enum class RollAlgorithm { kDirect, kBank, kFft };
 
 RollAlgorithm roll_algorithm(const char* op, c10::string_view name, int64_t rolls,
-                             int64_t channels, at::ScalarType dtype) {
+                             int64_t channels) {
   TORCH_CHECK(name == "direct" || name == "bank" || name == "fft", op,
               ": algorithm must be 'direct', 'bank' or 'fft', but got '", name, "'");
   if (name == "direct") return RollAlgorithm::kDirect;
   if (name == "bank") return RollAlgorithm::kBank;
   TORCH_CHECK(rolls == channels, op, ": algorithm 'fft' needs rolls == C (", channels,
               ": the bank must be circulant), but got rolls=", rolls);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op,
-              ": algorithm 'fft' supports float32 and float64, but got ", dtype);
   return RollAlgorithm::kFft;
 }
 
@@ -349,6 +347,12 @@ Tensor fold_bank(const Tensor& grad_bank, int64_t rolls) {
 // fused engine (CPU: cpu/roll_fft_engine.cpp) runs each direction in one call; otherwise
 // (CUDA) the transforms go through ATen (cuFFT) around our per-frequency passes.
 
+// The transforms run in float32 for float16/bfloat16 operands: ATen's FFTs have no
+// bfloat16 and take float16 only for power-of-two lengths (cuFFT). Such operands reach
+// these functions on CUDA; the CPU converts every convolution's operands up front.
+bool reduced(const Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+Tensor as_float(const Tensor& t) { return t.to(at::kFloat); }
+
 // rfft over the channel axis, moved last (contiguous, so the transforms need no gathers):
 // (N, C, ...) real -> (N, ..., K) complex.
 Tensor channel_rfft(const Tensor& t) {
@@ -381,6 +385,10 @@ Tensor rolls_rfft(const Tensor& grad_chunk, int64_t channels, int64_t filters, c
 
 Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
                    const std::optional<Tensor>& bias, const Window2d& w, bool relu) {
+  if (reduced(input)) {
+    const std::optional<Tensor> b = bias.has_value() && bias->defined() ? std::optional<Tensor>(as_float(*bias)) : bias;
+    return fft_forward(k, as_float(input), as_float(weight), b, w, relu).to(input.scalar_type());
+  }
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
   Tensor out = at::empty({batch, channels * filters, w.out_h, w.out_w}, input.options());
   if (batch == 0) return out;
@@ -414,6 +422,9 @@ Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& we
 
 Tensor fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, const Tensor& weight,
                           const Window2d& w) {
+  if (reduced(grad_output)) {
+    return fft_backward_input(k, as_float(grad_output), as_float(weight), w).to(grad_output.scalar_type());
+  }
   const int64_t batch = grad_output.size(0), channels = weight.size(1), filters = weight.size(0);
   Tensor grad_input = at::empty({batch, channels, w.in_h, w.in_w}, grad_output.options());
   if (batch == 0) return grad_input;
@@ -435,6 +446,9 @@ Tensor fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, con
 
 Tensor fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, const Tensor& input,
                            Pair kernel, const Window2d& w) {
+  if (reduced(input)) {
+    return fft_backward_weight(k, as_float(grad_output), as_float(input), kernel, w).to(input.scalar_type());
+  }
   const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t filters = grad_output.size(1) / channels;
   if (batch == 0) return at::zeros({filters, channels, kernel.h, kernel.w}, input.options());
@@ -557,7 +571,7 @@ Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Te
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input),
                                  spatial(weight), stride, padding, dilation, rolls);
-  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1), input.scalar_type());
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1));
   if (alg == RollAlgorithm::kFft) return fft_forward(k, input, weight, bias, s.layout.win, relu);
   if (alg == RollAlgorithm::kBank) {
     const std::optional<Tensor> bank_bias =
@@ -579,7 +593,7 @@ Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_out
                                  pair_arg(op, "input_size", input_size), spatial(weight), stride,
                                  padding, dilation, rolls);
   check_grad_output(op, grad_output, grad_output.size(0), s.plan.out_channels, s.layout.win);
-  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, weight.size(1), grad_output.scalar_type());
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, weight.size(1));
   if (alg == RollAlgorithm::kFft) return fft_backward_input(k, grad_output, weight, s.layout.win);
   if (alg == RollAlgorithm::kBank) {
     const Tensor input_shape = shape_only(grad_output, {grad_output.size(0), weight.size(1),
@@ -608,7 +622,7 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
   const ConvSetup s = roll_setup(op, input.size(1), filters, input.size(1), spatial(input), kernel,
                                  stride, padding, dilation, rolls);
   check_grad_output(op, grad_output, input.size(0), s.plan.out_channels, s.layout.win);
-  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1), input.scalar_type());
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1));
   if (alg == RollAlgorithm::kFft) return fft_backward_weight(k, grad_output, input, kernel, s.layout.win);
   if (alg == RollAlgorithm::kBank) {
     const Tensor bank_shape = shape_only(input, {grad_output.size(1), input.size(1), kernel.h, kernel.w});

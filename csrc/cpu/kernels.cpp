@@ -3,10 +3,13 @@
 // macro argument.)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include <c10/util/complex.h>
 
@@ -63,14 +66,15 @@ void col2im_loops(const T* cols, T* x, int64_t batch, const ColumnLayout& L) {
   }
 }
 
-template <typename T>
+// Float16/bfloat16 loops compare and sum in Acc (at::opmath_type: float), as on CUDA.
+template <typename T, typename Acc>
 void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, const Window2d& w) {
 #pragma omp parallel for num_threads(threads_for(planes * w.out_h * w.out_w * w.kernel_h * w.kernel_w))
   for (int64_t p = 0; p < planes; ++p) {
     for (int64_t oh = 0; oh < w.out_h; ++oh) {
       for (int64_t ow = 0; ow < w.out_w; ++ow) {
         const int64_t o = (p * w.out_h + oh) * w.out_w + ow;
-        max_pool_window<T, T>(x + p * w.in_h * w.in_w, w, oh, ow, y + o, idx + o);
+        max_pool_window<T, Acc>(x + p * w.in_h * w.in_w, w, oh, ow, y + o, idx + o);
       }
     }
   }
@@ -78,15 +82,28 @@ void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, cons
 
 // Max-pool backward: each thread owns whole planes and adds every window's gradient at
 // its argmax, in output order (deterministic; the CUDA kernel gathers per input element
-// with max_pool_gather instead, and the C++ tests check that both agree).
-template <typename T>
+// with max_pool_gather instead, and the C++ tests check that both agree). Overlapping
+// windows add into one element, so a float16/bfloat16 plane is summed in a per-thread
+// Acc plane and rounded once.
+template <typename T, typename Acc>
 void max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t planes, const Window2d& w) {
+  constexpr bool in_place = std::is_same_v<T, Acc>;
   const int64_t out_plane = w.out_h * w.out_w, in_plane = w.in_h * w.in_w;
-#pragma omp parallel for num_threads(threads_for(planes * (in_plane + out_plane)))
-  for (int64_t p = 0; p < planes; ++p) {
-    T* plane = gx + p * in_plane;
-    std::fill(plane, plane + in_plane, T(0));
-    for (int64_t o = 0; o < out_plane; ++o) plane[idx[p * out_plane + o]] += gy[p * out_plane + o];
+#pragma omp parallel num_threads(threads_for(planes * (in_plane + out_plane)))
+  {
+    std::vector<Acc> scratch(in_place ? 0 : in_plane);
+#pragma omp for
+    for (int64_t p = 0; p < planes; ++p) {
+      Acc* sums;
+      if constexpr (in_place) {
+        sums = gx + p * in_plane;
+      } else {
+        sums = scratch.data();
+      }
+      std::fill(sums, sums + in_plane, Acc(0));
+      for (int64_t o = 0; o < out_plane; ++o) sums[idx[p * out_plane + o]] += static_cast<Acc>(gy[p * out_plane + o]);
+      if constexpr (!in_place) std::copy(sums, sums + in_plane, gx + p * in_plane);
+    }
   }
 }
 
@@ -188,29 +205,37 @@ void col2im_cpu(const at::Tensor& cols, const at::Tensor& images, const ColumnLa
   });
 }
 
+// Pooling and LRN read and write float16/bfloat16 directly (no converted copies: these
+// passes are memory-bound); the convolutions get float32 operands (register_kernels.h).
+#define ROLLCONV_DISPATCH_CPU(type, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
+
 void max_pool_forward_cpu(const at::Tensor& input, const at::Tensor& output,
                           const at::Tensor& indices, const Window2d& w) {
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_max_pool_cpu", [&] {
-    max_pool_forward_loops(input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
-                           indices.data_ptr<int64_t>(), input.size(0), w);
+  ROLLCONV_DISPATCH_CPU(input.scalar_type(), "rollconv_max_pool_cpu", [&] {
+    max_pool_forward_loops<scalar_t, at::opmath_type<scalar_t>>(
+        input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), indices.data_ptr<int64_t>(),
+        input.size(0), w);
   });
 }
 
 void max_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                            const at::Tensor& grad_input, const Window2d& w) {
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rollconv_max_pool_backward_cpu", [&] {
-    max_pool_backward_loops(grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
-                            grad_input.data_ptr<scalar_t>(), grad_input.size(0), w);
+  ROLLCONV_DISPATCH_CPU(grad_output.scalar_type(), "rollconv_max_pool_backward_cpu", [&] {
+    max_pool_backward_loops<scalar_t, at::opmath_type<scalar_t>>(
+        grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
+        grad_input.data_ptr<scalar_t>(), grad_input.size(0), w);
   });
 }
 
 void lrn_forward_cpu(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {
   const int64_t n = input.size(0), s = input.size(2);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_lrn_cpu", [&] {
+  ROLLCONV_DISPATCH_CPU(input.scalar_type(), "rollconv_lrn_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     scalar_t* y = output.data_ptr<scalar_t>();
     for_each_lrn_element(n, p.channels, s, p.size, [&](int64_t column, int64_t c, int64_t e) {
-      y[e] = lrn_value<scalar_t, scalar_t>(x + column, s, p, c);
+      y[e] = static_cast<scalar_t>(lrn_value<scalar_t, acc_t>(x + column, s, p, c));
     });
   });
 }
@@ -218,17 +243,18 @@ void lrn_forward_cpu(const at::Tensor& input, const at::Tensor& output, const Lr
 void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& own,
                       const at::Tensor& term, const at::Tensor& grad_input, const LrnParams& p) {
   const int64_t n = input.size(0), s = input.size(2);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_lrn_backward_cpu", [&] {
+  ROLLCONV_DISPATCH_CPU(input.scalar_type(), "rollconv_lrn_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
-    scalar_t* own_ = own.data_ptr<scalar_t>();
-    scalar_t* term_ = term.data_ptr<scalar_t>();
+    acc_t* own_ = own.data_ptr<acc_t>();
+    acc_t* term_ = term.data_ptr<acc_t>();
     scalar_t* gx = grad_input.data_ptr<scalar_t>();
     for_each_lrn_element(n, p.channels, s, p.size, [&](int64_t column, int64_t c, int64_t e) {
-      lrn_grad_terms<scalar_t, scalar_t>(gy + column, x + column, s, p, c, own_ + e, term_ + e);
+      lrn_grad_terms<scalar_t, acc_t>(gy + column, x + column, s, p, c, own_ + e, term_ + e);
     });
     for_each_lrn_element(n, p.channels, s, p.size, [&](int64_t column, int64_t c, int64_t e) {
-      gx[e] = lrn_grad_combine<scalar_t, scalar_t>(own_ + column, term_ + column, x + column, s, p, c);
+      gx[e] = static_cast<scalar_t>(lrn_grad_combine<scalar_t, acc_t>(own_ + column, term_ + column, x + column, s, p, c));
     });
   });
 }
@@ -238,7 +264,7 @@ void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, co
 const DeviceKernels& cpu_kernels() {
   static const DeviceKernels kernels{
       "CPU",
-      /*supports_reduced_precision=*/false,
+      /*supports_reduced_precision=*/true,
       &cpu_conv_engine(),
       &cpu_roll_fft_engine(),
       im2col_cpu,
@@ -257,5 +283,6 @@ const DeviceKernels& cpu_kernels() {
 }  // namespace rollconv
 
 TORCH_LIBRARY_IMPL(rollconv, CPU, m) {
-  rollconv::register_device_kernels<&rollconv::cpu_kernels>(m);
+  // The engines are float32/float64: float16/bfloat16 convolutions run them in float32.
+  rollconv::register_device_kernels<&rollconv::cpu_kernels, rollconv::ReducedPrecision::kInFloat32>(m);
 }
