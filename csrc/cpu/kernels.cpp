@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <c10/util/complex.h>
@@ -66,7 +67,7 @@ void col2im_loops(const T* cols, T* x, int64_t batch, const ColumnLayout& L) {
   }
 }
 
-// Float16/bfloat16 loops compare and sum in Acc (at::opmath_type: float), as on CUDA.
+// bfloat16 loops compare and sum in Acc (at::opmath_type: float), as on CUDA.
 template <typename T, typename Acc>
 void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, const Window2d& w) {
 #pragma omp parallel for num_threads(threads_for(planes * w.out_h * w.out_w * w.kernel_h * w.kernel_w))
@@ -83,7 +84,7 @@ void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, cons
 // Max-pool backward: each thread owns whole planes and adds every window's gradient at
 // its argmax, in output order (deterministic; the CUDA kernel gathers per input element
 // with max_pool_gather instead, and the C++ tests check that both agree). Overlapping
-// windows add into one element, so a float16/bfloat16 plane is summed in a per-thread
+// windows add into one element, so a bfloat16 plane is summed in a per-thread
 // Acc plane and rounded once.
 template <typename T, typename Acc>
 void max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t planes, const Window2d& w) {
@@ -205,13 +206,37 @@ void col2im_cpu(const at::Tensor& cols, const at::Tensor& images, const ColumnLa
   });
 }
 
-// Pooling and LRN read and write float16/bfloat16 directly (no converted copies: these
-// passes are memory-bound); the convolutions get float32 operands (register_kernels.h).
+// Pooling and LRN read and write bfloat16 directly (these passes are memory-bound, so no
+// converted copies), with float32 arithmetic; the convolutions get float32 operands
+// (register_kernels.h).
 #define ROLLCONV_DISPATCH_CPU(type, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, type, name, __VA_ARGS__)
+
+// float16 goes through float32 copies instead: c10::Half converts in software in this
+// library (built without -mf16c, so that it loads on any x86-64), which made these loops
+// 1.6-2.2x slower than float32, while ATen's conversions use F16C when the CPU has it.
+class Float32Copies {
+ public:
+  at::Tensor read(const at::Tensor& t) { return t.to(at::kFloat); }
+  at::Tensor write(const at::Tensor& t) {
+    written_.emplace_back(t, at::empty(t.sizes(), t.options().dtype(at::kFloat)));
+    return written_.back().second;
+  }
+  void copy_back() {
+    for (auto& [half, single] : written_) half.copy_(single);
+  }
+
+ private:
+  std::vector<std::pair<at::Tensor, at::Tensor>> written_;
+};
 
 void max_pool_forward_cpu(const at::Tensor& input, const at::Tensor& output,
                           const at::Tensor& indices, const Window2d& w) {
+  if (input.scalar_type() == at::kHalf) {
+    Float32Copies f;
+    max_pool_forward_cpu(f.read(input), f.write(output), indices, w);
+    return f.copy_back();
+  }
   ROLLCONV_DISPATCH_CPU(input.scalar_type(), "rollconv_max_pool_cpu", [&] {
     max_pool_forward_loops<scalar_t, at::opmath_type<scalar_t>>(
         input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), indices.data_ptr<int64_t>(),
@@ -221,6 +246,11 @@ void max_pool_forward_cpu(const at::Tensor& input, const at::Tensor& output,
 
 void max_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                            const at::Tensor& grad_input, const Window2d& w) {
+  if (grad_output.scalar_type() == at::kHalf) {
+    Float32Copies f;
+    max_pool_backward_cpu(f.read(grad_output), indices, f.write(grad_input), w);
+    return f.copy_back();
+  }
   ROLLCONV_DISPATCH_CPU(grad_output.scalar_type(), "rollconv_max_pool_backward_cpu", [&] {
     max_pool_backward_loops<scalar_t, at::opmath_type<scalar_t>>(
         grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
@@ -229,6 +259,11 @@ void max_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indi
 }
 
 void lrn_forward_cpu(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {
+  if (input.scalar_type() == at::kHalf) {
+    Float32Copies f;
+    lrn_forward_cpu(f.read(input), f.write(output), p);
+    return f.copy_back();
+  }
   const int64_t n = input.size(0), s = input.size(2);
   ROLLCONV_DISPATCH_CPU(input.scalar_type(), "rollconv_lrn_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -242,6 +277,11 @@ void lrn_forward_cpu(const at::Tensor& input, const at::Tensor& output, const Lr
 
 void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& own,
                       const at::Tensor& term, const at::Tensor& grad_input, const LrnParams& p) {
+  if (input.scalar_type() == at::kHalf) {
+    Float32Copies f;
+    lrn_backward_cpu(f.read(grad_output), f.read(input), own, term, f.write(grad_input), p);
+    return f.copy_back();
+  }
   const int64_t n = input.size(0), s = input.size(2);
   ROLLCONV_DISPATCH_CPU(input.scalar_type(), "rollconv_lrn_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
