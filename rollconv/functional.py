@@ -84,7 +84,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution by im2col + GEMM, same arguments as ``torch.nn.functional.conv2d``.
 
     input (N, C, H, W) or (C, H, W); weight (C_out, C / groups, kh, kw); bias (C_out,).
-    padding: int, pair, 'valid' or 'same'. CPU: float32/float64; CUDA: also float16/bfloat16.
+    padding: int, pair, 'valid' or 'same'. Dtypes: float32, float64, float16, bfloat16 (all
+    operands alike). float16/bfloat16 use float32 arithmetic: on CPU the operands are
+    converted to float32 and the result rounded back, on CUDA cuBLAS accumulates in float32.
+    Under ``torch.autocast`` input, weight and bias are cast to the autocast dtype, as for
+    ``torch.nn.functional.conv2d`` (the same holds for every convolution here).
     The output is channels_last when input or weight is (torch's rule). With no input
     channels the output is the bias over every pixel (torch returns no channels there).
 
@@ -109,6 +113,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
     It is conv2d's input-gradient pass (``conv2d_backward_input``): weight has shape
     (C_in, C_out / groups, kh, kw); its gradients are conv2d's forward and weight passes.
+    Dtypes and autocast: as conv2d.
     """
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(
@@ -162,11 +167,27 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         x = torch.nn.functional.pad(x, [0, conv_hw[1] - x.shape[3], 0, conv_hw[0] - x.shape[2]])
     out = ops.conv2d_backward_input(x, weight, out_hw, stride, padding, dilation, int(groups))
     if bias is not None:
-        out = out + bias.view(1, -1, 1, 1)
+        # The op casts x and weight under autocast; the bias follows, as torch's does.
+        out = out + bias.to(_autocast_dtype(bias)).view(1, -1, 1, 1)
     return out.squeeze(0) if squeeze else out
 
 
 ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
+
+
+def _autocast_dtype(t):
+    """The dtype a convolution computes ``t`` in: inside ``torch.autocast`` for t's device the
+    autocast dtype (float32/float16/bfloat16 operands are cast to it, float64 ones are not,
+    as at::autocast::cached_cast does), else t's own dtype."""
+    device = t.device.type
+    if (
+        t.is_floating_point()
+        and t.dtype != torch.float64
+        and torch.amp.is_autocast_available(device)
+        and torch.is_autocast_enabled(device)
+    ):
+        return torch.get_autocast_dtype(device)
+    return t.dtype
 
 
 #: Off the CPU, 'auto' uses the channel-FFT algorithm from this many channels on (with rolls == C).
@@ -193,15 +214,18 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation):
       bank at C = 32, 10x the seed method at C = 256, F = 1 on the machine of issue 5.
     - fewer rolls: 'direct' when C <= 4 and F >= 32 (1.6-3.2x the bank; measured before
       issue 6's engine changes), else 'bank'.
+    CPU float16/bfloat16 (also under ``torch.autocast``): the same rule, since every
+    algorithm then runs the float32 engines on converted operands, a conversion that costs
+    the same whichever algorithm runs.
     Off the CPU (CUDA: not measured, no GPU here; fft is composed of cuFFT and our kernels):
-    'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank'. float16/bfloat16: 'bank'.
+    'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank'; float16/bfloat16 (the dtype
+    after autocast's cast): 'bank' (cuDNN in that dtype; 'fft' would compute in float32).
     The CPU figures assume the CPU engines are on (not ROLLCONV_CPU_ENGINE=0). Override
     with algorithm='direct' | 'bank' | 'fft'.
     """
     channels, filters = input.shape[1], weight.shape[0]
-    floating = input.dtype in (torch.float32, torch.float64)
     on_cpu = input.device.type == "cpu"
-    if not floating:
+    if not on_cpu and _autocast_dtype(input) not in (torch.float32, torch.float64):
         return "bank"
     if rolls == channels:
         if not on_cpu:
@@ -230,9 +254,15 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
     algorithm: 'direct' computes every roll as a row window of one im2col of x (the bank is
     never built; on CPU the GEMM engine reads x in place, on CUDA cuBLAS GEMMs); 'bank' expands the bank inside the op and calls
     ATen's convolution (oneDNN on CPU, cuDNN on CUDA), folding dK back in the op; 'fft'
-    (rolls == C, float32/float64) diagonalizes the circulant bank with a real FFT over the
+    (rolls == C) diagonalizes the circulant bank with a real FFT over the
     channels: C/2 + 1 small complex convolutions; 'auto' (default) asks
     ``choose_roll_algorithm``. All are exact (same math, float rounding aside).
+
+    Dtypes: float32, float64, float16, bfloat16 with every algorithm (float16/bfloat16 in
+    float32 arithmetic: on CPU the float32 engines run on converted operands, on CUDA
+    'direct' and 'bank' accumulate in float32 and 'fft' transforms in float32). Under
+    ``torch.autocast`` input, weight and bias are cast to the autocast dtype, as for
+    ``torch.nn.functional.conv2d``; the output has that dtype whatever the algorithm.
     """
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(
@@ -267,7 +297,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
     Padding counts as -inf, a NaN in a window is its maximum, and the gradient of a window
     goes to one element: the first maximum in row-major order (PyTorch's rule; the seed's
-    backward instead gave it to every element equal to the maximum).
+    backward instead gave it to every element equal to the maximum). Dtypes: float32,
+    float64, float16, bfloat16 (the gradient's sums in float32); under ``torch.autocast``
+    it runs in the dtype it receives, as torch's pooling does.
     """
     if has_torch_function_unary(input):
         return handle_torch_function(
@@ -291,6 +323,8 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
         y[:, c] = x[:, c] / (k + alpha / size * sum_{j=c-size//2}^{c+(size-1)//2} x[:, j]^2) ** beta
 
     for input of shape (N, C, *) with at least 3 dims. The backward is an analytic kernel.
+    Dtypes: float32, float64, float16, bfloat16 (float16/bfloat16 computed in float32 per
+    element); under ``torch.autocast`` it runs in the dtype it receives.
     """
     if has_torch_function_unary(input):
         return handle_torch_function(local_response_norm, (input,), input, size, alpha=alpha, beta=beta, k=k)

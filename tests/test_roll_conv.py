@@ -119,10 +119,13 @@ def test_auto_rule():
     assert pick(RF.DIRECT_MAX_CHANNELS + 1, f=64) == "fft"
     # Fewer rolls: no fft.
     assert pick(256, rolls=255) == "bank" and pick(4, f=64, rolls=3) == "direct"
-    assert pick(256, dtype=torch.float16) == "bank"
+    # float16/bfloat16 on CPU run the float32 engines: the same rule.
+    assert pick(256, dtype=torch.float16) == pick(256, dtype=torch.bfloat16) == "fft"
+    assert pick(2, f=64, dtype=torch.bfloat16) == "direct"
     # Off the CPU (meta stands in for CUDA): fft from FFT_MIN_CHANNELS on, else bank.
     assert pick(RF.FFT_MIN_CHANNELS, device="meta") == "fft"
     assert pick(RF.FFT_MIN_CHANNELS - 1, device="meta") == pick(4, f=64, device="meta") == "bank"
+    assert pick(RF.FFT_MIN_CHANNELS, dtype=torch.float16, device="meta") == "bank"
 
 
 @pytest.mark.parametrize("c, f", [(1, 3), (7, 2), (16, 4), (64, 1)])
@@ -267,7 +270,7 @@ def test_module_state_dict_same_in_train_and_eval():
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), padding=-2), "padding must be non-negative"),
         (lambda: RF.roll_conv2d(randn(1, 3, 2, 5), randn(2, 3, 3, 3)), "larger than the padded input"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3, dtype=torch.float64)), "same dtype"),
-        (lambda: RF.roll_conv2d(torch.ones(1, 3, 5, 5, dtype=torch.int32), torch.ones(2, 3, 3, 3, dtype=torch.int32)), "float32 and float64"),
+        (lambda: RF.roll_conv2d(torch.ones(1, 3, 5, 5, dtype=torch.int32), torch.ones(2, 3, 3, 3, dtype=torch.int32)), "float32, float64, float16 and bfloat16"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3, device="meta")), "device"),
         (lambda: ops.roll_conv2d_backward_weight(randn(1, 5, 3, 3), randn(1, 3, 5, 5), [3, 3], [1, 1], [0, 0], [1, 1], 2, "direct"), "rolls=2"),
         (lambda: ops.roll_conv2d_backward_input(randn(1, 6, 4, 4), randn(2, 3, 3, 3), [5, 5], [1, 1], [0, 0], [1, 1], 3, "bank"), "grad_output of shape"),

@@ -92,7 +92,7 @@ def test_conv_transpose_gradcheck_gradgradcheck_and_module():
         (lambda: RF.conv_transpose2d(torch.randn(1, 2, 3, 3), torch.randn(2, 2, 3)), "4-D tensor"),
         (lambda: RF.conv_transpose2d(torch.randn(1, 2, 3, 3), torch.randn(2, 2, 3, 3), stride=0), "stride and dilation must be positive"),
         (lambda: RF.conv_transpose2d(torch.randn(1, 2, 1, 1), torch.randn(2, 2, 1, 1), padding=1), "empty"),
-        (lambda: RF.conv_transpose2d(torch.randn(1, 2, 3, 3).int(), torch.randn(2, 2, 3, 3).int()), "float32 and float64"),
+        (lambda: RF.conv_transpose2d(torch.randn(1, 2, 3, 3).int(), torch.randn(2, 2, 3, 3).int()), "float32, float64, float16 and bfloat16"),
     ],
 )
 def test_conv_transpose_bad_input(make, match):
@@ -171,7 +171,7 @@ def test_max_pool_gradcheck_gradgradcheck_compile_and_module():
         (lambda: RF.max_pool2d(torch.randn(1, 1, 5, 5), 2, dilation=0), "dilation must be positive"),
         (lambda: RF.max_pool2d(torch.randn(1, 1, 2, 2), 3), "output would be empty"),
         (lambda: RF.max_pool2d(torch.randn(5, 5), 2), "3-D .* or 4-D"),
-        (lambda: RF.max_pool2d(torch.ones(1, 1, 5, 5, dtype=torch.int64), 2), "float32 and float64"),
+        (lambda: RF.max_pool2d(torch.ones(1, 1, 5, 5, dtype=torch.int64), 2), "float32, float64, float16 and bfloat16"),
         (lambda: ops.max_pool2d_backward(torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 2, 3, dtype=torch.int64), [5, 5], [2, 2], [2, 2], [0, 0], [1, 1]), "indices"),
     ],
 )
@@ -225,7 +225,7 @@ def test_lrn_gradcheck_and_module():
         (lambda: RF.local_response_norm(torch.randn(2, 3), 2), "at least 3 dimensions"),
         (lambda: RF.local_response_norm(torch.randn(2, 3, 4), 0), "size must be positive"),
         (lambda: RF.local_response_norm(torch.randn(2, 3, 4), 2.5), "size must be an int"),
-        (lambda: RF.local_response_norm(torch.ones(2, 3, 4, dtype=torch.int64), 2), "float32 and float64"),
+        (lambda: RF.local_response_norm(torch.ones(2, 3, 4, dtype=torch.int64), 2), "float32, float64, float16 and bfloat16"),
         (lambda: ops.local_response_norm_backward(torch.randn(2, 3, 5), torch.randn(2, 3, 4), 2, 1e-4, 0.75, 1.0), "grad_output of shape"),
     ],
 )

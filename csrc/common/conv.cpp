@@ -302,15 +302,13 @@ Pair spatial(const Tensor& t) { return Pair{t.size(2), t.size(3)}; }
 enum class RollAlgorithm { kDirect, kBank, kFft };
 
 RollAlgorithm roll_algorithm(const char* op, c10::string_view name, int64_t rolls,
-                             int64_t channels, at::ScalarType dtype) {
+                             int64_t channels) {
   TORCH_CHECK(name == "direct" || name == "bank" || name == "fft", op,
               ": algorithm must be 'direct', 'bank' or 'fft', but got '", name, "'");
   if (name == "direct") return RollAlgorithm::kDirect;
   if (name == "bank") return RollAlgorithm::kBank;
   TORCH_CHECK(rolls == channels, op, ": algorithm 'fft' needs rolls == C (", channels,
               ": the bank must be circulant), but got rolls=", rolls);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op,
-              ": algorithm 'fft' supports float32 and float64, but got ", dtype);
   return RollAlgorithm::kFft;
 }
 
@@ -353,6 +351,12 @@ Tensor fold_bank(const Tensor& grad_bank, int64_t rolls) {
 // fused engine (CPU: cpu/roll_fft_engine.cpp) runs each direction in one call; otherwise
 // (CUDA) the transforms go through ATen (cuFFT) around our per-frequency passes.
 
+// The transforms run in float32 for float16/bfloat16 operands: ATen's FFTs have no
+// bfloat16 and take float16 only for power-of-two lengths (cuFFT). Such operands reach
+// these functions on CUDA; the CPU converts every convolution's operands up front.
+bool reduced(const Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+Tensor as_float(const Tensor& t) { return t.to(at::kFloat); }
+
 // rfft over the channel axis, moved last (contiguous, so the transforms need no gathers):
 // (N, C, ...) real -> (N, ..., K) complex.
 Tensor channel_rfft(const Tensor& t) {
@@ -385,6 +389,10 @@ Tensor rolls_rfft(const Tensor& grad_chunk, int64_t channels, int64_t filters, c
 
 Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
                    const std::optional<Tensor>& bias, const Window2d& w, bool relu) {
+  if (reduced(input)) {
+    const std::optional<Tensor> b = bias.has_value() && bias->defined() ? std::optional<Tensor>(as_float(*bias)) : bias;
+    return fft_forward(k, as_float(input), as_float(weight), b, w, relu).to(input.scalar_type());
+  }
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
   Tensor out = at::empty({batch, channels * filters, w.out_h, w.out_w}, input.options());
   const Tensor taps = channel_rfft(weight);  // (F, kh, kw, K)
@@ -417,6 +425,9 @@ Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& we
 
 Tensor fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, const Tensor& weight,
                           const Window2d& w) {
+  if (reduced(grad_output)) {
+    return fft_backward_input(k, as_float(grad_output), as_float(weight), w).to(grad_output.scalar_type());
+  }
   const int64_t batch = grad_output.size(0), channels = weight.size(1), filters = weight.size(0);
   Tensor grad_input = at::empty({batch, channels, w.in_h, w.in_w}, grad_output.options());
   const Tensor taps = channel_rfft(weight);
@@ -437,6 +448,9 @@ Tensor fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, con
 
 Tensor fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, const Tensor& input,
                            Pair kernel, const Window2d& w) {
+  if (reduced(input)) {
+    return fft_backward_weight(k, as_float(grad_output), as_float(input), kernel, w).to(input.scalar_type());
+  }
   const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t filters = grad_output.size(1) / channels;
   const int64_t freqs = channels / 2 + 1;
@@ -606,7 +620,7 @@ Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Te
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input),
                                  spatial(weight), stride, padding, dilation, rolls);
-  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1), input.scalar_type());
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1));
   check_output_fits(op, input.size(0), s.plan.out_channels, s.layout.win);
   Tensor out;
   if (nothing_to_sum(input.size(0), input.size(1), weight.size(0))) {
@@ -635,7 +649,7 @@ Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_out
                                  pair_arg(op, "input_size", input_size), spatial(weight), stride,
                                  padding, dilation, rolls);
   check_grad_output(op, grad_output, grad_output.size(0), s.plan.out_channels, s.layout.win);
-  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, weight.size(1), grad_output.scalar_type());
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, weight.size(1));
   const Window2d& w = s.layout.win;
   check_numel_fits(op, "grad_input", {grad_output.size(0), weight.size(1), w.in_h, w.in_w});
   Tensor grad_input;
@@ -670,7 +684,7 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
   const ConvSetup s = roll_setup(op, input.size(1), filters, input.size(1), spatial(input), kernel,
                                  stride, padding, dilation, rolls);
   check_grad_output(op, grad_output, input.size(0), s.plan.out_channels, s.layout.win);
-  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1), input.scalar_type());
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1));
   const std::vector<int64_t> shape{filters, input.size(1), kernel.h, kernel.w};
   check_numel_fits(op, "grad_weight", shape);
   Tensor grad_weight;

@@ -3,16 +3,21 @@
 // macro argument.)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include <c10/util/complex.h>
 
 #include "common/device_kernels.h"
 #include "common/register_kernels.h"
 #include "cpu/im2col_span.h"
+#include "cpu/parallel.h"
 
 namespace rollconv {
 namespace {
@@ -63,7 +68,8 @@ void col2im_loops(const T* cols, T* x, int64_t batch, const ColumnLayout& L) {
   }
 }
 
-template <typename T>
+// bfloat16 loops compare and sum in Acc (at::opmath_type: float), as on CUDA.
+template <typename T, typename Acc>
 void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, const Window2d& w) {
   // A window visits at most the input's extent along each axis, however large the kernel.
   const int64_t taps = std::min(w.kernel_h, w.in_h) * std::min(w.kernel_w, w.in_w);
@@ -72,7 +78,7 @@ void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, cons
     for (int64_t oh = 0; oh < w.out_h; ++oh) {
       for (int64_t ow = 0; ow < w.out_w; ++ow) {
         const int64_t o = (p * w.out_h + oh) * w.out_w + ow;
-        max_pool_window<T, T>(x + p * w.in_h * w.in_w, w, oh, ow, y + o, idx + o);
+        max_pool_window<T, Acc>(x + p * w.in_h * w.in_w, w, oh, ow, y + o, idx + o);
       }
     }
   }
@@ -80,26 +86,42 @@ void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, cons
 
 // Max-pool backward: each thread owns whole planes and adds every window's gradient at
 // its argmax, in output order (deterministic; the CUDA kernel gathers per input element
-// with max_pool_gather instead, and the C++ tests check that both agree). An index outside
-// the plane (indices not made by max_pool2d_forward for this input size) is skipped and
-// reported: returns false.
-template <typename T>
+// with max_pool_gather instead, and the C++ tests check that both agree). Overlapping
+// windows add into one element, so a bfloat16 plane is summed in a per-thread Acc plane
+// and rounded once. An index outside the plane (indices not made by max_pool2d_forward
+// for this input size) is skipped and reported: returns false.
+template <typename T, typename Acc>
 bool max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t planes, const Window2d& w) {
+  constexpr bool in_place = std::is_same_v<T, Acc>;
   const int64_t out_plane = w.out_h * w.out_w, in_plane = w.in_h * w.in_w;
   bool in_range = true;
-#pragma omp parallel for num_threads(threads_for(planes * (in_plane + out_plane))) reduction(&& : in_range)
-  for (int64_t p = 0; p < planes; ++p) {
-    T* plane = gx + p * in_plane;
-    std::fill(plane, plane + in_plane, T(0));
-    for (int64_t o = 0; o < out_plane; ++o) {
-      const int64_t i = idx[p * out_plane + o];
-      if (i < 0 || i >= in_plane) {
-        in_range = false;
-        continue;
+  const auto scratch_plane = [&] { return std::vector<Acc>(in_place ? 0 : in_plane); };
+  parallel_with_state(threads_for(planes * (in_plane + out_plane)), scratch_plane, [&](std::vector<Acc>& scratch) {
+    bool thread_in_range = true;
+#pragma omp for
+    for (int64_t p = 0; p < planes; ++p) {
+      Acc* sums;
+      if constexpr (in_place) {
+        sums = gx + p * in_plane;
+      } else {
+        sums = scratch.data();
       }
-      plane[i] += gy[p * out_plane + o];
+      std::fill(sums, sums + in_plane, Acc(0));
+      for (int64_t o = 0; o < out_plane; ++o) {
+        const int64_t i = idx[p * out_plane + o];
+        if (i < 0 || i >= in_plane) {
+          thread_in_range = false;
+          continue;
+        }
+        sums[i] += static_cast<Acc>(gy[p * out_plane + o]);
+      }
+      if constexpr (!in_place) std::copy(sums, sums + in_plane, gx + p * in_plane);
     }
-  }
+    if (!thread_in_range) {
+#pragma omp critical(rollconv_max_pool_indices)
+      in_range = false;
+    }
+  });
   return in_range;
 }
 
@@ -201,50 +223,98 @@ void col2im_cpu(const at::Tensor& cols, const at::Tensor& images, const ColumnLa
   });
 }
 
+// Pooling and LRN read and write bfloat16 directly (these passes are memory-bound, so no
+// converted copies), with float32 arithmetic; the convolutions get float32 operands
+// (register_kernels.h).
+#define ROLLCONV_DISPATCH_CPU(type, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, type, name, __VA_ARGS__)
+
+// float16 goes through float32 copies instead: c10::Half converts in software in this
+// library (built without -mf16c, so that it loads on any x86-64), which made these loops
+// 1.6-2.2x slower than float32, while ATen's conversions use F16C when the CPU has it.
+class Float32Copies {
+ public:
+  at::Tensor read(const at::Tensor& t) { return t.to(at::kFloat); }
+  at::Tensor write(const at::Tensor& t) {
+    written_.emplace_back(t, at::empty(t.sizes(), t.options().dtype(at::kFloat)));
+    return written_.back().second;
+  }
+  void copy_back() {
+    for (auto& [half, single] : written_) half.copy_(single);
+  }
+
+ private:
+  std::vector<std::pair<at::Tensor, at::Tensor>> written_;
+};
+
 void max_pool_forward_cpu(const at::Tensor& input, const at::Tensor& output,
                           const at::Tensor& indices, const Window2d& w) {
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_max_pool_cpu", [&] {
-    max_pool_forward_loops(input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
-                           indices.data_ptr<int64_t>(), input.size(0), w);
+  if (input.scalar_type() == at::kHalf) {
+    Float32Copies f;
+    max_pool_forward_cpu(f.read(input), f.write(output), indices, w);
+    return f.copy_back();
+  }
+  ROLLCONV_DISPATCH_CPU(input.scalar_type(), "rollconv_max_pool_cpu", [&] {
+    max_pool_forward_loops<scalar_t, at::opmath_type<scalar_t>>(
+        input.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>(), indices.data_ptr<int64_t>(),
+        input.size(0), w);
   });
 }
 
 void max_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                            const at::Tensor& grad_input, const Window2d& w) {
+  if (grad_output.scalar_type() == at::kHalf) {
+    Float32Copies f;
+    max_pool_backward_cpu(f.read(grad_output), indices, f.write(grad_input), w);
+    return f.copy_back();
+  }
   bool in_range = true;
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rollconv_max_pool_backward_cpu", [&] {
-    in_range = max_pool_backward_loops(grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
-                                       grad_input.data_ptr<scalar_t>(), grad_input.size(0), w);
+  ROLLCONV_DISPATCH_CPU(grad_output.scalar_type(), "rollconv_max_pool_backward_cpu", [&] {
+    in_range = max_pool_backward_loops<scalar_t, at::opmath_type<scalar_t>>(
+        grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
+        grad_input.data_ptr<scalar_t>(), grad_input.size(0), w);
   });
   TORCH_CHECK(in_range, "rollconv.max_pool2d_backward: indices must lie in [0, ", w.in_h * w.in_w,
               ") (positions in an input plane of ", w.in_h, " x ", w.in_w, ")");
 }
 
 void lrn_forward_cpu(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {
+  if (input.scalar_type() == at::kHalf) {
+    Float32Copies f;
+    lrn_forward_cpu(f.read(input), f.write(output), p);
+    return f.copy_back();
+  }
   const int64_t n = input.size(0), s = input.size(2);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_lrn_cpu", [&] {
+  ROLLCONV_DISPATCH_CPU(input.scalar_type(), "rollconv_lrn_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     scalar_t* y = output.data_ptr<scalar_t>();
     for_each_lrn_element(n, p.channels, s, p.size, [&](int64_t column, int64_t c, int64_t e) {
-      y[e] = lrn_value<scalar_t, scalar_t>(x + column, s, p, c);
+      y[e] = static_cast<scalar_t>(lrn_value<scalar_t, acc_t>(x + column, s, p, c));
     });
   });
 }
 
 void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& own,
                       const at::Tensor& term, const at::Tensor& grad_input, const LrnParams& p) {
+  if (input.scalar_type() == at::kHalf) {
+    Float32Copies f;
+    lrn_backward_cpu(f.read(grad_output), f.read(input), own, term, f.write(grad_input), p);
+    return f.copy_back();
+  }
   const int64_t n = input.size(0), s = input.size(2);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_lrn_backward_cpu", [&] {
+  ROLLCONV_DISPATCH_CPU(input.scalar_type(), "rollconv_lrn_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
-    scalar_t* own_ = own.data_ptr<scalar_t>();
-    scalar_t* term_ = term.data_ptr<scalar_t>();
+    acc_t* own_ = own.data_ptr<acc_t>();
+    acc_t* term_ = term.data_ptr<acc_t>();
     scalar_t* gx = grad_input.data_ptr<scalar_t>();
     for_each_lrn_element(n, p.channels, s, p.size, [&](int64_t column, int64_t c, int64_t e) {
-      lrn_grad_terms<scalar_t, scalar_t>(gy + column, x + column, s, p, c, own_ + e, term_ + e);
+      lrn_grad_terms<scalar_t, acc_t>(gy + column, x + column, s, p, c, own_ + e, term_ + e);
     });
     for_each_lrn_element(n, p.channels, s, p.size, [&](int64_t column, int64_t c, int64_t e) {
-      gx[e] = lrn_grad_combine<scalar_t, scalar_t>(own_ + column, term_ + column, x + column, s, p, c);
+      gx[e] = static_cast<scalar_t>(lrn_grad_combine<scalar_t, acc_t>(own_ + column, term_ + column, x + column, s, p, c));
     });
   });
 }
@@ -254,7 +324,7 @@ void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, co
 const DeviceKernels& cpu_kernels() {
   static const DeviceKernels kernels{
       "CPU",
-      /*supports_reduced_precision=*/false,
+      /*supports_reduced_precision=*/true,
       &cpu_conv_engine(),
       &cpu_roll_fft_engine(),
       im2col_cpu,
@@ -273,5 +343,6 @@ const DeviceKernels& cpu_kernels() {
 }  // namespace rollconv
 
 TORCH_LIBRARY_IMPL(rollconv, CPU, m) {
-  rollconv::register_device_kernels<&rollconv::cpu_kernels>(m);
+  // The engines are float32/float64: float16/bfloat16 convolutions run them in float32.
+  rollconv::register_device_kernels<&rollconv::cpu_kernels, rollconv::ReducedPrecision::kInFloat32>(m);
 }
