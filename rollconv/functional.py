@@ -6,6 +6,8 @@ the op's.
 """
 import torch
 
+from . import backends
+
 ops = torch.ops.rollconv
 
 __all__ = [
@@ -116,7 +118,8 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
 
 
-#: Off the CPU, 'auto' uses the channel-FFT algorithm from this many channels on (with rolls == C).
+#: Off the CPU, where nothing is timed, the rule picks the channel-FFT algorithm from this many
+#: channels on (with rolls == C).
 FFT_MIN_CHANNELS = 48
 #: On the CPU with rolls == C, 'auto' picks 'direct' over 'fft' for at most
 #: DIRECT_MAX_CHANNELS channels with at least DIRECT_MIN_FILTERS filters, and for at most
@@ -126,8 +129,12 @@ DIRECT_MIN_FILTERS = 4
 DIRECT_ALWAYS_CHANNELS = 4
 
 
-def choose_roll_algorithm(input, weight, rolls, stride, dilation):
-    """The algorithm 'auto' picks for roll_conv2d.
+def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None):
+    """The rule for roll_conv2d's ``algorithm='auto'`` where nothing is timed (see
+    ``rollconv.backends``: by default the CPU; everywhere with ``backends.benchmark = False``).
+
+    dtype is the dtype the op computes in (default ``input.dtype``; under ``torch.autocast``
+    the autocast dtype, ``rollconv.backends.compute_dtype``).
 
     On the CPU (float32/float64), measured on the project's 2-core AVX-512 machines (fwd+bwd
     with ReLU, float32, N=8, 16x16 and 32x32, C 2-32, F 1-64; bench/run.py and the notes of
@@ -140,13 +147,14 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation):
       bank at C = 32, 10x the seed method at C = 256, F = 1 on the machine of issue 5.
     - fewer rolls: 'direct' when C <= 4 and F >= 32 (1.6-3.2x the bank; measured before
       issue 6's engine changes), else 'bank'.
-    Off the CPU (CUDA: not measured, no GPU here; fft is composed of cuFFT and our kernels):
-    'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank'. float16/bfloat16: 'bank'.
-    The CPU figures assume the CPU engines are on (not ROLLCONV_CPU_ENGINE=0). Override
-    with algorithm='direct' | 'bank' | 'fft'.
+    Off the CPU this rule is a fallback, not a measurement (by default CUDA times the
+    candidates instead): 'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank'.
+    float16/bfloat16: 'bank'. The CPU figures assume the CPU engines are on (not
+    ROLLCONV_CPU_ENGINE=0). Override with algorithm='direct' | 'bank' | 'fft'.
     """
     channels, filters = input.shape[1], weight.shape[0]
-    floating = input.dtype in (torch.float32, torch.float64)
+    dtype = input.dtype if dtype is None else dtype
+    floating = dtype in (torch.float32, torch.float64)
     on_cpu = input.device.type == "cpu"
     if not floating:
         return "bank"
@@ -159,6 +167,13 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     if on_cpu and channels <= 4 and filters >= 32:
         return "direct"
     return "bank"
+
+
+def _auto_algorithm(x, weight, bias, stride, padding, dilation, rolls, relu):
+    """'auto': the rule, or the timed choice where rollconv.backends times (see there)."""
+    dtype = backends.compute_dtype(x)
+    rule = choose_roll_algorithm(x, weight, rolls, stride, dilation, dtype=dtype)
+    return backends.roll_conv2d_algorithm(rule, x, weight, bias, stride, padding, dilation, rolls, relu, dtype)
 
 
 def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls=None, activation=None, algorithm="auto"):
@@ -178,8 +193,18 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
     never built; on CPU the GEMM engine reads x in place, on CUDA cuBLAS GEMMs); 'bank' expands the bank inside the op and calls
     ATen's convolution (oneDNN on CPU, cuDNN on CUDA), folding dK back in the op; 'fft'
     (rolls == C, float32/float64) diagonalizes the circulant bank with a real FFT over the
-    channels: C/2 + 1 small complex convolutions; 'auto' (default) asks
-    ``choose_roll_algorithm``. All are exact (same math, float rounding aside).
+    channels: C/2 + 1 small complex convolutions. All are exact (same math, float
+    rounding aside).
+
+    'auto' (default): on the CPU the measured rule ``choose_roll_algorithm``; on CUDA the
+    first call with a new configuration (device, dtype, shapes, geometry, rolls, ReLU,
+    gradients needed) times the candidates ('direct', 'bank', and 'fft' when rolls == C in
+    float32/float64) on fresh tensors and caches the fastest, as
+    ``torch.backends.cudnn.benchmark`` does. ``rollconv.backends.benchmark`` (or the
+    environment variable ``ROLLCONV_BENCHMARK``) turns the timing on for every device
+    (True) or off (False: the rule decides everywhere). Under ``torch.compile`` the rule
+    decides; under ``torch.export``, fake tensors and CUDA graph capture the cached choice
+    or the rule (nothing is timed there). See ``rollconv.backends``.
     """
     x, squeeze = _batched(input)
     if activation not in (None, "relu"):
@@ -194,7 +219,7 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
         raise TypeError(f"rolls must be an int or None, but got {rolls!r}")
     x, padding = _padding_args(x, weight, padding, stride, dilation)
     if algorithm == "auto":
-        algorithm = choose_roll_algorithm(x, weight, rolls, stride, dilation)
+        algorithm = _auto_algorithm(x, weight, bias, stride, padding, dilation, rolls, activation == "relu")
     out = ops.roll_conv2d_forward(x, weight, bias, stride, padding, dilation, rolls, algorithm, activation == "relu")
     return out.squeeze(0) if squeeze else out
 
