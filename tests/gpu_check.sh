@@ -2,7 +2,7 @@
 # `make gpu-check PYTHON=python3`: on a machine with a CUDA GPU, with the Python that already
 # has torch there (no virtual environment, no downloads):
 #   1. preflight: torch new enough (pyproject.toml's torch>=X), a CUDA build of torch, a GPU
-#      visible, pytest importable, a CUDA toolkit (nvcc) and Python headers to build with;
+#      visible, the tests' modules importable, a CUDA toolkit (nvcc) and Python headers;
 #   2. build rollconv for the visible GPUs' architectures only (TORCH_CUDA_ARCH_LIST from
 #      torch.cuda.get_device_capability) into build/gpu-check/lib, leaving the source tree's
 #      and any installed rollconv alone;
@@ -11,7 +11,7 @@
 #   4. the short GPU benchmark, bench/gpu_check.py: one summary table, and everything in
 #      bench/results/gpu_check.md (the tests' summary included).
 # Exits non-zero when a step fails (after the benchmark, if only the tests failed).
-# Limits (seconds): GPU_CHECK_TEST_TIMEOUT (300), GPU_CHECK_BENCH_BUDGET (180).
+# Limits (seconds): GPU_CHECK_TEST_TIMEOUT (270), GPU_CHECK_BENCH_BUDGET (150).
 set -uo pipefail
 PY="${1:-python3}"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +24,14 @@ say "$("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])' 2>&1
 
 # 1. Preflight (needs only torch: bench/gpu_check.py imports rollconv later).
 ARCHS=$(cd "$ROOT" && "$PY" bench/gpu_check.py --preflight) || exit 2
-"$PY" -c "import pytest" 2>/dev/null || { say "pytest is not installed for $PY; the CUDA tests need it"; exit 2; }
+# The test modules' own imports (pytest always; numpy, hypothesis where a test module imports them).
+MISSING=""
+for mod in pytest numpy hypothesis; do
+  if [ "$mod" = pytest ] || grep -qE "^(import|from) $mod\b" "$ROOT"/tests/*.py; then
+    "$PY" -c "import $mod" 2>/dev/null || MISSING="$MISSING $mod"
+  fi
+done
+[ -z "$MISSING" ] || { say "not installed for $PY, needed by the tests:$MISSING"; exit 2; }
 "$PY" -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
   || { say "Python.h is missing for $PY: install its development headers (e.g. python3-dev)"; exit 2; }
 if [ -z "${CUDA_HOME:-}" ] && [ ! -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc >/dev/null 2>&1; then
@@ -57,13 +64,13 @@ PYEOF
 
 # 3. Every CUDA test.
 START=$SECONDS
-timeout "${GPU_CHECK_TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider -m cuda -rfE "$ROOT/tests" 2>&1 | tee "$OUT/pytest.log"
+timeout "${GPU_CHECK_TEST_TIMEOUT:-270}" "$PY" -m pytest -q -p no:cacheprovider -m cuda -rfE "$ROOT/tests" 2>&1 | tee "$OUT/pytest.log"
 TESTS_RC=${PIPESTATUS[0]}
 say "CUDA tests: exit status $TESTS_RC in $((SECONDS - START)) s"
 
 # 4. The benchmark.
 START=$SECONDS
-"$PY" "$ROOT/bench/gpu_check.py" --device cuda --budget-s "${GPU_CHECK_BENCH_BUDGET:-180}" \
+"$PY" "$ROOT/bench/gpu_check.py" --device cuda --budget-s "${GPU_CHECK_BENCH_BUDGET:-150}" \
   --tests-log "$OUT/pytest.log" --tests-rc "$TESTS_RC" --out "$RESULTS"
 BENCH_RC=$?
 say "benchmark: exit status $BENCH_RC in $((SECONDS - START)) s; results in $RESULTS"
