@@ -34,7 +34,8 @@ shared by all threads (a lock serializes timing) and lives until ``clear_cache()
 Where timing is impossible or would be traced, the cached choice is used if there is one,
 else the rule: fake and meta tensors, tensor subclasses, ``torch.func`` transforms, active
 dispatch modes (``FakeTensorMode``, ``make_fx``), non-strict ``torch.export`` (which runs
-this code on fake tensors; symbolic shapes have no cache entry) and CUDA graph capture
+this code on fake tensors; symbolic shapes have no cache entry), ``torch.jit.trace`` and
+CUDA graph capture
 (``torch.cuda.graph``: a capturing stream cannot synchronize). While ``torch.compile``
 (Dynamo) traces, the rule alone decides: a cache lookup there would specialize the graph
 to the traced sizes (a recompilation per batch size). Every algorithm computes the same
@@ -149,6 +150,8 @@ def _dynamo_compiling():
 def _can_time(tensors):
     """Whether real kernels may run now on fresh copies of these tensors, outside any trace."""
     if torch.compiler.is_compiling():  # non-strict torch.export runs this code on fake tensors
+        return False
+    if torch.jit.is_tracing():  # the tracer would record the timing runs into the graph
         return False
     for t in tensors:
         if type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type not in ("cpu", "cuda"):

@@ -320,3 +320,12 @@ def test_cuda_times_by_default_and_survives_graph_capture(monkeypatch):
         RF.roll_conv2d(x, w, padding=1)
     graph.replay()
     torch.testing.assert_close(captured, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_jit_trace_times_nothing(timing):
+    model = rollconv.nn.RollConv2d(4, 2, 3, padding=1)
+    x = torch.randn(2, 4, 6, 6)
+    traced = torch.jit.trace(model, (x,), check_trace=False)
+    assert timing == []
+    assert [n.kind() for n in traced.graph.nodes() if n.kind().startswith("aten::")].count("aten::empty") == 0
+    torch.testing.assert_close(traced(x), model(x))
