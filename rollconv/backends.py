@@ -23,8 +23,8 @@ tensors of the same shapes, dtype, memory format and device (the caller's tensor
 autograd state and the global random number generator are not touched). Each candidate
 runs once to warm up (plans, handles, lazy initialization), then up to five interleaved
 rounds, synchronizing the device around each run; the fastest median wins. A candidate that
-fails (out of memory, unsupported configuration) is dropped; if all fail, the rule decides
-and the call itself reports the error.
+fails (out of memory, unsupported configuration) is dropped; if all fail, the rule's choice
+is cached and the call itself reports the error, if any.
 
 The cache key (``Key``): device, the dtype the op computes in (the autocast dtype under
 ``torch.autocast``), input and weight shapes, input memory format, bias or not, stride,
@@ -214,9 +214,9 @@ def roll_conv2d_algorithm(rule, input, weight, bias, stride, padding, dilation, 
         choice = _cache.get(key)
         if choice is None:
             seconds = _time_algorithms(key, candidates(key))
-            if not seconds:
-                return rule  # every candidate failed: the call itself reports why
-            choice = min(seconds, key=seconds.get)
+            # If every candidate failed, the rule's choice is kept (not timed again); the
+            # call itself then reports the error, if any.
+            choice = min(seconds, key=seconds.get) if seconds else rule
             _cache[key] = choice
             _log.debug("rollconv.backends: %s -> %s (median seconds %s)", key, choice, seconds)
         return choice

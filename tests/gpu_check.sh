@@ -24,14 +24,15 @@ say "$("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])' 2>&1
 
 # 1. Preflight (needs only torch: bench/gpu_check.py imports rollconv later).
 ARCHS=$(cd "$ROOT" && "$PY" bench/gpu_check.py --preflight) || exit 2
-# The test modules' own imports (pytest always; numpy, hypothesis where a test module imports them).
+# The build's and the test modules' imports (setuptools, pytest; numpy, hypothesis where a
+# test module imports them).
 MISSING=""
-for mod in pytest numpy hypothesis; do
-  if [ "$mod" = pytest ] || grep -qE "^(import|from) $mod\b" "$ROOT"/tests/*.py; then
+for mod in setuptools pytest numpy hypothesis; do
+  if [ "$mod" = setuptools ] || [ "$mod" = pytest ] || grep -qE "^(import|from) $mod\b" "$ROOT"/tests/*.py; then
     "$PY" -c "import $mod" 2>/dev/null || MISSING="$MISSING $mod"
   fi
 done
-[ -z "$MISSING" ] || { say "not installed for $PY, needed by the tests:$MISSING"; exit 2; }
+[ -z "$MISSING" ] || { say "not installed for $PY, needed to build or test:$MISSING"; exit 2; }
 "$PY" -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
   || { say "Python.h is missing for $PY: install its development headers (e.g. python3-dev)"; exit 2; }
 if [ -z "${CUDA_HOME:-}" ] && [ ! -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc >/dev/null 2>&1; then

@@ -275,10 +275,13 @@ def test_failing_candidates_are_dropped(timing, monkeypatch):
     x, w = torch.randn(1, 4, 6, 6), torch.randn(2, 4, 3, 3)
     RF.roll_conv2d(x, w)
     assert list(backends.cached_algorithms().values())[0] in ("direct", "bank")
-    # Input every candidate rejects: nothing is cached and the op's own error comes through.
-    with pytest.raises(RuntimeError, match="kernel"):
-        RF.roll_conv2d(torch.randn(1, 4, 2, 2), w)
-    assert len(backends.cached_algorithms()) == 1
+    # Input every candidate rejects: the rule's choice is kept, and the op's own error comes through.
+    small = torch.randn(1, 4, 2, 2)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="kernel"):
+            RF.roll_conv2d(small, w)
+    cache = backends.cached_algorithms()
+    assert len(cache) == 2 and len(timing) == 2 and list(cache.values())[1] == _rule(small, w)
 
 
 def test_compute_dtype_follows_autocast():
