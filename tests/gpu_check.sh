@@ -71,8 +71,10 @@ say "CUDA tests: exit status $TESTS_RC in $((SECONDS - START)) s"
 
 # 4. The benchmark.
 START=$SECONDS
+rm -f "$RESULTS"
 "$PY" "$ROOT/bench/gpu_check.py" --device cuda --budget-s "${GPU_CHECK_BENCH_BUDGET:-150}" \
   --tests-log "$OUT/pytest.log" --tests-rc "$TESTS_RC" --out "$RESULTS"
 BENCH_RC=$?
-say "benchmark: exit status $BENCH_RC in $((SECONDS - START)) s; results in $RESULTS"
+say "benchmark: exit status $BENCH_RC in $((SECONDS - START)) s"
+[ -f "$RESULTS" ] && say "results (tests' summary, table, every sample): $RESULTS"
 [ "$TESTS_RC" -eq 0 ] && [ "$BENCH_RC" -eq 0 ]
