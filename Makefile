@@ -2,19 +2,25 @@
 # make test   set up, build, run the C++ tests (ctest) and the Python tests (pytest)
 # make build  set up and build (incremental: ninja recompiles only what changed)
 # make bench  set up, build, benchmark against torch (writes bench/results/)
+# make gpu-check PYTHON=python3
+#             on a GPU machine, with the Python that has torch there (no venv, no downloads):
+#             build for the local GPU's architecture into build/gpu-check, run every CUDA test,
+#             then a short GPU benchmark (one table; results in bench/results/gpu_check.md)
 #
 # Everything lives in a virtual environment in .venv with the pinned packages of
 # requirements.txt. CUDA kernels are compiled when a CUDA toolkit is found (see setup.py;
 # FORCE_ONLY_CPU=1 for a CPU-only build, FORCE_CUDA=1 to insist on CUDA).
 
 PYTHON_SYSTEM ?= python3
+# The Python of `make gpu-check` (its own torch, no venv).
+PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu') setup.py pyproject.toml
 CMAKE_DIR := build/cmake
 PYTEST_ARGS ?=
 
-.PHONY: all demo test build bench venv cpp-test py-test cpu-only-test sanitizer-test info clean
+.PHONY: all demo test build bench gpu-check venv cpp-test py-test cpu-only-test sanitizer-test info clean
 
 all: build
 
@@ -67,6 +73,9 @@ sanitizer-test: $(VENV)/.deps
 
 bench: build
 	$(PY) bench/run.py
+
+gpu-check:
+	bash tests/gpu_check.sh $(PYTHON)
 
 clean:
 	rm -rf build rollconv/*.so $(VENV)/.built

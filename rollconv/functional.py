@@ -9,6 +9,8 @@ records it as one call_function node and tensor subclasses and modes see it.
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary, has_torch_function_variadic
 
+from . import backends
+
 ops = torch.ops.rollconv
 
 __all__ = [
@@ -168,29 +170,15 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     out = ops.conv2d_backward_input(x, weight, out_hw, stride, padding, dilation, int(groups))
     if bias is not None:
         # The op casts x and weight under autocast; the bias follows, as torch's does.
-        out = out + bias.to(_autocast_dtype(bias)).view(1, -1, 1, 1)
+        out = out + bias.to(backends.compute_dtype(bias)).view(1, -1, 1, 1)
     return out.squeeze(0) if squeeze else out
 
 
 ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
 
 
-def _autocast_dtype(t):
-    """The dtype a convolution computes ``t`` in: inside ``torch.autocast`` for t's device the
-    autocast dtype (float32/float16/bfloat16 operands are cast to it, float64 ones are not,
-    as at::autocast::cached_cast does), else t's own dtype."""
-    device = t.device.type
-    if (
-        t.is_floating_point()
-        and t.dtype != torch.float64
-        and torch.amp.is_autocast_available(device)
-        and torch.is_autocast_enabled(device)
-    ):
-        return torch.get_autocast_dtype(device)
-    return t.dtype
-
-
-#: Off the CPU, 'auto' uses the channel-FFT algorithm from this many channels on (with rolls == C).
+#: Off the CPU, where nothing is timed, the rule picks the channel-FFT algorithm from this many
+#: channels on (with rolls == C).
 FFT_MIN_CHANNELS = 48
 #: On the CPU with rolls == C, 'auto' picks 'direct' over 'fft' for at most
 #: DIRECT_MAX_CHANNELS channels with at least DIRECT_MIN_FILTERS filters, and for at most
@@ -200,8 +188,12 @@ DIRECT_MIN_FILTERS = 4
 DIRECT_ALWAYS_CHANNELS = 4
 
 
-def choose_roll_algorithm(input, weight, rolls, stride, dilation):
-    """The algorithm 'auto' picks for roll_conv2d.
+def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None):
+    """The rule for roll_conv2d's ``algorithm='auto'`` where nothing is timed (see
+    ``rollconv.backends``: by default the CPU; everywhere with ``backends.benchmark = False``).
+
+    dtype is the dtype the op computes in (default ``input.dtype``; under ``torch.autocast``
+    the autocast dtype, ``rollconv.backends.compute_dtype``).
 
     On the CPU (float32/float64), measured on the project's 2-core AVX-512 machines (fwd+bwd
     with ReLU, float32, N=8, 16x16 and 32x32, C 2-32, F 1-64; bench/run.py and the notes of
@@ -217,15 +209,16 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     CPU float16/bfloat16 (also under ``torch.autocast``): the same rule, since every
     algorithm then runs the float32 engines on converted operands, a conversion that costs
     the same whichever algorithm runs.
-    Off the CPU (CUDA: not measured, no GPU here; fft is composed of cuFFT and our kernels):
-    'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank'; float16/bfloat16 (the dtype
-    after autocast's cast): 'bank' (cuDNN in that dtype; 'fft' would compute in float32).
-    The CPU figures assume the CPU engines are on (not ROLLCONV_CPU_ENGINE=0). Override
-    with algorithm='direct' | 'bank' | 'fft'.
+    Off the CPU this rule is a fallback, not a measurement (by default CUDA times the
+    candidates instead): 'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank';
+    float16/bfloat16 (the dtype after autocast's cast): 'bank' (cuDNN in that dtype; 'fft'
+    would compute in float32). The CPU figures assume the CPU engines are on (not
+    ROLLCONV_CPU_ENGINE=0). Override with algorithm='direct' | 'bank' | 'fft'.
     """
     channels, filters = input.shape[1], weight.shape[0]
+    dtype = backends.compute_dtype(input) if dtype is None else dtype
     on_cpu = input.device.type == "cpu"
-    if not on_cpu and _autocast_dtype(input) not in (torch.float32, torch.float64):
+    if not on_cpu and dtype not in (torch.float32, torch.float64):
         return "bank"
     if rolls == channels:
         if not on_cpu:
@@ -236,6 +229,13 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     if on_cpu and channels <= 4 and filters >= 32:
         return "direct"
     return "bank"
+
+
+def _auto_algorithm(x, weight, bias, stride, padding, dilation, rolls, relu):
+    """'auto': the rule, or the timed choice where rollconv.backends times (see there)."""
+    dtype = backends.compute_dtype(x)
+    rule = choose_roll_algorithm(x, weight, rolls, stride, dilation, dtype=dtype)
+    return backends.roll_conv2d_algorithm(rule, x, weight, bias, stride, padding, dilation, rolls, relu, dtype)
 
 
 def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls=None, activation=None, algorithm="auto"):
@@ -255,14 +255,24 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
     never built; on CPU the GEMM engine reads x in place, on CUDA cuBLAS GEMMs); 'bank' expands the bank inside the op and calls
     ATen's convolution (oneDNN on CPU, cuDNN on CUDA), folding dK back in the op; 'fft'
     (rolls == C) diagonalizes the circulant bank with a real FFT over the
-    channels: C/2 + 1 small complex convolutions; 'auto' (default) asks
-    ``choose_roll_algorithm``. All are exact (same math, float rounding aside).
+    channels: C/2 + 1 small complex convolutions. All are exact (same math, float
+    rounding aside).
 
     Dtypes: float32, float64, float16, bfloat16 with every algorithm (float16/bfloat16 in
     float32 arithmetic: on CPU the float32 engines run on converted operands, on CUDA
     'direct' and 'bank' accumulate in float32 and 'fft' transforms in float32). Under
     ``torch.autocast`` input, weight and bias are cast to the autocast dtype, as for
     ``torch.nn.functional.conv2d``; the output has that dtype whatever the algorithm.
+
+    'auto' (default): on the CPU the measured rule ``choose_roll_algorithm``; on CUDA the
+    first call with a new configuration (device, dtype, shapes, geometry, rolls, ReLU,
+    gradients needed) times the candidates ('direct', 'bank', and 'fft' when rolls == C in
+    float32/float64) on fresh tensors and caches the fastest, as
+    ``torch.backends.cudnn.benchmark`` does. ``rollconv.backends.benchmark`` (or the
+    environment variable ``ROLLCONV_BENCHMARK``) turns the timing on for every device
+    (True) or off (False: the rule decides everywhere). Under ``torch.compile`` the rule
+    decides; under ``torch.export``, fake tensors and CUDA graph capture the cached choice
+    or the rule (nothing is timed there). See ``rollconv.backends``.
     """
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(
@@ -281,7 +291,7 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
         raise TypeError(f"rolls must be an int or None, but got {rolls!r}")
     x, padding = _padding_args(x, weight, padding, stride, dilation)
     if algorithm == "auto":
-        algorithm = choose_roll_algorithm(x, weight, rolls, stride, dilation)
+        algorithm = _auto_algorithm(x, weight, bias, stride, padding, dilation, rolls, activation == "relu")
     out = ops.roll_conv2d_forward(x, weight, bias, stride, padding, dilation, rolls, algorithm, activation == "relu")
     return out.squeeze(0) if squeeze else out
 

@@ -56,7 +56,8 @@ class RollConv2d(nn.Module):
 
     Parameters: ``weight`` (filters, in_channels, kh, kw) and ``bias`` (filters,), shared
     across the rolls; ``out_channels == rolls * filters`` in roll-major order. Init as
-    ``torch.nn.Conv2d`` with the same fan-in. ``algorithm``: 'auto', 'direct' or 'bank'.
+    ``torch.nn.Conv2d`` with the same fan-in. ``algorithm``: 'auto' (the CPU's measured
+    rule; timed and cached on CUDA, see ``rollconv.backends``), 'direct', 'bank' or 'fft'.
     """
 
     def __init__(
