@@ -13,6 +13,7 @@ PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu') setup.py pyproject.toml
 CMAKE_DIR := build/cmake
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: all demo test build bench venv cpp-test py-test cpu-only-test info clean
 
@@ -60,8 +61,9 @@ py-test: build
 cpu-only-test: $(VENV)/.deps
 	bash tests/cpu_only_build.sh $(PY)
 
+# make bench BENCH_ARGS="--quick" (or --only TEXT, --batch N, --size S, --threads N, --device cuda)
 bench: build
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build rollconv/*.so $(VENV)/.built
