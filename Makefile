@@ -19,6 +19,7 @@ PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu') setup.py pyproject.toml
 CMAKE_DIR := build/cmake
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: all demo test build bench gpu-check venv cpp-test py-test cpu-only-test sanitizer-test info clean
 
@@ -71,8 +72,9 @@ cpu-only-test: $(VENV)/.deps
 sanitizer-test: $(VENV)/.deps
 	bash tests/sanitizer_build.sh $(PY)
 
+# make bench BENCH_ARGS="--quick" (or --only TEXT, --batch N, --size S, --threads N, --device cuda)
 bench: build
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 gpu-check:
 	bash tests/gpu_check.sh $(PYTHON)

@@ -7,6 +7,11 @@ Switches (environment variables):
                         (tests/sanitizer_build.sh; objects in build/sanitize)
   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (default below)
   CUDA_HOME             the CUDA toolkit; found automatically when unset
+  DEBUG=1               -O0 -g (debug info kept); release builds (default) carry none
+
+Objects are kept per kind of build, so that one kind never invalidates another's:
+build/<cpu|cuda>[-debug] for in-place and editable builds (`make build`, `pip install -e`,
+`setup.py build_ext --inplace`), build/wheel-<cpu|cuda>[-debug] for wheels (`pip install .`).
 """
 import glob
 import os
@@ -51,6 +56,7 @@ def env_flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
+debug = env_flag("DEBUG")
 sanitize = env_flag("ROLLCONV_SANITIZE")
 cuda_home = None if env_flag("FORCE_ONLY_CPU") or sanitize else find_cuda_home()
 if cuda_home:
@@ -60,7 +66,17 @@ with_cuda = not env_flag("FORCE_ONLY_CPU") and not sanitize and (cuda_home is no
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
 
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+except ModuleNotFoundError as missing:
+    if missing.name != "torch":
+        raise
+    # pip's default build isolation builds in a fresh environment without torch (and
+    # installing one there would compile against a torch other than the one used at run time).
+    sys.exit(
+        "rollconv: building needs torch, and this build environment has none: install torch "
+        "first, then build against it with `pip install --no-build-isolation .`"
+    )
 
 
 def nvidia_pip_includes():
@@ -77,13 +93,16 @@ def extension():
     # The GEMM engine and the channel FFT: their <name>_<isa>.cpp files set their own target
     # ISA (#pragma GCC target) and run only on CPUs that have it, so no global -m flags.
     sources += glob.glob("csrc/cpu/gemm/*.cpp") + glob.glob("csrc/cpu/fft/*.cpp")
-    cxx_flags = ["-O3", "-fopenmp", "-DROLLCONV_VERSION=\"0.1.0\""]
+    # After Python's own CFLAGS (which hold -g): -g0 drops the debug info from release
+    # builds, and the linker strips what objects from elsewhere bring (symbols stay).
+    optimize = ["-O0", "-g", "-DROLLCONV_DEBUG"] if debug else ["-O3", "-g0"]
+    cxx_flags = optimize + ["-fopenmp", "-DROLLCONV_VERSION=\"0.1.0\""]
+    link_flags = ["-fopenmp"] + ([] if debug else ["-Wl,--strip-debug"])
     include_dirs = [os.path.join(ROOT, "csrc")]
-    link_flags = ["-fopenmp"]
     if sanitize:  # every report aborts (no recovery), so a test run fails on any
         sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
         cxx_flags += sanitizers + ["-fno-omit-frame-pointer", "-g", "-O1"]
-        link_flags += sanitizers
+        link_flags = [f for f in link_flags if f != "-Wl,--strip-debug"] + sanitizers
     if not with_cuda:
         return CppExtension(
             "rollconv._C",
@@ -95,23 +114,30 @@ def extension():
     sources += glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")
     archs = os.environ["TORCH_CUDA_ARCH_LIST"]
     cxx_flags += ["-DROLLCONV_WITH_CUDA", f"-DROLLCONV_CUDA_ARCHS=\"{archs}\""]
-    nvcc_flags = ["-O3", "-DROLLCONV_WITH_CUDA", "--expt-relaxed-constexpr", "--extended-lambda"]
+    nvcc_flags = (["-O0", "-g"] if debug else ["-O3"]) + [
+        "-DROLLCONV_WITH_CUDA", "--expt-relaxed-constexpr", "--extended-lambda"]
     return CUDAExtension(
         "rollconv._C",
         sorted(sources),
         include_dirs=include_dirs + nvidia_pip_includes(),
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link_flags,
     )
 
 
 class BuildExt(BuildExtension):
     """Compile into a fixed directory under build/ so that ninja rebuilds only what
-    changed, also for `pip install -e .` (which otherwise uses a fresh temp dir)."""
+    changed, also for `pip install -e .` (which otherwise uses a fresh temp dir); one
+    directory per kind of build (see the top of this file), since ninja recompiles every
+    object whose command line changed."""
 
     def run(self):
-        kind = "sanitize" if sanitize else "cuda" if with_cuda else "cpu"
-        self.build_temp = os.path.join(ROOT, "build", kind)
+        kind = "cuda" if with_cuda else "cpu"
+        if sanitize:
+            kind = "sanitize"
+        elif not (self.inplace or getattr(self, "editable_mode", False)):
+            kind = "wheel-" + kind
+        self.build_temp = os.path.join(ROOT, "build", kind + ("-debug" if debug else ""))
         super().run()
 
 

@@ -97,6 +97,11 @@ extern "C" PyObject* PyInit__C(void) {
   PyModule_AddIntConstant(m, "with_cuda", 0);
 #endif
   PyModule_AddStringConstant(m, "cuda_archs", ROLLCONV_CUDA_ARCHS);
+#ifdef ROLLCONV_DEBUG
+  PyModule_AddIntConstant(m, "debug", 1);  // DEBUG=1 build: -O0, debug info kept
+#else
+  PyModule_AddIntConstant(m, "debug", 0);
+#endif
   PyModule_AddStringConstant(m, "version", ROLLCONV_VERSION);
   return m;
 }

@@ -7,26 +7,29 @@
 namespace {
 
 // Schemas. Backward passes are ops of their own, so every device implements forward,
-// dX (backward_input) and dK (backward_weight) and nothing else.
+// dX (backward_input) and dK (backward_weight) and nothing else. The sizes the backward
+// passes take from tensors' shapes (input_size, kernel_size) are SymInt[], so that they
+// stay symbolic under torch.compile(dynamic=True) instead of specializing (and
+// recompiling) on every image size; the kernels receive them as plain ints.
 constexpr const char* kSchemas[] = {
     "conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
     "int[2] dilation, int groups) -> Tensor",
-    "conv2d_backward_input(Tensor grad_output, Tensor weight, int[2] input_size, int[2] stride, "
+    "conv2d_backward_input(Tensor grad_output, Tensor weight, SymInt[2] input_size, int[2] stride, "
     "int[2] padding, int[2] dilation, int groups) -> Tensor",
-    "conv2d_backward_weight(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+    "conv2d_backward_weight(Tensor grad_output, Tensor input, SymInt[2] kernel_size, int[2] stride, "
     "int[2] padding, int[2] dilation, int groups) -> Tensor",
     "bias_backward(Tensor grad_output, int channels) -> Tensor",
     // algorithm: "direct" (rolls as row windows of one im2col), "bank" (expand the bank,
     // call ATen's convolution: oneDNN / cuDNN) or "fft" (channel-FFT, rolls == C).
     "roll_conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
     "int[2] dilation, int rolls, str algorithm, bool relu) -> Tensor",
-    "roll_conv2d_backward_input(Tensor grad_output, Tensor weight, int[2] input_size, "
+    "roll_conv2d_backward_input(Tensor grad_output, Tensor weight, SymInt[2] input_size, "
     "int[2] stride, int[2] padding, int[2] dilation, int rolls, str algorithm) -> Tensor",
-    "roll_conv2d_backward_weight(Tensor grad_output, Tensor input, int[2] kernel_size, "
+    "roll_conv2d_backward_weight(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
     "int[2] stride, int[2] padding, int[2] dilation, int rolls, str algorithm) -> Tensor",
     "max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
     "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)",
-    "max_pool2d_backward(Tensor grad_output, Tensor indices, int[2] input_size, "
+    "max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[2] input_size, "
     "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor",
     "local_response_norm_forward(Tensor input, int size, float alpha, float beta, float k) -> Tensor",
     "local_response_norm_backward(Tensor grad_output, Tensor input, int size, float alpha, "

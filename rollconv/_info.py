@@ -12,6 +12,7 @@ def build_facts():
         "rollconv": _C.version,
         "torch": torch.__version__,
         "torch CUDA": torch.version.cuda or "none (CPU-only torch)",
+        "build": "debug (DEBUG=1: -O0, debug info)" if _C.debug else "release",
         "CUDA kernels compiled": bool(_C.with_cuda),
         "CUDA architectures": _C.cuda_archs or "-",
         "GPU visible": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no"),

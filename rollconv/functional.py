@@ -167,6 +167,10 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     conv_hw = [(out_hw[i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1 for i in (0, 1)]
     if conv_hw != list(x.shape[2:]):
         x = torch.nn.functional.pad(x, [0, conv_hw[1] - x.shape[3], 0, conv_hw[0] - x.shape[2]])
+    if torch.jit.is_tracing():
+        # The tracer hands out sizes as tensors, which a SymInt[] argument rejects; an int[]
+        # argument used to turn them into the same constants.
+        out_hw = [int(v) for v in out_hw]
     out = ops.conv2d_backward_input(x, weight, out_hw, stride, padding, dilation, int(groups))
     if bias is not None:
         # The op casts x and weight under autocast; the bias follows, as torch's does.

@@ -9,6 +9,9 @@ from . import functional as F
 
 __all__ = ["Conv2d", "ConvTranspose2d", "RollConv2d", "MaxPool2d", "LocalResponseNorm"]
 
+#: The padding modes of torch.nn.Conv2d.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
 
 class Conv2d(nn.Conv2d):
     """Drop-in for ``torch.nn.Conv2d`` (all padding modes: non-zero modes pad first,
@@ -54,10 +57,27 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 class RollConv2d(nn.Module):
     """Rolling-filter convolution layer (see ``rollconv.functional.roll_conv2d``).
 
+    Input (N, in_channels, H, W) or (in_channels, H, W); output (N, rolls * filters, H_out,
+    W_out) in roll-major order (channel ``r * filters + f``), H_out as ``torch.nn.Conv2d``.
+
     Parameters: ``weight`` (filters, in_channels, kh, kw) and ``bias`` (filters,), shared
-    across the rolls; ``out_channels == rolls * filters`` in roll-major order. Init as
-    ``torch.nn.Conv2d`` with the same fan-in. ``algorithm``: 'auto' (the CPU's measured
-    rule; timed and cached on CUDA, see ``rollconv.backends``), 'direct', 'bank' or 'fft'.
+    across the rolls, initialized as ``torch.nn.Conv2d`` with the same fan-in.
+    Arguments as ``torch.nn.Conv2d`` where they exist: ``stride``, ``padding`` (int, pair,
+    'valid' or 'same'), ``dilation``, ``bias`` and ``padding_mode`` ('zeros', 'reflect',
+    'replicate' or 'circular'; any but 'zeros' pads the input with ``torch.nn.functional.pad``
+    before a convolution without padding, as ``torch.nn.Conv2d`` does). ``rolls``: how many
+    rolls, 1 <= rolls <= in_channels (default in_channels). ``activation``: None or 'relu'
+    (fused). ``algorithm``: 'auto' (the CPU's measured rule; timed and cached on CUDA, see
+    ``rollconv.backends``), 'direct', 'bank' or 'fft' ('fft' needs rolls == in_channels); see
+    ``roll_conv2d``. It is a choice of computation, not part of
+    the state_dict.
+
+    Raises at construction, with the exception types ``torch.nn.Conv2d`` raises for the same
+    mistakes: ValueError for an unknown padding string or padding_mode, padding='same' with
+    a stride other than 1, rolls outside [1, in_channels], 'fft' with fewer rolls, or an
+    unknown activation or algorithm; RuntimeError for non-positive in_channels, filters,
+    kernel_size, stride or dilation and negative padding (torch.nn.Conv2d reports those
+    as RuntimeError, at its first forward); TypeError for sizes that are not ints or pairs.
     """
 
     def __init__(
@@ -72,34 +92,62 @@ class RollConv2d(nn.Module):
         rolls=None,
         activation=None,
         algorithm="auto",
+        padding_mode="zeros",
         device=None,
         dtype=None,
     ):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("filters", filters)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, but got {value!r}")
+            if value < 1:
+                raise RuntimeError(f"{name} must be positive, but got {value}")
         rolls = in_channels if rolls is None else rolls
+        if isinstance(rolls, bool) or not isinstance(rolls, int):
+            raise TypeError(f"rolls must be an int or None, but got {rolls!r}")
         if not 1 <= rolls <= in_channels:
             raise ValueError(f"rolls must be in [1, in_channels={in_channels}], but got {rolls}")
-        if filters < 1:
-            raise ValueError(f"filters must be positive, but got {filters}")
         if activation not in (None, "relu"):
             raise ValueError(f"activation must be None or 'relu', but got {activation!r}")
-        self.in_channels, self.filters, self.rolls = in_channels, filters, rolls
-        self.out_channels = rolls * filters
-        self.kernel_size = tuple(F._pair(kernel_size, "kernel_size"))
-        self.stride = tuple(F._pair(stride, "stride"))
-        self.padding = padding if isinstance(padding, str) else tuple(F._pair(padding, "padding"))
-        self.dilation = tuple(F._pair(dilation, "dilation"))
         if algorithm not in F.ROLL_ALGORITHMS:
             raise ValueError(f"algorithm must be one of {F.ROLL_ALGORITHMS}, but got {algorithm!r}")
+        if algorithm == "fft" and rolls != in_channels:
+            raise ValueError(f"algorithm='fft' needs rolls == in_channels ({in_channels}), but got rolls={rolls}")
+        kernel_size = tuple(F._pair(kernel_size, "kernel_size"))
+        stride = tuple(F._pair(stride, "stride"))
+        dilation = tuple(F._pair(dilation, "dilation"))
+        for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+            if min(value) < 1:
+                raise RuntimeError(f"{name} must be positive, but got {value}")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'same', 'valid'}}")
+            if padding == "same" and stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+        else:
+            padding = tuple(F._pair(padding, "padding"))
+            if min(padding) < 0:
+                raise RuntimeError(f"padding must be non-negative, but got {padding}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, but got padding_mode={padding_mode!r}")
+        self.in_channels, self.filters, self.rolls = in_channels, filters, rolls
+        self.out_channels = rolls * filters
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.padding_mode = padding_mode
         self.activation = activation
-        self.algorithm = algorithm  # not part of the state_dict: a choice of computation
+        self.algorithm = algorithm
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty((filters, in_channels, *self.kernel_size), **factory))
+        self.weight = nn.Parameter(torch.empty((filters, in_channels, *kernel_size), **factory))
         if bias:
             self.bias = nn.Parameter(torch.empty(filters, **factory))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if not hasattr(self, "padding_mode"):  # pickled before padding_mode existed
+            self.padding_mode = "zeros"
 
     def reset_parameters(self):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -108,9 +156,23 @@ class RollConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _explicit_padding(self):
+        """Padding as (left, right, top, bottom) for torch.nn.functional.pad, as torch.nn.Conv2d
+        computes it for non-zero padding modes ('same': the odd pixel goes right/bottom)."""
+        if self.padding == "valid":
+            return [0, 0, 0, 0]
+        if self.padding == "same":
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            return [total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2]
+        return [self.padding[1], self.padding[1], self.padding[0], self.padding[0]]
+
     def forward(self, input):
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input = nn.functional.pad(input, self._explicit_padding(), mode=self.padding_mode)
+            padding = 0
         return F.roll_conv2d(
-            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.rolls, self.activation, self.algorithm
+            input, self.weight, self.bias, self.stride, padding, self.dilation, self.rolls, self.activation, self.algorithm
         )
 
     def filter_bank(self):
@@ -128,6 +190,7 @@ class RollConv2d(nn.Module):
             self.padding,
             self.dilation,
             bias=self.bias is not None,
+            padding_mode=self.padding_mode,
             device=self.weight.device,
             dtype=self.weight.dtype,
         )
@@ -139,15 +202,17 @@ class RollConv2d(nn.Module):
 
     def extra_repr(self):
         text = (
-            f"{self.in_channels}, filters={self.filters}, rolls={self.rolls} "
-            f"(out_channels={self.out_channels}), kernel_size={self.kernel_size}, stride={self.stride}"
+            f"{self.in_channels}, {self.filters}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"rolls={self.rolls} (out_channels={self.out_channels})"
         )
         if self.padding not in ((0, 0), "valid"):
-            text += f", padding={self.padding}"
+            text += f", padding={self.padding!r}"
         if self.dilation != (1, 1):
             text += f", dilation={self.dilation}"
         if self.bias is None:
             text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
         if self.activation:
             text += f", activation={self.activation!r}"
         if self.algorithm != "auto":
