@@ -3,6 +3,9 @@
 Switches (environment variables):
   FORCE_CUDA=1          build the CUDA kernels even if no toolkit is auto-detected
   FORCE_ONLY_CPU=1      build the CPU kernels only, even if a toolkit is present
+  ROLLCONV_EMULATE_CUDA=1  a test build without nvcc: csrc/cuda/kernels.cu compiled for the
+                        host (launches emulated, see csrc/cuda/host_emulation.h) and its
+                        kernels registered for CPU tensors instead of the CPU kernels
   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (default below)
   CUDA_HOME             the CUDA toolkit; found automatically when unset
 """
@@ -49,11 +52,14 @@ def env_flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
-cuda_home = None if env_flag("FORCE_ONLY_CPU") else find_cuda_home()
+emulate_cuda = env_flag("ROLLCONV_EMULATE_CUDA")
+cuda_home = None if env_flag("FORCE_ONLY_CPU") or emulate_cuda else find_cuda_home()
 if cuda_home:
     # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
     os.environ["CUDA_HOME"] = cuda_home
-with_cuda = not env_flag("FORCE_ONLY_CPU") and (cuda_home is not None or env_flag("FORCE_CUDA"))
+with_cuda = not env_flag("FORCE_ONLY_CPU") and not emulate_cuda and (
+    cuda_home is not None or env_flag("FORCE_CUDA")
+)
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
 
@@ -70,12 +76,19 @@ def nvidia_pip_includes():
 
 
 def extension():
-    sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/cpu/*.cpp")
-    # The GEMM engine and the channel FFT: their <name>_<isa>.cpp files set their own target
-    # ISA (#pragma GCC target) and run only on CPUs that have it, so no global -m flags.
-    sources += glob.glob("csrc/cpu/gemm/*.cpp") + glob.glob("csrc/cpu/fft/*.cpp")
+    sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp")
     cxx_flags = ["-O3", "-fopenmp", "-DROLLCONV_VERSION=\"0.1.0\""]
     include_dirs = [os.path.join(ROOT, "csrc")]
+    if emulate_cuda:
+        # CUDA's kernels, compiled for the host, take the CPU dispatch key: nothing of
+        # csrc/cpu (kernels, engines) is built.
+        sources += glob.glob("csrc/emulated_cuda/*.cpp")
+        cxx_flags.append("-DROLLCONV_EMULATE_CUDA")
+    else:
+        sources += glob.glob("csrc/cpu/*.cpp")
+        # The GEMM engine and the channel FFT: their <name>_<isa>.cpp files set their own
+        # target ISA (#pragma GCC target) and run only on CPUs that have it, so no global -m flags.
+        sources += glob.glob("csrc/cpu/gemm/*.cpp") + glob.glob("csrc/cpu/fft/*.cpp")
     if not with_cuda:
         return CppExtension(
             "rollconv._C",
@@ -102,7 +115,8 @@ class BuildExt(BuildExtension):
     changed, also for `pip install -e .` (which otherwise uses a fresh temp dir)."""
 
     def run(self):
-        self.build_temp = os.path.join(ROOT, "build", "cuda" if with_cuda else "cpu")
+        kind = "emulated-cuda/objects" if emulate_cuda else "cuda" if with_cuda else "cpu"
+        self.build_temp = os.path.join(ROOT, "build", kind)
         super().run()
 
 
