@@ -33,11 +33,18 @@ def test_info_reports_the_build():
 
 
 def _same_arguments(ours, reference, *args, **kwargs):
-    """Functions of x that call rollconv's op and its reference with the same arguments;
-    tensor arguments follow x's dtype and device (Tensor.to(x))."""
+    """Functions of x that call rollconv's op and its reference with the same arguments.
+    Each returns the output and its leaves: x and copies of the tensor arguments in x's
+    dtype and device, whose .grad a backward fills."""
 
     def call(fn):
-        return lambda x: fn(x, *[a.to(x) if isinstance(a, torch.Tensor) else a for a in args], **kwargs)
+        def run(x):
+            leaves = [x] + [a.to(x, copy=True).requires_grad_() for a in args if isinstance(a, torch.Tensor)]
+            tensors = iter(leaves[1:])
+            out = fn(x, *[next(tensors) if isinstance(a, torch.Tensor) else a for a in args], **kwargs)
+            return out, leaves
+
+        return run
 
     return call(ours), call(reference)
 
@@ -48,21 +55,24 @@ def _seed_method(x, w, b, stride, padding, dilation, rolls, activation, algorith
 
 def _cases(dtype):
     """(rollconv op, torch reference) pairs: torch.nn.functional's op, and for roll_conv2d
-    the seed method. The weights are representable in `dtype`, so the float64 reference
+    the seed method. The parameters are representable in `dtype`, so the float64 reference
     computes on the same numbers."""
     torch.manual_seed(0)
-    w, rw, tw = (torch.randn(*shape).to(dtype).double() for shape in ((8, 3, 3, 2), (2, 6, 3, 3), (6, 2, 3, 3)))
+    shapes = ((8, 3, 3, 2), (8,), (2, 6, 3, 3), (2,), (6, 2, 3, 3))
+    w, b, rw, rb, tw = (torch.randn(*shape).to(dtype).double() for shape in shapes)
     cases = [
-        _same_arguments(RF.conv2d, F.conv2d, w, None, (2, 1), 1, (1, 2), 2),
+        _same_arguments(RF.conv2d, F.conv2d, w, b, (2, 1), 1, (1, 2), 2),
+        # No bias before a ReLU in reduced precision: the bias added to the rounded GEMM
+        # result moves outputs near 0 across it, which changes gradients by O(1).
         _same_arguments(RF.roll_conv2d, _seed_method, rw, None, 1, 1, 1, None, "relu", "direct"),
-        _same_arguments(RF.roll_conv2d, _seed_method, rw, None, 2, 0, 1, 4, None, "direct"),
-        _same_arguments(RF.roll_conv2d, _seed_method, rw, None, 2, 0, 1, 4, "relu", "bank"),
+        _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 2, 0, 1, 4, None, "direct"),
+        _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 2, 0, 1, 4, "relu", "bank"),
         _same_arguments(RF.conv_transpose2d, F.conv_transpose2d, tw, None, 2, 1, 1, 1),
         _same_arguments(RF.max_pool2d, F.max_pool2d, 3, 2, 1, ceil_mode=True),
         _same_arguments(RF.local_response_norm, F.local_response_norm, 3, 0.1, 0.75, 1.0),
     ]
     if dtype in (torch.float32, torch.float64):  # the fft algorithm's dtypes
-        cases.append(_same_arguments(RF.roll_conv2d, _seed_method, rw, None, 1, 1, 1, None, "relu", "fft"))
+        cases.append(_same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 1, 1, 1, None, "relu", "fft"))
     return cases
 
 
@@ -70,18 +80,19 @@ def _cases(dtype):
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
 def test_cuda_matches_float64_reference_forward_and_backward(dtype, tol):
     """Every op (and algorithm) on CUDA in `dtype` against torch's float64 CPU result on the
-    same input (rounded to `dtype` first, so that max-pool ties agree)."""
+    same numbers (input, parameters and output gradient rounded to `dtype` first, so that
+    max-pool ties agree): the output, and the gradients of the input and parameters."""
     x = torch.randn(4, 6, 17, 15).to(dtype).double()
     for ours, reference in _cases(dtype):
-        ref_x = x.clone().requires_grad_()
-        ref = reference(ref_x)
-        ref.backward(torch.ones_like(ref))
-        cx = x.to(CUDA, dtype, copy=True).requires_grad_()
-        out = ours(cx)
-        out.backward(torch.ones_like(out))
+        ref, ref_leaves = reference(x.clone().requires_grad_())
+        grad = torch.randn(ref.shape).to(dtype).double()
+        ref.backward(grad)
+        out, leaves = ours(x.to(CUDA, dtype, copy=True).requires_grad_())
+        out.backward(grad.to(out))
         assert out.dtype == dtype and out.device.type == CUDA.type
         torch.testing.assert_close(out.double().cpu(), ref.detach(), rtol=tol, atol=tol * 10)
-        torch.testing.assert_close(cx.grad.double().cpu(), ref_x.grad, rtol=tol, atol=tol * 10)
+        for leaf, ref_leaf in zip(leaves, ref_leaves):
+            torch.testing.assert_close(leaf.grad.double().cpu(), ref_leaf.grad, rtol=tol, atol=tol * 10)
 
 
 @requires_cuda_kernels
