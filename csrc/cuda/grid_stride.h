@@ -22,7 +22,7 @@ struct LaunchConfig {
 
 constexpr int64_t kBlockSize = 256;
 // Beyond this many blocks the threads loop (stride grid_size * block_size) instead of
-// launching more blocks: enough blocks to fill any current GPU several times over.
+// launching more blocks: 2^24 threads fill any current GPU many times over.
 constexpr int64_t kMaxGridSize = int64_t(1) << 16;
 
 // The grid for n > 0 elements, one element per thread until the grid is capped.
