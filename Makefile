@@ -1,5 +1,8 @@
 # make demo   set up, build, train the digits CNN made of rollconv layers
-# make test   set up, build, run the C++ tests (ctest) and the Python tests (pytest)
+# make test   set up, build, run the C++ tests (ctest) and the Python tests (pytest), and
+#             test the CPU-only and the emulated CUDA builds
+# make test-emulated-cuda   build csrc/cuda/kernels.cu for the host into build/emulated-cuda
+#             and run the CUDA tests there on CPU tensors
 # make build  set up and build (incremental: ninja recompiles only what changed)
 # make bench  set up, build, benchmark against torch (writes bench/results/)
 # make gpu-check PYTHON=python3
@@ -21,7 +24,7 @@ CMAKE_DIR := build/cmake
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all demo test build bench gpu-check venv cpp-test py-test cpu-only-test sanitizer-test info clean
+.PHONY: all demo test build bench gpu-check venv cpp-test py-test cpu-only-test test-emulated-cuda sanitizer-test info clean
 
 all: build
 
@@ -48,7 +51,7 @@ demo: build
 	$(PY) -m rollconv info
 	$(PY) examples/train_digits.py
 
-test: cpp-test cpu-only-test sanitizer-test py-test
+test: cpp-test cpu-only-test test-emulated-cuda sanitizer-test py-test
 
 $(CMAKE_DIR)/build.ninja: CMakeLists.txt $(VENV)/.deps
 	$(VENV)/bin/cmake -S . -B $(CMAKE_DIR) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
@@ -66,6 +69,11 @@ py-test: build
 # without touching the installed package.
 cpu-only-test: $(VENV)/.deps
 	bash tests/cpu_only_build.sh $(PY)
+
+# The emulated CUDA build (ROLLCONV_EMULATE_CUDA=1): the CUDA kernels compiled for the host
+# and run on CPU tensors, with the CUDA tests, in build/emulated-cuda.
+test-emulated-cuda: $(VENV)/.deps
+	bash tests/emulated_cuda_build.sh $(PY)
 
 # The C++ tests and a subset of the Python tests under AddressSanitizer + UBSan
 # (build/sanitize; any report fails the run).

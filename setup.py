@@ -5,6 +5,9 @@ Switches (environment variables):
   FORCE_ONLY_CPU=1      build the CPU kernels only, even if a toolkit is present
   ROLLCONV_SANITIZE=1   CPU-only build with AddressSanitizer + UndefinedBehaviorSanitizer
                         (tests/sanitizer_build.sh; objects in build/sanitize)
+  ROLLCONV_EMULATE_CUDA=1  a test build without nvcc: csrc/cuda/kernels.cu compiled for the
+                        host (launches emulated, see csrc/cuda/host_emulation.h) and its
+                        kernels registered for CPU tensors instead of the CPU kernels
   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (default below)
   CUDA_HOME             the CUDA toolkit; found automatically when unset
   DEBUG=1               -O0 -g (debug info kept); release builds (default) carry none
@@ -58,11 +61,13 @@ def env_flag(name):
 
 debug = env_flag("DEBUG")
 sanitize = env_flag("ROLLCONV_SANITIZE")
-cuda_home = None if env_flag("FORCE_ONLY_CPU") or sanitize else find_cuda_home()
+emulate_cuda = env_flag("ROLLCONV_EMULATE_CUDA")
+cpu_only = env_flag("FORCE_ONLY_CPU") or sanitize or emulate_cuda
+cuda_home = None if cpu_only else find_cuda_home()
 if cuda_home:
     # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
     os.environ["CUDA_HOME"] = cuda_home
-with_cuda = not env_flag("FORCE_ONLY_CPU") and not sanitize and (cuda_home is not None or env_flag("FORCE_CUDA"))
+with_cuda = not cpu_only and (cuda_home is not None or env_flag("FORCE_CUDA"))
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
 
@@ -89,14 +94,22 @@ def nvidia_pip_includes():
 
 
 def extension():
-    sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/cpu/*.cpp")
-    # The GEMM engine and the channel FFT: their <name>_<isa>.cpp files set their own target
-    # ISA (#pragma GCC target) and run only on CPUs that have it, so no global -m flags.
-    sources += glob.glob("csrc/cpu/gemm/*.cpp") + glob.glob("csrc/cpu/fft/*.cpp")
+    sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp")
+    if emulate_cuda:
+        # CUDA's kernels, compiled for the host, take the CPU dispatch key: nothing of
+        # csrc/cpu (kernels, engines) is built.
+        sources += glob.glob("csrc/emulated_cuda/*.cpp")
+    else:
+        sources += glob.glob("csrc/cpu/*.cpp")
+        # The GEMM engine and the channel FFT: their <name>_<isa>.cpp files set their own
+        # target ISA (#pragma GCC target) and run only on CPUs that have it, so no global -m flags.
+        sources += glob.glob("csrc/cpu/gemm/*.cpp") + glob.glob("csrc/cpu/fft/*.cpp")
     # After Python's own CFLAGS (which hold -g): -g0 drops the debug info from release
     # builds, and the linker strips what objects from elsewhere bring (symbols stay).
     optimize = ["-O0", "-g", "-DROLLCONV_DEBUG"] if debug else ["-O3", "-g0"]
     cxx_flags = optimize + ["-fopenmp", "-DROLLCONV_VERSION=\"0.1.0\""]
+    if emulate_cuda:
+        cxx_flags.append("-DROLLCONV_EMULATE_CUDA")
     link_flags = ["-fopenmp"] + ([] if debug else ["-Wl,--strip-debug"])
     include_dirs = [os.path.join(ROOT, "csrc")]
     if sanitize:  # every report aborts (no recovery), so a test run fails on any
@@ -135,6 +148,8 @@ class BuildExt(BuildExtension):
         kind = "cuda" if with_cuda else "cpu"
         if sanitize:
             kind = "sanitize"
+        elif emulate_cuda:
+            kind = "emulated-cuda/objects"
         elif not (self.inplace or getattr(self, "editable_mode", False)):
             kind = "wheel-" + kind
         self.build_temp = os.path.join(ROOT, "build", kind + ("-debug" if debug else ""))

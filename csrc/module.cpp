@@ -8,7 +8,9 @@
 #include <string>
 #include <vector>
 
+#ifndef ROLLCONV_EMULATE_CUDA  // the emulated CUDA build has no CPU engine (see setup.py)
 #include "cpu/gemm/gemm.h"
+#endif
 
 // The Python module rollconv._C: loading it registers the ops; it also carries the
 // facts of this build for rollconv.info().
@@ -35,6 +37,7 @@ bool run_without_gil(const Work& work) {
   return false;
 }
 
+#ifndef ROLLCONV_EMULATE_CUDA
 // _C.gemm_isa() -> str: the CPU GEMM engine's micro-kernels in use.
 PyObject* gemm_isa(PyObject*, PyObject*) {
   const char* name = nullptr;
@@ -78,10 +81,14 @@ PyObject* peak_gflops(PyObject*, PyObject* args) {
   return PyFloat_FromDouble(gflops);
 }
 
+#endif
+
 PyMethodDef methods[] = {
+#ifndef ROLLCONV_EMULATE_CUDA
     {"gemm_isa", gemm_isa, METH_NOARGS, "ISA of the CPU GEMM engine's micro-kernels"},
     {"gemm_seconds", gemm_seconds, METH_VARARGS, "time the CPU GEMM engine: (m, n, k, double, threads, repeats)"},
     {"peak_gflops", peak_gflops, METH_VARARGS, "measured FMA peak of the engine's ISA: (double, threads)"},
+#endif
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -95,6 +102,11 @@ extern "C" PyObject* PyInit__C(void) {
   PyModule_AddIntConstant(m, "with_cuda", 1);
 #else
   PyModule_AddIntConstant(m, "with_cuda", 0);
+#endif
+#ifdef ROLLCONV_EMULATE_CUDA  // the CUDA kernels compiled for the host, on CPU tensors
+  PyModule_AddIntConstant(m, "emulated_cuda", 1);
+#else
+  PyModule_AddIntConstant(m, "emulated_cuda", 0);
 #endif
   PyModule_AddStringConstant(m, "cuda_archs", ROLLCONV_CUDA_ARCHS);
 #ifdef ROLLCONV_DEBUG

@@ -15,9 +15,12 @@ def build_facts():
         "build": "debug (DEBUG=1: -O0, debug info)" if _C.debug else "release",
         "CUDA kernels compiled": bool(_C.with_cuda),
         "CUDA architectures": _C.cuda_archs or "-",
+        # A test build: csrc/cuda/kernels.cu compiled for the host, its kernels serving CPU
+        # tensors in place of the CPU kernels (see tests/emulated_cuda_build.sh).
+        "emulated CUDA build": bool(_C.emulated_cuda),
         "GPU visible": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no"),
         "CPU threads (torch / OpenMP)": torch.get_num_threads(),
-        "CPU GEMM engine ISA": _C.gemm_isa(),
+        "CPU GEMM engine ISA": _C.gemm_isa() if hasattr(_C, "gemm_isa") else "none (emulated CUDA build)",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }

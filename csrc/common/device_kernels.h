@@ -46,7 +46,8 @@ struct DeviceKernels {
 const DeviceKernels& cpu_kernels();
 const ConvEngine& cpu_conv_engine();
 const RollFftEngine& cpu_roll_fft_engine();
-#ifdef ROLLCONV_WITH_CUDA
+// cuda/kernels.cu: in a CUDA build, and in the emulated CUDA build (compiled for the host).
+#if defined(ROLLCONV_WITH_CUDA) || defined(ROLLCONV_EMULATE_CUDA)
 const DeviceKernels& cuda_kernels();
 #endif
 

@@ -1,35 +1,17 @@
 // CUDA primitives: one grid-stride loop per primitive, one thread per output element,
 // calling the same index math as the CPU loops (common/index_math.h). Gathers only,
-// no atomics, so results are deterministic. Launched on the current stream.
+// no atomics, so results are deterministic. Launched on the current stream (cuda/launch.h;
+// the emulated CUDA build runs the same launches on the host).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/util/complex.h>
 
 #include "common/device_kernels.h"
+#include "cuda/launch.h"
 
 namespace rollconv {
 namespace {
-
-template <typename Body>
-__global__ void for_each_index(int64_t n, Body body) {
-  const int64_t step = int64_t(blockDim.x) * gridDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) body(i);
-}
-
-// Run body(i) for i in [0, n) on the current stream of `like`'s device.
-template <typename Body>
-void launch(const at::Tensor& like, int64_t n, Body body) {
-  if (n <= 0) return;
-  const c10::cuda::CUDAGuard guard(like.device());
-  constexpr int kThreads = 256;
-  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 16);
-  for_each_index<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(n, body);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
 
 #define ROLLCONV_DISPATCH(type, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
