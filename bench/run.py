@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import rollconv
 import rollconv.functional as RF
+from rollconv import reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -37,8 +38,7 @@ RESULTS = os.path.join(HERE, "results")
 
 def seed_roll(x, w, padding):
     """Seed 000's method: expand the bank with roll + cat, then conv2d (oneDNN on CPU) + ReLU."""
-    bank = torch.cat([torch.roll(w, r, dims=1) for r in range(w.shape[1])], dim=0)
-    return F.relu(F.conv2d(x, bank, None, 1, padding))
+    return reference.roll_conv2d(x, w, None, 1, padding, activation="relu")
 
 
 def torch_im2col_conv(*args, **kw):

@@ -56,7 +56,7 @@ def _(grad_output, channels):
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_forward")
-def _(input, weight, bias, stride, padding, dilation, rolls, algorithm, relu):
+def _(input, weight, bias, stride, padding, dilation, rolls, shift, algorithm, relu):
     _same_device("rollconv.roll_conv2d", input=input, weight=weight, bias=bias)
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "rollconv.roll_conv2d: expected 4-D input and weight")
     h, w = _conv_out_hw(input.shape[2:], weight.shape[2:], stride, padding, dilation)
@@ -64,12 +64,12 @@ def _(input, weight, bias, stride, padding, dilation, rolls, algorithm, relu):
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_backward_input")
-def _(grad_output, weight, input_size, stride, padding, dilation, rolls, algorithm):
+def _(grad_output, weight, input_size, stride, padding, dilation, rolls, shift, algorithm):
     return grad_output.new_empty((grad_output.shape[0], weight.shape[1], *input_size))
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_backward_weight")
-def _(grad_output, input, kernel_size, stride, padding, dilation, rolls, algorithm):
+def _(grad_output, input, kernel_size, stride, padding, dilation, rolls, shift, algorithm):
     return input.new_empty((grad_output.shape[1] // rolls, input.shape[1], *kernel_size))
 
 
@@ -118,7 +118,7 @@ def _register_gemm_conv_autograd(fwd, dx, dk, relu_flag=False):
         input, weight = inputs[:2]
         relu = relu_flag and inputs[-1]
         ctx.save_for_backward(input, weight, output if relu else None)
-        # stride, padding, dilation, groups | rolls, algorithm: the passes' trailing arguments
+        # stride, padding, dilation, groups | rolls, shift, algorithm: the passes' trailing arguments
         ctx.geometry = tuple(inputs[3:-1] if relu_flag else inputs[3:])
 
     def forward_backward(ctx, grad):

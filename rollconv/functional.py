@@ -13,6 +13,7 @@ __all__ = [
     "conv_transpose2d",
     "roll_conv2d",
     "roll",
+    "roll_pool",
     "max_pool2d",
     "local_response_norm",
 ]
@@ -126,7 +127,7 @@ DIRECT_MIN_FILTERS = 4
 DIRECT_ALWAYS_CHANNELS = 4
 
 
-def choose_roll_algorithm(input, weight, rolls, stride, dilation):
+def choose_roll_algorithm(input, weight, rolls, stride, dilation, shift=1):
     """The algorithm 'auto' picks for roll_conv2d.
 
     On the CPU (float32/float64), measured on the project's 2-core AVX-512 machines (fwd+bwd
@@ -150,6 +151,8 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     on_cpu = input.device.type == "cpu"
     if not floating:
         return "bank"
+    if shift > 1:
+        return _choose_shifted(channels, filters, rolls, shift, on_cpu)
     if rolls == channels:
         if not on_cpu:
             return "fft" if channels >= FFT_MIN_CHANNELS else "bank"
@@ -161,25 +164,38 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation):
     return "bank"
 
 
-def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls=None, activation=None, algorithm="auto"):
+def _choose_shifted(channels, filters, rolls, shift, on_cpu):
+    """'auto' for shift > 1 (see choose_roll_algorithm)."""
+    return "bank"
+
+
+def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls=None, activation=None, algorithm="auto",
+                shift=1):
     """Rolling-filter convolution: a bank of ``rolls * F`` filters made by cyclically
     rolling each base filter along the input-channel axis, computed without building it.
 
     input (N, C, H, W) or (C, H, W); weight (F, C, kh, kw); bias (F,), shared across rolls.
-    Output channel ``r * F + f`` (roll-major) is::
+    Roll r moves the filter by ``r * shift`` channels; output channel ``r * F + f``
+    (roll-major) is::
 
-        y[n, r*F + f] = sum_c conv(x[n, (c + r) mod C], w[f, c])  (+ bias[f])
+        y[n, r*F + f] = sum_c conv(x[n, (c + r*shift) mod C], w[f, c])  (+ bias[f])
 
-    i.e. ``conv2d(x, cat([roll(w, r, dims=1) for r in range(rolls)]))``. rolls defaults to
-    C (any 1 <= rolls <= C); activation is None or 'relu' (fused). With rolls == C,
-    rolling x's channels by one rolls the output's blocks of F channels by one.
+    i.e. ``conv2d(x, cat([roll(w, r*shift, dims=1) for r in range(rolls)]))``
+    (``rollconv.reference.roll_conv2d``). shift must divide C; rolls defaults to
+    C // shift (any 1 <= rolls <= C // shift); activation is None or 'relu' (fused). With
+    rolls == C // shift, rolling x's channels by ``shift`` rolls the output's blocks of F
+    channels by one: shift=1 for a first layer over the colour channels, shift = F of the
+    previous rolling layer for the layers on top of it (whose input is roll-major).
 
     algorithm: 'direct' computes every roll as a row window of one im2col of x (the bank is
     never built; on CPU the GEMM engine reads x in place, on CUDA cuBLAS GEMMs); 'bank' expands the bank inside the op and calls
     ATen's convolution (oneDNN on CPU, cuDNN on CUDA), folding dK back in the op; 'fft'
     (rolls == C, float32/float64) diagonalizes the circulant bank with a real FFT over the
-    channels: C/2 + 1 small complex convolutions; 'auto' (default) asks
-    ``choose_roll_algorithm``. All are exact (same math, float rounding aside).
+    channels: C/2 + 1 small complex convolutions (shift > 1: the bank is block-circulant,
+    the FFT runs over the C // shift blocks of ``shift`` channels and leaves G/2 + 1
+    complex convolutions with ``shift`` inputs each, G = C // shift; needs
+    rolls == C // shift); 'auto' (default) asks ``choose_roll_algorithm``. All are exact
+    (same math, float rounding aside).
     """
     x, squeeze = _batched(input)
     if activation not in (None, "relu"):
@@ -189,13 +205,17 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError(f"expected weight to be a 4-D tensor (F, C, kh, kw), got {getattr(weight, 'shape', weight)}")
-    rolls = x.shape[1] if rolls is None else rolls
+    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 1:
+        raise ValueError(f"shift must be a positive int, but got {shift!r}")
+    rolls = x.shape[1] // shift if rolls is None else rolls
     if isinstance(rolls, bool) or not isinstance(rolls, int):
         raise TypeError(f"rolls must be an int or None, but got {rolls!r}")
     x, padding = _padding_args(x, weight, padding, stride, dilation)
     if algorithm == "auto":
-        algorithm = choose_roll_algorithm(x, weight, rolls, stride, dilation)
-    out = ops.roll_conv2d_forward(x, weight, bias, stride, padding, dilation, rolls, algorithm, activation == "relu")
+        algorithm = choose_roll_algorithm(x, weight, rolls, stride, dilation, shift)
+    out = ops.roll_conv2d_forward(
+        x, weight, bias, stride, padding, dilation, rolls, shift, algorithm, activation == "relu"
+    )
     return out.squeeze(0) if squeeze else out
 
 
@@ -203,6 +223,30 @@ def roll(input, weight, stride=1, padding=0):
     """The seed notebook's ``roll(input, weight, stride, padding)``: ReLU of the
     convolution with all C rolls of ``weight``, as one fused op."""
     return roll_conv2d(input, weight, None, stride, padding, activation="relu")
+
+
+def roll_pool(input, rolls, mode="max"):
+    """The invariant read-out of a rolling network: the max or mean over the roll axis.
+
+    input (N, rolls * F, *) with roll-major channels (channel ``r * F + f``, as
+    ``roll_conv2d`` writes them) -> (N, F, *): ``input.view(N, rolls, F, *)`` reduced over
+    dim 1. Rolling the input's blocks of F channels (which is what rolling a rolling
+    layer's input does to its output, rolls == C // shift) leaves the result unchanged.
+    mode: 'max' (the gradient of tied maxima is shared evenly, as ``torch.amax``) or 'mean'.
+    Raises ValueError when input has fewer than 2 dims or rolls does not divide dim 1.
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a Tensor, but got {type(input).__name__}")
+    if isinstance(rolls, bool) or not isinstance(rolls, int) or rolls < 1:
+        raise ValueError(f"rolls must be a positive int, but got {rolls!r}")
+    if mode not in ("max", "mean"):
+        raise ValueError(f"mode must be 'max' or 'mean', but got {mode!r}")
+    if input.dim() < 2 or input.shape[1] % rolls:
+        raise ValueError(
+            f"expected input of shape (N, rolls * F, *) with rolls={rolls} dividing dim 1, but got shape {tuple(input.shape)}"
+        )
+    blocks = input.unflatten(1, (rolls, input.shape[1] // rolls))
+    return blocks.amax(dim=1) if mode == "max" else blocks.mean(dim=1)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from . import functional as F
+from . import reference
 
-__all__ = ["Conv2d", "ConvTranspose2d", "RollConv2d", "MaxPool2d", "LocalResponseNorm"]
+__all__ = ["Conv2d", "ConvTranspose2d", "RollConv2d", "RollPool", "MaxPool2d", "LocalResponseNorm"]
 
 
 class Conv2d(nn.Conv2d):
@@ -56,7 +57,11 @@ class RollConv2d(nn.Module):
 
     Parameters: ``weight`` (filters, in_channels, kh, kw) and ``bias`` (filters,), shared
     across the rolls; ``out_channels == rolls * filters`` in roll-major order. Init as
-    ``torch.nn.Conv2d`` with the same fan-in. ``algorithm``: 'auto', 'direct' or 'bank'.
+    ``torch.nn.Conv2d`` with the same fan-in. ``shift``: input channels the filter moves
+    per roll (divides in_channels; rolls defaults to in_channels // shift): 1 for a layer
+    on the colour channels, the previous rolling layer's ``filters`` for a layer on top of
+    one, so that the network stays equivariant. ``algorithm``: 'auto', 'direct', 'bank'
+    or 'fft'.
     """
 
     def __init__(
@@ -71,18 +76,23 @@ class RollConv2d(nn.Module):
         rolls=None,
         activation=None,
         algorithm="auto",
+        shift=1,
         device=None,
         dtype=None,
     ):
         super().__init__()
-        rolls = in_channels if rolls is None else rolls
-        if not 1 <= rolls <= in_channels:
-            raise ValueError(f"rolls must be in [1, in_channels={in_channels}], but got {rolls}")
+        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 1 or in_channels % shift:
+            raise ValueError(f"shift must be a positive divisor of in_channels={in_channels}, but got {shift!r}")
+        rolls = in_channels // shift if rolls is None else rolls
+        if not 1 <= rolls <= in_channels // shift:
+            raise ValueError(
+                f"rolls must be in [1, in_channels // shift = {in_channels // shift}], but got {rolls}"
+            )
         if filters < 1:
             raise ValueError(f"filters must be positive, but got {filters}")
         if activation not in (None, "relu"):
             raise ValueError(f"activation must be None or 'relu', but got {activation!r}")
-        self.in_channels, self.filters, self.rolls = in_channels, filters, rolls
+        self.in_channels, self.filters, self.rolls, self.shift = in_channels, filters, rolls, shift
         self.out_channels = rolls * filters
         self.kernel_size = tuple(F._pair(kernel_size, "kernel_size"))
         self.stride = tuple(F._pair(stride, "stride"))
@@ -109,12 +119,14 @@ class RollConv2d(nn.Module):
 
     def forward(self, input):
         return F.roll_conv2d(
-            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.rolls, self.activation, self.algorithm
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.rolls, self.activation,
+            self.algorithm, self.shift,
         )
 
     def filter_bank(self):
-        """The expanded (rolls * filters, in_channels, kh, kw) bank: roll r of every filter."""
-        return torch.cat([torch.roll(self.weight, shifts=r, dims=1) for r in range(self.rolls)], dim=0)
+        """The expanded (rolls * filters, in_channels, kh, kw) bank: roll r of every filter
+        (``rollconv.reference.filter_bank``)."""
+        return reference.filter_bank(self.weight, self.rolls, self.shift)
 
     def to_conv2d(self):
         """An equivalent plain ``torch.nn.Conv2d`` (bank expanded, bias repeated per roll),
@@ -141,6 +153,8 @@ class RollConv2d(nn.Module):
             f"{self.in_channels}, filters={self.filters}, rolls={self.rolls} "
             f"(out_channels={self.out_channels}), kernel_size={self.kernel_size}, stride={self.stride}"
         )
+        if self.shift != 1:
+            text += f", shift={self.shift}"
         if self.padding not in ((0, 0), "valid"):
             text += f", padding={self.padding}"
         if self.dilation != (1, 1):
@@ -152,3 +166,23 @@ class RollConv2d(nn.Module):
         if self.algorithm != "auto":
             text += f", algorithm={self.algorithm!r}"
         return text
+
+
+class RollPool(nn.Module):
+    """The invariant read-out of a rolling network (see ``rollconv.functional.roll_pool``):
+    (N, rolls * F, *) -> (N, F, *), the max (mode='max') or mean (mode='mean') over the
+    roll axis of roll-major channels. No parameters."""
+
+    def __init__(self, rolls, mode="max"):
+        super().__init__()
+        if isinstance(rolls, bool) or not isinstance(rolls, int) or rolls < 1:
+            raise ValueError(f"rolls must be a positive int, but got {rolls!r}")
+        if mode not in ("max", "mean"):
+            raise ValueError(f"mode must be 'max' or 'mean', but got {mode!r}")
+        self.rolls, self.mode = rolls, mode
+
+    def forward(self, input):
+        return F.roll_pool(input, self.rolls, self.mode)
+
+    def extra_repr(self):
+        return f"rolls={self.rolls}, mode={self.mode!r}"
