@@ -125,6 +125,10 @@ FFT_MIN_CHANNELS = 48
 DIRECT_MAX_CHANNELS = 8
 DIRECT_MIN_FILTERS = 4
 DIRECT_ALWAYS_CHANNELS = 4
+#: shift > 1 on the CPU: 'fft' with rolls == C // shift >= SHIFTED_FFT_MIN_BLOCKS, else
+#: 'direct' for at most SHIFTED_DIRECT_MAX_ROLLS rolls, else 'bank'.
+SHIFTED_FFT_MIN_BLOCKS = 32
+SHIFTED_DIRECT_MAX_ROLLS = 6
 
 
 def choose_roll_algorithm(input, weight, rolls, stride, dilation, shift=1):
@@ -141,8 +145,17 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation, shift=1):
       bank at C = 32, 10x the seed method at C = 256, F = 1 on the machine of issue 5.
     - fewer rolls: 'direct' when C <= 4 and F >= 32 (1.6-3.2x the bank; measured before
       issue 6's engine changes), else 'bank'.
+    - shift > 1 (G = C // shift blocks): 'fft' when rolls == G >= SHIFTED_FFT_MIN_BLOCKS,
+      else 'direct' for rolls <= SHIFTED_DIRECT_MAX_ROLLS, else 'bank'. Measured on a 2-core
+      AMD EPYC shared with other jobs, one thread (two-thread timings were dominated by the
+      other jobs), fwd+bwd with ReLU, float32, N=8, 3x3: at G = 3-6 (C = 6-96, F = shift,
+      16x16 and 32x32) direct is the fastest or within 5% of the seed method (C=24, shift=8,
+      F=8: direct 3.1 ms, bank 3.2, fft 21); at G = 8-24 direct and bank are within 12% of
+      each other, bank ahead in 5 of 7 cases; fft (the composed path: ATen FFTs around our
+      per-frequency loops, as shift > 1 does not use the fused engine) is 1.3-13x slower up
+      to G = 24 and 1.1-1.3x faster than the others at G = 32 (C = 64 and 128).
     Off the CPU (CUDA: not measured, no GPU here; fft is composed of cuFFT and our kernels):
-    'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank'. float16/bfloat16: 'bank'.
+    'fft' when rolls == C // shift >= FFT_MIN_CHANNELS, else 'bank'. float16/bfloat16: 'bank'.
     The CPU figures assume the CPU engines are on (not ROLLCONV_CPU_ENGINE=0). Override
     with algorithm='direct' | 'bank' | 'fft'.
     """
@@ -165,8 +178,13 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation, shift=1):
 
 
 def _choose_shifted(channels, filters, rolls, shift, on_cpu):
-    """'auto' for shift > 1 (see choose_roll_algorithm)."""
-    return "bank"
+    """'auto' for shift > 1, float32/float64 (see choose_roll_algorithm)."""
+    every_roll = rolls * shift == channels
+    if not on_cpu:
+        return "fft" if every_roll and rolls >= FFT_MIN_CHANNELS else "bank"
+    if every_roll and rolls >= SHIFTED_FFT_MIN_BLOCKS:
+        return "fft"
+    return "direct" if rolls <= SHIFTED_DIRECT_MAX_ROLLS else "bank"
 
 
 def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls=None, activation=None, algorithm="auto",

@@ -21,7 +21,7 @@ def _grads(fn, x, w, b, seed=7):
     x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     b = None if b is None else b.detach().clone().requires_grad_()
     y = fn(x, w, b)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(y.dtype)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(y)
     y.backward(g)
     return [t for t in (y, x.grad, w.grad, None if b is None else b.grad) if t is not None]
 
@@ -45,16 +45,18 @@ def cpu_engine(request, monkeypatch):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("seed", range(16))
-def test_random_shifts_match_the_reference(seed, algorithm, cpu_engine):
+def test_random_shifts_match_the_reference(seed, algorithm, cpu_engine, device):
+    if device.type != "cpu" and cpu_engine == "no_engine":
+        pytest.skip("ROLLCONV_CPU_ENGINE concerns the CPU only")
     rng = random.Random(1000 + seed)
     shift = rng.choice([1, 2, 3, 4, 8])
     blocks = rng.choice([1, 2, 3, 4, 5, 6, 12])
     c, f = shift * blocks, rng.randint(1, 4)
     rolls = blocks if algorithm == "fft" else rng.choice([None, rng.randint(1, blocks)])
     (kh, kw), stride, dilation, padding, (h, wd) = random_window(rng, 6)
-    x = torch.randn(rng.randint(1, 3), c, h, wd, dtype=torch.float64)
-    w = torch.randn(f, c, kh, kw, dtype=torch.float64)
-    b = torch.randn(f, dtype=torch.float64) if rng.random() < 0.6 else None
+    x = torch.randn(rng.randint(1, 3), c, h, wd, dtype=torch.float64, device=device)
+    w = torch.randn(f, c, kh, kw, dtype=torch.float64, device=device)
+    b = torch.randn(f, dtype=torch.float64, device=device) if rng.random() < 0.6 else None
     _assert_matches_reference(x, w, b, algorithm, stride=stride, padding=padding, dilation=dilation, rolls=rolls,
                               shift=shift, relu=rng.random() < 0.5)
 
@@ -203,15 +205,21 @@ def test_roll_pool(mode):
 
 
 def test_auto_rule_shifted():
-    def pick(c, f, shift, rolls=None, n=8, hw=16, dtype=torch.float32, device="cpu"):
-        return RF.choose_roll_algorithm(torch.empty(n, c, hw, hw, dtype=dtype, device=device),
+    def pick(c, f, shift, rolls=None, dtype=torch.float32, device="cpu"):
+        return RF.choose_roll_algorithm(torch.empty(8, c, 16, 16, dtype=dtype, device=device),
                                         torch.empty(f, c, 3, 3, dtype=dtype, device=device),
                                         c // shift if rolls is None else rolls, [1, 1], [1, 1], shift)
 
-    for args in [(24, 8, 8), (48, 16, 16), (12, 4, 4), (256, 8, 32), (64, 1, 2)]:
-        assert pick(*args) in ("direct", "bank", "fft")
-        assert pick(*args, dtype=torch.float16) == "bank"
-    assert pick(24, 8, 8, rolls=2) != "fft"  # fft needs every roll
+    # CPU: hidden layers of RGB networks (3 rolls) direct; many blocks fft; between, bank.
+    assert pick(24, 8, 8) == pick(96, 32, 32) == pick(6, 2, 2) == "direct"
+    assert pick(6 * 4, 4, 4) == "direct" and pick(7 * 4, 4, 4) == "bank"
+    assert pick(64, 8, 8) == pick(96, 4, 4) == "bank"
+    assert pick(64, 2, 2) == pick(128, 4, 4) == "fft"
+    assert pick(128, 4, 4, rolls=31) == "bank"  # fft needs every roll
+    assert pick(24, 8, 8, dtype=torch.float16) == pick(128, 4, 4, dtype=torch.float16) == "bank"
+    # Off the CPU (meta stands in for CUDA): fft from FFT_MIN_CHANNELS blocks on, else bank.
+    assert pick(2 * RF.FFT_MIN_CHANNELS, 2, 2, device="meta") == "fft"
+    assert pick(24, 8, 8, device="meta") == pick(2 * RF.FFT_MIN_CHANNELS - 2, 2, 2, device="meta") == "bank"
 
 
 @pytest.mark.parametrize(
