@@ -70,6 +70,16 @@ def test_hidden_layer_shape_and_chunks(algorithm, small_workspace, cpu_engine):
     _assert_matches_reference(x, w, torch.randn(8, dtype=torch.float64), algorithm, padding=1, shift=8, relu=True)
 
 
+@pytest.mark.parametrize("rolls", [None, 13])
+def test_direct_roll_bands(rolls, cpu_engine):
+    """Many blocks of few channels: 'direct' runs several rolls per GEMM (a band of copies of
+    w, each `shift` channels further), the last band cut short when rolls=13."""
+    x = torch.randn(2, 64, 7, 6, dtype=torch.float64)
+    w = torch.randn(2, 64, 3, 3, dtype=torch.float64)
+    for kw in (dict(padding=1), dict(stride=2, dilation=(1, 2))):
+        _assert_matches_reference(x, w, torch.randn(2, dtype=torch.float64), "direct", shift=2, rolls=rolls, **kw)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_float32(algorithm):
     x = torch.randn(4, 12, 10, 9)
