@@ -1,7 +1,7 @@
 """`make gpu-check`'s benchmark: rollconv on a GPU against cuDNN, forward+backward.
 
 - roll_conv2d per algorithm ('auto', 'direct', 'bank', 'fft') against the filter-bank
-  method (roll + cat, then torch's conv2d on cuDNN, + ReLU; bench/run.py's seed_roll);
+  method (roll + cat, then torch's conv2d on cuDNN, + ReLU; rollconv.reference);
 - conv2d against torch's conv2d (cuDNN);
 
 each in float32 and under automatic mixed precision (``torch.autocast(device, float16)``
@@ -188,7 +188,7 @@ def run_benchmark(device, quick, rounds, sample_s, budget_s, log=print):
     sys.path.insert(0, HERE)
     import rollconv.functional as RF
     from rollconv import backends
-    from run import seed_roll
+    from rollconv.benchmark import filter_bank_method as seed_roll
 
     rows, start = [], time.perf_counter()
 

@@ -19,14 +19,15 @@ constexpr const char* kSchemas[] = {
     "conv2d_backward_weight(Tensor grad_output, Tensor input, SymInt[2] kernel_size, int[2] stride, "
     "int[2] padding, int[2] dilation, int groups) -> Tensor",
     "bias_backward(Tensor grad_output, int channels) -> Tensor",
+    // shift: input channels the filter moves per roll (divides C, rolls <= C / shift).
     // algorithm: "direct" (rolls as row windows of one im2col), "bank" (expand the bank,
-    // call ATen's convolution: oneDNN / cuDNN) or "fft" (channel-FFT, rolls == C).
+    // call ATen's convolution: oneDNN / cuDNN) or "fft" (block-FFT, rolls == C / shift).
     "roll_conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-    "int[2] dilation, int rolls, str algorithm, bool relu) -> Tensor",
+    "int[2] dilation, int rolls, int shift, str algorithm, bool relu) -> Tensor",
     "roll_conv2d_backward_input(Tensor grad_output, Tensor weight, SymInt[2] input_size, "
-    "int[2] stride, int[2] padding, int[2] dilation, int rolls, str algorithm) -> Tensor",
+    "int[2] stride, int[2] padding, int[2] dilation, int rolls, int shift, str algorithm) -> Tensor",
     "roll_conv2d_backward_weight(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
-    "int[2] stride, int[2] padding, int[2] dilation, int rolls, str algorithm) -> Tensor",
+    "int[2] stride, int[2] padding, int[2] dilation, int rolls, int shift, str algorithm) -> Tensor",
     "max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
     "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)",
     "max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[2] input_size, "

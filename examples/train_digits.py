@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 import rollconv
+from rollconv import reference
 
 
 class SeedRollConv2d(nn.Module):
@@ -28,10 +29,9 @@ class SeedRollConv2d(nn.Module):
 
     def forward(self, x):
         m = self.layer
-        bank = torch.cat([torch.roll(m.weight, r, dims=1) for r in range(m.rolls)], dim=0)
-        bias = None if m.bias is None else m.bias.repeat(m.rolls)
-        y = F.conv2d(x, bank, bias, m.stride, m.padding, m.dilation)
-        return F.relu(y) if m.activation == "relu" else y
+        return reference.roll_conv2d(
+            x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.rolls, m.shift, m.activation
+        )
 
 
 def make_network():

@@ -7,8 +7,8 @@ import torch  # noqa: F401  (the compiled library links against torch)
 
 from . import _C  # registers torch.ops.rollconv.*
 from . import _ops  # noqa: F401  fake kernels and autograd for every op
-from . import backends, functional, nn
+from . import backends, functional, nn, reference
 from ._info import info
 
 __version__ = _C.version
-__all__ = ["backends", "functional", "nn", "info", "__version__"]
+__all__ = ["backends", "functional", "nn", "reference", "info", "__version__"]

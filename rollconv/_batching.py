@@ -122,13 +122,13 @@ def bias_backward(info, in_dims, grad_output, channels):
 # --- roll_conv2d --------------------------------------------------------------------------
 
 
-def roll_conv2d_forward(info, in_dims, input, weight, bias, stride, padding, dilation, rolls, algorithm, relu):
-    args = (input, weight, bias, stride, padding, dilation, rolls, algorithm, relu)
+def roll_conv2d_forward(info, in_dims, input, weight, bias, stride, padding, dilation, rolls, shift, algorithm, relu):
+    args = (input, weight, bias, stride, padding, dilation, rolls, shift, algorithm, relu)
     x_bdim, w_bdim, b_bdim = in_dims[:3]
     size = info.batch_size
     if w_bdim is None:
         def call(x, b, fused_relu):
-            return ops.roll_conv2d_forward(x, weight, b, stride, padding, dilation, rolls, algorithm, fused_relu)
+            return ops.roll_conv2d_forward(x, weight, b, stride, padding, dilation, rolls, shift, algorithm, fused_relu)
 
         return _shared_weight_forward(call, info, x_bdim, input, b_bdim, bias, lambda b: b.repeat(1, rolls), relu)
     if x_bdim is not None or rolls < 1:
@@ -138,7 +138,7 @@ def roll_conv2d_forward(info, in_dims, input, weight, bias, stride, padding, dil
     w = _batch_first(weight, w_bdim, size)
     filters = w.shape[1]
     b = None if bias is None else _batch_first(bias, b_bdim, size).flatten()
-    out = ops.roll_conv2d_forward(input, w.flatten(0, 1), b, stride, padding, dilation, rolls, algorithm, relu)
+    out = ops.roll_conv2d_forward(input, w.flatten(0, 1), b, stride, padding, dilation, rolls, shift, algorithm, relu)
     out = out.unflatten(1, (rolls, size, filters)).transpose(1, 2).flatten(2, 3)
     return out, 1
 
@@ -150,8 +150,8 @@ def roll_conv2d_backward_input(info, in_dims, grad_output, weight, *rest):
     return _loop(ops.roll_conv2d_backward_input, info, in_dims, args)
 
 
-def roll_conv2d_backward_weight(info, in_dims, grad_output, input, kernel_size, stride, padding, dilation, rolls, algorithm):
-    args = (grad_output, input, kernel_size, stride, padding, dilation, rolls, algorithm)
+def roll_conv2d_backward_weight(info, in_dims, grad_output, input, kernel_size, stride, padding, dilation, rolls, shift, algorithm):
+    args = (grad_output, input, kernel_size, stride, padding, dilation, rolls, shift, algorithm)
     if in_dims[1] is not None or rolls < 1:
         return _loop(ops.roll_conv2d_backward_weight, info, in_dims, args)
     # B output gradients for one input: one call with B*F filters (the forward's layout).
@@ -159,7 +159,7 @@ def roll_conv2d_backward_weight(info, in_dims, grad_output, input, kernel_size, 
     g = _batch_first(grad_output, in_dims[0], size)  # (B, N, rolls*F, Ho, Wo)
     filters = g.shape[2] // rolls
     g = g.unflatten(2, (rolls, filters)).permute(1, 2, 0, 3, 4, 5).flatten(1, 3)
-    out = ops.roll_conv2d_backward_weight(g, input, kernel_size, stride, padding, dilation, rolls, algorithm)
+    out = ops.roll_conv2d_backward_weight(g, input, kernel_size, stride, padding, dilation, rolls, shift, algorithm)
     return _unfold(out, 0, size), 0
 
 

@@ -75,7 +75,7 @@ def _(grad_output, channels):
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_forward")
-def _(input, weight, bias, stride, padding, dilation, rolls, algorithm, relu):
+def _(input, weight, bias, stride, padding, dilation, rolls, shift, algorithm, relu):
     _same_device("rollconv.roll_conv2d", input=input, weight=weight, bias=bias)
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "rollconv.roll_conv2d: expected 4-D input and weight")
     h, w = _conv_out_hw(input.shape[2:], weight.shape[2:], stride, padding, dilation)
@@ -83,12 +83,12 @@ def _(input, weight, bias, stride, padding, dilation, rolls, algorithm, relu):
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_backward_input")
-def _(grad_output, weight, input_size, stride, padding, dilation, rolls, algorithm):
+def _(grad_output, weight, input_size, stride, padding, dilation, rolls, shift, algorithm):
     return _empty_like_rule(grad_output, (grad_output.shape[0], weight.shape[1], *input_size), grad_output, weight)
 
 
 @torch.library.register_fake("rollconv::roll_conv2d_backward_weight")
-def _(grad_output, input, kernel_size, stride, padding, dilation, rolls, algorithm):
+def _(grad_output, input, kernel_size, stride, padding, dilation, rolls, shift, algorithm):
     return _empty_like_rule(input, (grad_output.shape[1] // rolls, input.shape[1], *kernel_size), grad_output, input)
 
 
@@ -150,7 +150,7 @@ def _register_gemm_conv(fwd, dx, dk, rolling):
         saved = (input, weight, output if relu else None)
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
-        # stride, padding, dilation, groups | rolls, algorithm: the passes' trailing arguments
+        # stride, padding, dilation, groups | rolls, shift, algorithm: the passes' trailing arguments
         ctx.geometry = tuple(inputs[3:-1] if rolling else inputs[3:])
         ctx.output_shape = output.shape
 

@@ -28,7 +28,7 @@ is cached and the call itself reports the error, if any.
 
 The cache key (``Key``): device, the dtype the op computes in (the autocast dtype under
 ``torch.autocast``), input and weight shapes, input memory format, bias or not, stride,
-padding, dilation, rolls, the fused ReLU, and which gradients are needed. The cache is
+padding, dilation, rolls, shift, the fused ReLU, and which gradients are needed. The cache is
 shared by all threads (a lock serializes timing) and lives until ``clear_cache()``.
 
 Where timing is impossible or would be traced, the cached choice is used if there is one,
@@ -99,6 +99,7 @@ class Key(NamedTuple):
     padding: Tuple[int, ...]
     dilation: Tuple[int, ...]
     rolls: int
+    shift: int
     relu: bool
     grad_input: bool
     grad_weight: bool
@@ -165,7 +166,7 @@ def _can_time(tensors):
     return True
 
 
-def _key(input, weight, bias, stride, padding, dilation, rolls, relu, dtype):
+def _key(input, weight, bias, stride, padding, dilation, rolls, shift, relu, dtype):
     sizes = (*input.shape, *weight.shape)
     if not all(type(s) is int for s in sizes):
         return None  # symbolic sizes (torch.export with dynamic shapes): nothing to look up
@@ -181,6 +182,7 @@ def _key(input, weight, bias, stride, padding, dilation, rolls, relu, dtype):
         padding=tuple(padding),
         dilation=tuple(dilation),
         rolls=int(rolls),
+        shift=int(shift),
         relu=bool(relu),
         grad_input=grad and input.requires_grad,
         grad_weight=grad and weight.requires_grad,
@@ -189,14 +191,14 @@ def _key(input, weight, bias, stride, padding, dilation, rolls, relu, dtype):
 
 def candidates(key):
     """The algorithms timed for a configuration: 'direct' and 'bank', and 'fft' when every
-    roll is taken (rolls == C) in float32/float64."""
+    roll is taken (rolls == C // shift) in float32/float64."""
     names = ["direct", "bank"]
-    if key.rolls == key.input_shape[1] and key.dtype in (torch.float32, torch.float64):
+    if key.rolls * key.shift == key.input_shape[1] and key.dtype in (torch.float32, torch.float64):
         names.append("fft")
     return names
 
 
-def roll_conv2d_algorithm(rule, input, weight, bias, stride, padding, dilation, rolls, relu, dtype):
+def roll_conv2d_algorithm(rule, input, weight, bias, stride, padding, dilation, rolls, shift, relu, dtype):
     """The algorithm roll_conv2d's 'auto' runs: ``rule`` (the measured rule's answer) where
     timing is off (``benchmark`` and the device, see the module's doc), else the cached or
     newly timed fastest candidate. input is the 4-D (padded) input the op receives."""
@@ -205,7 +207,7 @@ def roll_conv2d_algorithm(rule, input, weight, bias, stride, padding, dilation, 
     setting = benchmark
     if setting is False or (setting is None and input.device.type == "cpu"):
         return rule
-    key = _key(input, weight, bias, stride, padding, dilation, rolls, relu, dtype)
+    key = _key(input, weight, bias, stride, padding, dilation, rolls, shift, relu, dtype)
     if key is None:
         return rule
     if not _can_time((input, weight) if bias is None else (input, weight, bias)):
@@ -238,7 +240,7 @@ def _time_algorithms(key, names):
     f, _, kh, kw = key.weight_shape
     out_hw = [(size + 2 * p - d * (k - 1) - 1) // s + 1
               for size, k, s, p, d in zip((h, w), (kh, kw), key.stride, key.padding, key.dilation)]
-    geometry = (list(key.stride), list(key.padding), list(key.dilation), key.rolls)
+    geometry = (list(key.stride), list(key.padding), list(key.dilation), key.rolls, key.shift)
     ops = torch.ops.rollconv
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
         x, weight = fresh(key.input_shape, memory_format), fresh(key.weight_shape)

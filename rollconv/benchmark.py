@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import functional as RF
+from . import reference
 from ._info import build_facts
 
 MODES = ("forward", "forward+backward")
@@ -30,11 +31,10 @@ MODES = ("forward", "forward+backward")
 # --- the candidates ---------------------------------------------------------------------
 
 
-def seed_roll(x, w, padding):
-    """The seed notebook's method: expand the bank with roll + cat, then conv2d (oneDNN on
-    CPU, cuDNN on CUDA) + ReLU."""
-    bank = torch.cat([torch.roll(w, r, dims=1) for r in range(w.shape[1])], dim=0)
-    return F.relu(F.conv2d(x, bank, None, 1, padding))
+def filter_bank_method(x, w, padding):
+    """The filter-bank method a user writes by hand (rollconv.reference): roll + cat, then
+    torch's conv2d (oneDNN on CPU, cuDNN on CUDA) + ReLU."""
+    return reference.roll_conv2d(x, w, None, 1, padding, activation="relu")
 
 
 def torch_im2col_conv(*args, **kw):
@@ -81,7 +81,7 @@ def roll_case(c, f, n=8, hw=32):
             "rollconv direct": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu", algorithm="direct"),
             "rollconv bank": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu", algorithm="bank"),
             "rollconv fft": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu", algorithm="fft"),
-            "seed method": lambda x, w: seed_roll(x, w, 1),
+            "seed method": lambda x, w: filter_bank_method(x, w, 1),
         },
     }
 

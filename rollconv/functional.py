@@ -19,6 +19,7 @@ __all__ = [
     "conv_transpose2d",
     "roll_conv2d",
     "roll",
+    "roll_pool",
     "max_pool2d",
     "local_response_norm",
 ]
@@ -190,9 +191,13 @@ FFT_MIN_CHANNELS = 48
 DIRECT_MAX_CHANNELS = 8
 DIRECT_MIN_FILTERS = 4
 DIRECT_ALWAYS_CHANNELS = 4
+#: shift > 1 on the CPU: 'fft' with rolls == C // shift >= SHIFTED_FFT_MIN_BLOCKS, else
+#: 'direct' for at most SHIFTED_DIRECT_MAX_ROLLS rolls, else 'bank'.
+SHIFTED_FFT_MIN_BLOCKS = 32
+SHIFTED_DIRECT_MAX_ROLLS = 6
 
 
-def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None):
+def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None, shift=1):
     """The rule for roll_conv2d's ``algorithm='auto'`` where nothing is timed (see
     ``rollconv.backends``: by default the CPU; everywhere with ``backends.benchmark = False``).
 
@@ -210,6 +215,15 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None):
       bank at C = 32, 10x the seed method at C = 256, F = 1 on the machine of issue 5.
     - fewer rolls: 'direct' when C <= 4 and F >= 32 (1.6-3.2x the bank; measured before
       issue 6's engine changes), else 'bank'.
+    - shift > 1 (G = C // shift blocks): 'fft' when rolls == G >= SHIFTED_FFT_MIN_BLOCKS,
+      else 'direct' for rolls <= SHIFTED_DIRECT_MAX_ROLLS, else 'bank'. Measured on a 2-core
+      AMD EPYC shared with other jobs, one thread (two-thread timings were dominated by the
+      other jobs), fwd+bwd with ReLU, float32, N=8, 3x3: at G = 3-6 (C = 6-96, F = shift,
+      16x16 and 32x32) direct is the fastest or within 5% of the seed method (C=24, shift=8,
+      F=8: direct 3.1 ms, bank 3.2, fft 21); at G = 8-24 direct and bank are within 12% of
+      each other, bank ahead in 5 of 7 cases; fft (the composed path: ATen FFTs around our
+      per-frequency loops, as shift > 1 does not use the fused engine) is 1.3-13x slower up
+      to G = 24 and 1.1-1.3x faster than the others at G = 32 (C = 64 and 128).
     CPU float16/bfloat16 (also under ``torch.autocast``): the same rule, since every
     algorithm then runs the float32 engines on converted operands, a conversion that costs
     the same whichever algorithm runs.
@@ -224,6 +238,8 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None):
     on_cpu = input.device.type == "cpu"
     if not on_cpu and dtype not in (torch.float32, torch.float64):
         return "bank"
+    if shift > 1:
+        return _choose_shifted(channels, filters, rolls, shift, on_cpu)
     if rolls == channels:
         if not on_cpu:
             return "fft" if channels >= FFT_MIN_CHANNELS else "bank"
@@ -235,31 +251,48 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None):
     return "bank"
 
 
-def _auto_algorithm(x, weight, bias, stride, padding, dilation, rolls, relu):
+def _choose_shifted(channels, filters, rolls, shift, on_cpu):
+    """'auto' for shift > 1, float32/float64 (see choose_roll_algorithm)."""
+    every_roll = rolls * shift == channels
+    if not on_cpu:
+        return "fft" if every_roll and rolls >= FFT_MIN_CHANNELS else "bank"
+    if every_roll and rolls >= SHIFTED_FFT_MIN_BLOCKS:
+        return "fft"
+    return "direct" if rolls <= SHIFTED_DIRECT_MAX_ROLLS else "bank"
+
+
+def _auto_algorithm(x, weight, bias, stride, padding, dilation, rolls, shift, relu):
     """'auto': the rule, or the timed choice where rollconv.backends times (see there)."""
     dtype = backends.compute_dtype(x)
-    rule = choose_roll_algorithm(x, weight, rolls, stride, dilation, dtype=dtype)
-    return backends.roll_conv2d_algorithm(rule, x, weight, bias, stride, padding, dilation, rolls, relu, dtype)
+    rule = choose_roll_algorithm(x, weight, rolls, stride, dilation, dtype=dtype, shift=shift)
+    return backends.roll_conv2d_algorithm(rule, x, weight, bias, stride, padding, dilation, rolls, shift, relu, dtype)
 
 
-def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls=None, activation=None, algorithm="auto"):
+def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls=None, activation=None, algorithm="auto",
+                shift=1):
     """Rolling-filter convolution: a bank of ``rolls * F`` filters made by cyclically
     rolling each base filter along the input-channel axis, computed without building it.
 
     input (N, C, H, W) or (C, H, W); weight (F, C, kh, kw); bias (F,), shared across rolls.
-    Output channel ``r * F + f`` (roll-major) is::
+    Roll r moves the filter by ``r * shift`` channels; output channel ``r * F + f``
+    (roll-major) is::
 
-        y[n, r*F + f] = sum_c conv(x[n, (c + r) mod C], w[f, c])  (+ bias[f])
+        y[n, r*F + f] = sum_c conv(x[n, (c + r*shift) mod C], w[f, c])  (+ bias[f])
 
-    i.e. ``conv2d(x, cat([roll(w, r, dims=1) for r in range(rolls)]))``. rolls defaults to
-    C (any 1 <= rolls <= C); activation is None or 'relu' (fused). With rolls == C,
-    rolling x's channels by one rolls the output's blocks of F channels by one.
+    i.e. ``conv2d(x, cat([roll(w, r*shift, dims=1) for r in range(rolls)]))``
+    (``rollconv.reference.roll_conv2d``). shift must divide C; rolls defaults to
+    C // shift (any 1 <= rolls <= C // shift); activation is None or 'relu' (fused). With
+    rolls == C // shift, rolling x's channels by ``shift`` rolls the output's blocks of F
+    channels by one: shift=1 for a first layer over the colour channels, shift = F of the
+    previous rolling layer for the layers on top of it (whose input is roll-major).
 
     algorithm: 'direct' computes every roll as a row window of one im2col of x (the bank is
     never built; on CPU the GEMM engine reads x in place, on CUDA cuBLAS GEMMs); 'bank' expands the bank inside the op and calls
     ATen's convolution (oneDNN on CPU, cuDNN on CUDA), folding dK back in the op; 'fft'
-    (rolls == C) diagonalizes the circulant bank with a real FFT over the
-    channels: C/2 + 1 small complex convolutions. All are exact (same math, float
+    (rolls == C // shift) diagonalizes the circulant bank with a real FFT over the
+    channels: C/2 + 1 small complex convolutions (shift > 1: the bank is block-circulant,
+    the FFT runs over the G = C // shift blocks of ``shift`` channels and leaves G/2 + 1
+    complex convolutions with ``shift`` inputs each). All are exact (same math, float
     rounding aside).
 
     Dtypes: float32, float64, float16, bfloat16 with every algorithm (float16/bfloat16 in
@@ -270,7 +303,7 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
 
     'auto' (default): on the CPU the measured rule ``choose_roll_algorithm``; on CUDA the
     first call with a new configuration (device, dtype, shapes, geometry, rolls, ReLU,
-    gradients needed) times the candidates ('direct', 'bank', and 'fft' when rolls == C in
+    gradients needed) times the candidates ('direct', 'bank', and 'fft' when rolls == C // shift in
     float32/float64) on fresh tensors and caches the fastest, as
     ``torch.backends.cudnn.benchmark`` does. ``rollconv.backends.benchmark`` (or the
     environment variable ``ROLLCONV_BENCHMARK``) turns the timing on for every device
@@ -281,7 +314,7 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(
             roll_conv2d, (input, weight, bias), input, weight, bias, stride=stride, padding=padding, dilation=dilation,
-            rolls=rolls, activation=activation, algorithm=algorithm,
+            rolls=rolls, activation=activation, algorithm=algorithm, shift=shift,
         )
     x, squeeze = _batched(input)
     if activation not in (None, "relu"):
@@ -290,13 +323,17 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
         raise ArgumentError(f"algorithm must be one of {ROLL_ALGORITHMS}, but got {algorithm!r}")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     _check_weight(weight, "(F, C, kh, kw)")
-    rolls = x.shape[1] if rolls is None else rolls
+    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 1:
+        raise ArgumentError(f"shift must be a positive int, but got {shift!r}")
+    rolls = x.shape[1] // shift if rolls is None else rolls
     if isinstance(rolls, bool) or not isinstance(rolls, int):
         raise TypeError(f"rolls must be an int or None, but got {rolls!r}")
     x, padding = _padding_args(x, weight, padding, stride, dilation)
     if algorithm == "auto":
-        algorithm = _auto_algorithm(x, weight, bias, stride, padding, dilation, rolls, activation == "relu")
-    out = ops.roll_conv2d_forward(x, weight, bias, stride, padding, dilation, rolls, algorithm, activation == "relu")
+        algorithm = _auto_algorithm(x, weight, bias, stride, padding, dilation, rolls, shift, activation == "relu")
+    out = ops.roll_conv2d_forward(
+        x, weight, bias, stride, padding, dilation, rolls, shift, algorithm, activation == "relu"
+    )
     return out.squeeze(0) if squeeze else out
 
 
@@ -304,6 +341,33 @@ def roll(input, weight, stride=1, padding=0):
     """The seed notebook's ``roll(input, weight, stride, padding)``: ReLU of the
     convolution with all C rolls of ``weight``, as one fused op."""
     return roll_conv2d(input, weight, None, stride, padding, activation="relu")
+
+
+def roll_pool(input, rolls, mode="max"):
+    """The invariant read-out of a rolling network: the max or mean over the roll axis.
+
+    input (N, rolls * F, *) with roll-major channels (channel ``r * F + f``, as
+    ``roll_conv2d`` writes them) -> (N, F, *): ``input.view(N, rolls, F, *)`` reduced over
+    dim 1. Rolling the input's blocks of F channels (which is what rolling a rolling
+    layer's input does to its output, rolls == C // shift) leaves the result unchanged.
+    mode: 'max' (the gradient of tied maxima is shared evenly, as ``torch.amax``) or 'mean'.
+    Raises ArgumentError (a ValueError and RuntimeError) when input has fewer than 2 dims or
+    rolls does not divide dim 1, or for an unknown mode.
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(roll_pool, (input,), input, rolls, mode=mode)
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a Tensor, but got {type(input).__name__}")
+    if isinstance(rolls, bool) or not isinstance(rolls, int) or rolls < 1:
+        raise ArgumentError(f"rolls must be a positive int, but got {rolls!r}")
+    if mode not in ("max", "mean"):
+        raise ArgumentError(f"mode must be 'max' or 'mean', but got {mode!r}")
+    if input.dim() < 2 or input.shape[1] % rolls:
+        raise ArgumentError(
+            f"expected input of shape (N, rolls * F, *) with rolls={rolls} dividing dim 1, but got shape {tuple(input.shape)}"
+        )
+    blocks = input.unflatten(1, (rolls, input.shape[1] // rolls))
+    return blocks.amax(dim=1) if mode == "max" else blocks.mean(dim=1)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from . import functional as F
+from . import reference
 
-__all__ = ["Conv2d", "ConvTranspose2d", "RollConv2d", "MaxPool2d", "LocalResponseNorm"]
+__all__ = ["Conv2d", "ConvTranspose2d", "RollConv2d", "RollPool", "MaxPool2d", "LocalResponseNorm"]
 
 #: The padding modes of torch.nn.Conv2d.
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -65,16 +66,20 @@ class RollConv2d(nn.Module):
     Arguments as ``torch.nn.Conv2d`` where they exist: ``stride``, ``padding`` (int, pair,
     'valid' or 'same'), ``dilation``, ``bias`` and ``padding_mode`` ('zeros', 'reflect',
     'replicate' or 'circular'; any but 'zeros' pads the input with ``torch.nn.functional.pad``
-    before a convolution without padding, as ``torch.nn.Conv2d`` does). ``rolls``: how many
-    rolls, 1 <= rolls <= in_channels (default in_channels). ``activation``: None or 'relu'
-    (fused). ``algorithm``: 'auto' (the CPU's measured rule; timed and cached on CUDA, see
-    ``rollconv.backends``), 'direct', 'bank' or 'fft' ('fft' needs rolls == in_channels); see
-    ``roll_conv2d``. It is a choice of computation, not part of
-    the state_dict.
+    before a convolution without padding, as ``torch.nn.Conv2d`` does). ``shift``: input
+    channels the filter moves per roll (divides in_channels): 1 for a layer on the colour
+    channels (a lifting layer), the previous rolling layer's ``filters`` for a layer on top of
+    one, so that the network stays equivariant. ``rolls``: how many rolls,
+    1 <= rolls <= in_channels // shift (default in_channels // shift). ``activation``: None
+    or 'relu' (fused). ``algorithm``: 'auto' (the CPU's measured rule; timed and cached on
+    CUDA, see ``rollconv.backends``), 'direct', 'bank' or 'fft' ('fft' needs
+    rolls == in_channels // shift); see ``roll_conv2d``. It is a choice of computation, not
+    part of the state_dict.
 
     Raises at construction, with the exception types ``torch.nn.Conv2d`` raises for the same
     mistakes: ValueError for an unknown padding string or padding_mode, padding='same' with
-    a stride other than 1, rolls outside [1, in_channels], 'fft' with fewer rolls, or an
+    a stride other than 1, a shift that does not divide in_channels, rolls outside
+    [1, in_channels // shift], 'fft' with fewer rolls, or an
     unknown activation or algorithm; RuntimeError for non-positive in_channels, filters,
     kernel_size, stride or dilation and negative padding (torch.nn.Conv2d reports those
     as RuntimeError, at its first forward); TypeError for sizes that are not ints or pairs.
@@ -92,6 +97,7 @@ class RollConv2d(nn.Module):
         rolls=None,
         activation=None,
         algorithm="auto",
+        shift=1,
         padding_mode="zeros",
         device=None,
         dtype=None,
@@ -102,17 +108,22 @@ class RollConv2d(nn.Module):
                 raise TypeError(f"{name} must be an int, but got {value!r}")
             if value < 1:
                 raise RuntimeError(f"{name} must be positive, but got {value}")
-        rolls = in_channels if rolls is None else rolls
+        if isinstance(shift, bool) or not isinstance(shift, int):
+            raise TypeError(f"shift must be an int, but got {shift!r}")
+        if shift < 1 or in_channels % shift:
+            raise ValueError(f"shift must be a positive divisor of in_channels={in_channels}, but got {shift}")
+        blocks = in_channels // shift
+        rolls = blocks if rolls is None else rolls
         if isinstance(rolls, bool) or not isinstance(rolls, int):
             raise TypeError(f"rolls must be an int or None, but got {rolls!r}")
-        if not 1 <= rolls <= in_channels:
-            raise ValueError(f"rolls must be in [1, in_channels={in_channels}], but got {rolls}")
+        if not 1 <= rolls <= blocks:
+            raise ValueError(f"rolls must be in [1, in_channels // shift = {blocks}], but got {rolls}")
         if activation not in (None, "relu"):
             raise ValueError(f"activation must be None or 'relu', but got {activation!r}")
         if algorithm not in F.ROLL_ALGORITHMS:
             raise ValueError(f"algorithm must be one of {F.ROLL_ALGORITHMS}, but got {algorithm!r}")
-        if algorithm == "fft" and rolls != in_channels:
-            raise ValueError(f"algorithm='fft' needs rolls == in_channels ({in_channels}), but got rolls={rolls}")
+        if algorithm == "fft" and rolls != blocks:
+            raise ValueError(f"algorithm='fft' needs rolls == in_channels // shift ({blocks}), but got rolls={rolls}")
         kernel_size = tuple(F._pair(kernel_size, "kernel_size"))
         stride = tuple(F._pair(stride, "stride"))
         dilation = tuple(F._pair(dilation, "dilation"))
@@ -130,7 +141,7 @@ class RollConv2d(nn.Module):
                 raise RuntimeError(f"padding must be non-negative, but got {padding}")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, but got padding_mode={padding_mode!r}")
-        self.in_channels, self.filters, self.rolls = in_channels, filters, rolls
+        self.in_channels, self.filters, self.rolls, self.shift = in_channels, filters, rolls, shift
         self.out_channels = rolls * filters
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
         self.padding_mode = padding_mode
@@ -148,6 +159,8 @@ class RollConv2d(nn.Module):
         super().__setstate__(state)
         if not hasattr(self, "padding_mode"):  # pickled before padding_mode existed
             self.padding_mode = "zeros"
+        if not hasattr(self, "shift"):  # pickled before shift existed
+            self.shift = 1
 
     def reset_parameters(self):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -172,12 +185,14 @@ class RollConv2d(nn.Module):
             input = nn.functional.pad(input, self._explicit_padding(), mode=self.padding_mode)
             padding = 0
         return F.roll_conv2d(
-            input, self.weight, self.bias, self.stride, padding, self.dilation, self.rolls, self.activation, self.algorithm
+            input, self.weight, self.bias, self.stride, padding, self.dilation, self.rolls, self.activation, self.algorithm,
+            self.shift,
         )
 
     def filter_bank(self):
-        """The expanded (rolls * filters, in_channels, kh, kw) bank: roll r of every filter."""
-        return torch.cat([torch.roll(self.weight, shifts=r, dims=1) for r in range(self.rolls)], dim=0)
+        """The expanded (rolls * filters, in_channels, kh, kw) bank: roll r of every filter
+        (``rollconv.reference.filter_bank``)."""
+        return reference.filter_bank(self.weight, self.rolls, self.shift)
 
     def to_conv2d(self):
         """An equivalent plain ``torch.nn.Conv2d`` (bank expanded, bias repeated per roll),
@@ -205,6 +220,8 @@ class RollConv2d(nn.Module):
             f"{self.in_channels}, {self.filters}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"rolls={self.rolls} (out_channels={self.out_channels})"
         )
+        if self.shift != 1:
+            text += f", shift={self.shift}"
         if self.padding not in ((0, 0), "valid"):
             text += f", padding={self.padding!r}"
         if self.dilation != (1, 1):
@@ -218,3 +235,23 @@ class RollConv2d(nn.Module):
         if self.algorithm != "auto":
             text += f", algorithm={self.algorithm!r}"
         return text
+
+
+class RollPool(nn.Module):
+    """The invariant read-out of a rolling network (see ``rollconv.functional.roll_pool``):
+    (N, rolls * F, *) -> (N, F, *), the max (mode='max') or mean (mode='mean') over the
+    roll axis of roll-major channels. No parameters."""
+
+    def __init__(self, rolls, mode="max"):
+        super().__init__()
+        if isinstance(rolls, bool) or not isinstance(rolls, int) or rolls < 1:
+            raise ValueError(f"rolls must be a positive int, but got {rolls!r}")
+        if mode not in ("max", "mean"):
+            raise ValueError(f"mode must be 'max' or 'mean', but got {mode!r}")
+        self.rolls, self.mode = rolls, mode
+
+    def forward(self, input):
+        return F.roll_pool(input, self.rolls, self.mode)
+
+    def extra_repr(self):
+        return f"rolls={self.rolls}, mode={self.mode!r}"

@@ -160,7 +160,7 @@ def test_the_switch(timing, algorithms_run):
     # Off the CPU (meta stands in for a device without a rule, where nothing can run):
     # None and True use the cache there, False only the rule.
     mx, mw = x.to("meta"), w.to("meta")
-    key = backends._key(mx, mw, None, [1, 1], [0, 0], [1, 1], 3, False, mx.dtype)
+    key = backends._key(mx, mw, None, [1, 1], [0, 0], [1, 1], 3, 1, False, mx.dtype)
     backends._cache[key] = "direct"
     assert _rule(mx, mw) == "bank"
     for setting in (None, True, False):
@@ -196,7 +196,7 @@ def test_torch_compile_uses_the_rule_and_keeps_dynamic_shapes(timing):
     for n in (2, 3):
         compiled(torch.randn(n, 6, 9, 9))
     assert timing == [] and len(graphs) == 1, "no timing while tracing, no recompilation per batch size"
-    algorithms = [node.args[7] for node in graphs[0].graph.nodes if "roll_conv2d_forward" in str(node.target)]
+    algorithms = [node.args[8] for node in graphs[0].graph.nodes if "roll_conv2d_forward" in str(node.target)]
     assert algorithms == [_rule(torch.empty(1, 6, 1, 1), torch.empty(2, 6, 3, 3)), _rule(torch.empty(1, 12, 1, 1), torch.empty(2, 12, 3, 3))]
     # And the results are eager's (where the timed choice runs), with static shapes too.
     assert_compiles_like_eager(model, torch.randn(2, 6, 9, 9), torch.randn(4, 6, 9, 9))
@@ -209,7 +209,7 @@ def test_torch_export_uses_the_cached_choice(timing, fixed_times):
 
     def export(**kw):
         exported = torch.export.export(model, (x,), **kw)
-        return exported, [n.args[7] for n in exported.graph.nodes if "roll_conv2d_forward" in str(n.target)]
+        return exported, [n.args[8] for n in exported.graph.nodes if "roll_conv2d_forward" in str(n.target)]
 
     rule = _rule(x, model.weight)
     assert export()[1] == [rule] and timing == [], "nothing cached: the rule, and no timing while exporting"
@@ -290,7 +290,7 @@ def test_compute_dtype_follows_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert backends.compute_dtype(x) == torch.bfloat16
         assert backends.compute_dtype(x.double()) == torch.float64
-    key = backends._key(x, torch.randn(2, 2, 3, 3), None, [1, 1], [0, 0], [1, 1], 2, False, torch.bfloat16)
+    key = backends._key(x, torch.randn(2, 2, 3, 3), None, [1, 1], [0, 0], [1, 1], 2, 1, False, torch.bfloat16)
     assert backends.candidates(key) == ["direct", "bank"]
 
 

@@ -11,7 +11,7 @@ import rollconv.functional as RF
 from rollconv import _C, _ops
 
 from conftest import CUDA, requires_cuda_kernels, requires_gpu
-from test_roll_conv import seed_roll
+from rollconv import reference
 
 pytestmark = pytest.mark.cuda
 
@@ -50,7 +50,7 @@ def _same_arguments(ours, reference, *args, **kwargs):
 
 
 def _seed_method(x, w, b, stride, padding, dilation, rolls, activation, algorithm):
-    return seed_roll(x, w, b, stride, padding, dilation, rolls, relu=activation == "relu")
+    return reference.roll_conv2d(x, w, b, stride, padding, dilation, rolls, activation=activation)
 
 
 def _cases(dtype):

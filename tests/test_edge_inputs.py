@@ -13,7 +13,7 @@ import rollconv
 import rollconv.functional as RF
 from rollconv.functional import ArgumentError
 
-from test_roll_conv import seed_roll
+from rollconv import reference
 
 ALGORITHMS = ["direct", "bank", "fft"]
 
@@ -131,7 +131,7 @@ def test_a_huge_stride_on_the_fft_path(stride):
     assert RF.choose_roll_algorithm(x, w, 16, [stride, stride], [1, 1]) == "fft"
     y = RF.roll_conv2d(x, w, stride=stride, algorithm="fft")
     ref_x, ref_w = _leaf(x), _leaf(w)
-    ref = seed_roll(ref_x, ref_w, stride=stride, relu=False)
+    ref = reference.roll_conv2d(ref_x, ref_w, stride=stride)
     assert y.shape == ref.shape == (1, 16, 1, 1)
     torch.testing.assert_close(y, ref)
     for got, want in zip(_grads(y, x, w), _grads(ref, ref_x, ref_w)):
@@ -189,7 +189,7 @@ def test_positions_past_int32_in_an_intermediate_product(call):
         ref = torch.einsum("nc,fc->nf", x.detach()[:, :, 0, 0], w.detach()[:, :, 0, 1])
     else:
         y = RF.roll_conv2d(x, w, algorithm=call, **kw)
-        ref = seed_roll(x.detach(), w.detach()[:, :, :, 1:2], relu=False)[:, :, 0, 0]
+        ref = reference.roll_conv2d(x.detach(), w.detach()[:, :, :, 1:2])[:, :, 0, 0]
     assert y.shape == (1, ref.shape[1], 1, 1)
     torch.testing.assert_close(y[:, :, 0, 0], ref)
     gx, gw = _grads(y, x, w)
@@ -286,7 +286,7 @@ def test_opcheck_with_channels_last_inputs():
     w = torch.randn(3, 4, 3, 3, dtype=torch.float64)
     ops = torch.ops.rollconv
     torch.library.opcheck(ops.conv2d_forward.default, (x, w, None, [1, 1], [1, 1], [1, 1], 1))
-    torch.library.opcheck(ops.roll_conv2d_forward.default, (x, w, None, [1, 1], [1, 1], [1, 1], 4, "direct", True))
+    torch.library.opcheck(ops.roll_conv2d_forward.default, (x, w, None, [1, 1], [1, 1], [1, 1], 4, 1, "direct", True))
     torch.library.opcheck(ops.max_pool2d_forward.default, (x, [2, 2], [2, 2], [0, 0], [1, 1], False))
     torch.library.opcheck(ops.local_response_norm_forward.default, (x, 3, 1e-4, 0.75, 1.0))
 

@@ -15,7 +15,7 @@ import rollconv
 import rollconv.functional as RF
 from rollconv import _C
 
-from test_roll_conv import seed_roll
+from rollconv.reference import roll_conv2d as reference_roll
 
 
 def _conv_and_grads(fn, x, w, b):
@@ -74,7 +74,7 @@ def test_aten_gemm_path_roll_direct(monkeypatch):
     w = torch.randn(3, 7, 3, 2, dtype=torch.float64, generator=gen)
     b = torch.randn(3, dtype=torch.float64, generator=gen)
     ours = lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, rolls=5, activation="relu", algorithm="direct")
-    _assert_engine_on_and_off_match(monkeypatch, ours, lambda x, w, b: seed_roll(x, w, b, padding=1, rolls=5), x, w, b)
+    _assert_engine_on_and_off_match(monkeypatch, ours, lambda x, w, b: reference_roll(x, w, b, padding=1, rolls=5, activation="relu"), x, w, b)
 
 
 FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides, dilation, radices
@@ -96,7 +96,7 @@ def test_roll_fft_fused_and_unfused(monkeypatch, x_shape, f, kernel, kw):
     w = torch.randn(f, x_shape[1], *kernel, dtype=torch.float64, generator=gen)
     b = torch.randn(f, dtype=torch.float64, generator=gen)
     ours = lambda x, w, b: RF.roll_conv2d(x, w, b, activation="relu", algorithm="fft", **kw)
-    _assert_engine_on_and_off_match(monkeypatch, ours, lambda x, w, b: seed_roll(x, w, b, **kw), x, w, b)
+    _assert_engine_on_and_off_match(monkeypatch, ours, lambda x, w, b: reference_roll(x, w, b, activation="relu", **kw), x, w, b)
 
 
 def test_roll_fft_many_chunks_float32():

@@ -62,12 +62,12 @@ def _op_samples():
     yield "bias_backward", (mk(2, 6, 3, 2), 2)
     x3 = mk(2, 3, 6, 5)
     for algorithm, rolls in (("direct", 2), ("bank", 3), ("fft", 3)):
-        out = ops.roll_conv2d_forward(x3, _rand(2, 3, 3, 2), None, *GEOMETRY, rolls, algorithm, False)
+        out = ops.roll_conv2d_forward(x3, _rand(2, 3, 3, 2), None, *GEOMETRY, rolls, 1, algorithm, False)
         for relu in (False, True):
-            yield f"roll_conv2d_forward-{algorithm}-relu={relu}", (x3, mk(2, 3, 3, 2), mk(2), *GEOMETRY, rolls, algorithm, relu)
+            yield f"roll_conv2d_forward-{algorithm}-relu={relu}", (x3, mk(2, 3, 3, 2), mk(2), *GEOMETRY, rolls, 1, algorithm, relu)
         g = mk(*out.shape)
-        yield f"roll_conv2d_backward_input-{algorithm}", (g, mk(2, 3, 3, 2), [6, 5], *GEOMETRY, rolls, algorithm)
-        yield f"roll_conv2d_backward_weight-{algorithm}", (g, x3, [3, 2], *GEOMETRY, rolls, algorithm)
+        yield f"roll_conv2d_backward_input-{algorithm}", (g, mk(2, 3, 3, 2), [6, 5], *GEOMETRY, rolls, 1, algorithm)
+        yield f"roll_conv2d_backward_weight-{algorithm}", (g, x3, [3, 2], *GEOMETRY, rolls, 1, algorithm)
     pool = ([3, 2], [2, 2], [1, 1], [1, 1])
     xp = mk(2, 3, 7, 6)
     out, indices = ops.max_pool2d_forward(xp, *pool, True)

@@ -22,7 +22,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import rollconv
 import rollconv.functional as RF
-from rollconv import _ops
+from rollconv import _ops, reference
 
 ops = torch.ops.rollconv
 
@@ -119,10 +119,6 @@ def test_every_op_has_autocast_kernels():
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rollconv::{name}", key), (name, key)
 
 
-def _seed_bank(w, rolls):
-    return torch.cat([torch.roll(w, shifts=r, dims=1) for r in range(rolls)], dim=0)
-
-
 # Each rollconv call next to the torch call it stands for, on float32 operands.
 POLICY_CASES = {
     "conv2d": (lambda x, w, b: RF.conv2d(x, w, b, 1, 1), lambda x, w, b: F.conv2d(x, w, b, 1, 1), (6, 4, 3, 3)),
@@ -132,7 +128,7 @@ POLICY_CASES = {
     **{
         f"roll_conv2d_{alg}": (
             lambda x, w, b, alg=alg: RF.roll_conv2d(x, w, b, padding=1, algorithm=alg),
-            lambda x, w, b: F.conv2d(x, _seed_bank(w, 4), b.repeat(4), padding=1), (6, 4, 3, 3))
+            lambda x, w, b: F.conv2d(x, reference.filter_bank(w, 4), b.repeat(4), padding=1), (6, 4, 3, 3))
         for alg in ("direct", "bank", "fft", "auto")
     },
     "max_pool2d": (lambda x, w, b: RF.max_pool2d(x, 2), lambda x, w, b: F.max_pool2d(x, 2), None),
@@ -170,7 +166,7 @@ def test_fake_kernels_agree_with_the_real_ones_under_autocast(algorithm, dtype, 
     w = torch.randn(3, 4, 3, 3, device=device)
     b = torch.randn(3, device=device)
     g = torch.randn(2, 12, 8, 8, device=device)
-    geo = ([1, 1], [1, 1], [1, 1], 4, algorithm)
+    geo = ([1, 1], [1, 1], [1, 1], 4, 1, algorithm)
     calls = [
         (ops.roll_conv2d_forward, (x, w, b, *geo, True)),
         (ops.roll_conv2d_backward_input, (g, w, [8, 8], *geo)),
@@ -199,9 +195,9 @@ def _autocast_opcheck_samples(device):
         "conv2d_backward_input": (mk(2, 6, 4, 4), mk(6, 2, 3, 2), [7, 6], *geo, 2),
         "conv2d_backward_weight": (mk(2, 6, 4, 4), mk(2, 4, 7, 6), [3, 2], *geo, 2),
         "bias_backward": (mk(2, 6, 3, 5), 3),
-        "roll_conv2d_forward": (mk(2, 3, 7, 6), mk(2, 3, 3, 2), mk(2), *geo, 2, "bank", True),
-        "roll_conv2d_backward_input": (mk(2, 6, 4, 4), mk(2, 3, 3, 2), [7, 6], *geo, 3, "bank"),
-        "roll_conv2d_backward_weight": (mk(2, 4, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, 2, "bank"),
+        "roll_conv2d_forward": (mk(2, 3, 7, 6), mk(2, 3, 3, 2), mk(2), *geo, 2, 1, "bank", True),
+        "roll_conv2d_backward_input": (mk(2, 6, 4, 4), mk(2, 3, 3, 2), [7, 6], *geo, 3, 1, "bank"),
+        "roll_conv2d_backward_weight": (mk(2, 4, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, 2, 1, "bank"),
         "max_pool2d_forward": (mk(2, 3, 7, 6), [3, 2], [2, 1], [1, 1], [1, 2], True),
         "max_pool2d_backward": (mk(*idx.shape), idx, [7, 6], [3, 2], [2, 1], [1, 1], [1, 2]),
         "local_response_norm_forward": (mk(2, 5, 3, 4), 3, 1e-2, 0.75, 1.0),

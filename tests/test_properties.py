@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import rollconv.functional as RF
 
-from test_roll_conv import seed_roll
+from rollconv import reference
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("ROLLCONV_PROPERTY_EXAMPLES", "60")),
@@ -145,14 +145,16 @@ def _assert_right_value(ours, deliberate, bias, case):
        layout=st.sampled_from(["contiguous", "channels_last", "strided"]))
 def test_roll_conv2d_matches_the_filter_bank_method(geo, n, c, f, bias, relu, algorithm, data, layout):
     kernel, stride, padding, dilation, hw = geo
-    rolls = c if algorithm == "fft" else data.draw(st.integers(1, c), label="rolls")
+    shift = data.draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]), label="shift")
+    rolls = c // shift if algorithm == "fft" else data.draw(st.integers(1, c // shift), label="rolls")
     x = _layout(torch.randn(n, c, *hw, dtype=torch.float64), layout)
     w = torch.randn(f, c, *kernel, dtype=torch.float64)
     b = torch.randn(f, dtype=torch.float64) if bias else None
     ours = _run(lambda x, w, b: RF.roll_conv2d(x, w, b, stride, padding, dilation, rolls,
-                                               "relu" if relu else None, algorithm), (x, w, b))
-    theirs = _run(lambda x, w, b: seed_roll(x, w, b, stride, padding, dilation, rolls, relu), (x, w, b))
-    case = f"roll_conv2d {algorithm} x={tuple(x.shape)} w={tuple(w.shape)} rolls={rolls} {stride} {padding} {dilation} {layout}"
+                                               "relu" if relu else None, algorithm, shift=shift), (x, w, b))
+    theirs = _run(lambda x, w, b: reference.roll_conv2d(x, w, b, stride, padding, dilation, rolls, shift,
+                                                        "relu" if relu else None), (x, w, b))
+    case = f"roll_conv2d {algorithm} x={tuple(x.shape)} w={tuple(w.shape)} rolls={rolls} shift={shift} {stride} {padding} {dilation} {layout}"
     deliberate = Deliberate.ZERO_OUTPUT_CHANNELS if f == 0 and ours[0] == "ok" else Deliberate.NONE
     if deliberate is Deliberate.NONE:
         _assert_same(ours, theirs, case)

@@ -9,21 +9,10 @@ import torch.nn.functional as F
 import rollconv
 import rollconv.functional as RF
 from helpers import assert_clear_error, assert_compiles_like_eager, randn, random_window
+from rollconv import reference
+from rollconv.reference import filter_bank
 
 ops = torch.ops.rollconv
-
-
-def seed_bank(w, rolls=None):
-    """The seed's filter bank: roll the base weight along its input channels, concatenate."""
-    rolls = w.shape[1] if rolls is None else rolls
-    return torch.cat([torch.roll(w, shifts=r, dims=1) for r in range(rolls)], dim=0)
-
-
-def seed_roll(x, w, b=None, stride=1, padding=0, dilation=1, rolls=None, relu=True):
-    """Seed 000's method: roll + cat + torch.nn.functional.conv2d (+ ReLU)."""
-    bias = None if b is None else b.repeat(w.shape[1] if rolls is None else rolls)
-    y = F.conv2d(x, seed_bank(w, rolls), bias, stride, padding, dilation)
-    return F.relu(y) if relu else y
 
 
 SEED_X = [[[1, 2, 3], [4, 5, 6], [7, 8, 9]], [[9, -8, 7], [9, 8, 7], [3, -2, -1]]]
@@ -60,7 +49,7 @@ def _compare_with_seed(x, w, b, atol=1e-10, algorithm="auto", **kw):
         xs, ws = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         bs = None if b is None else b.detach().clone().requires_grad_()
         if fn == "seed":
-            y = seed_roll(xs, ws, bs, relu=relu, **kw)
+            y = reference.roll_conv2d(xs, ws, bs, activation="relu" if relu else None, **kw)
         else:
             y = RF.roll_conv2d(xs, ws, bs, activation="relu" if relu else None, algorithm=algorithm, **kw)
         y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype).to(y.device))
@@ -102,7 +91,7 @@ def test_string_padding(padding):
     x = torch.randn(2, 3, 8, 9, dtype=torch.float64)
     w = torch.randn(2, 3, 2, 3, dtype=torch.float64)
     y = RF.roll_conv2d(x, w, padding=padding)
-    torch.testing.assert_close(y, F.conv2d(x, seed_bank(w), padding=padding))
+    torch.testing.assert_close(y, F.conv2d(x, filter_bank(w), padding=padding))
 
 
 def test_auto_rule():
@@ -145,17 +134,17 @@ def test_fft_float32_within_1e4_of_direct(c, f):
 def test_unbatched_and_float32(small_workspace, algorithm):
     x = torch.randn(5, 10, 10)
     w = torch.randn(3, 5, 3, 3)
-    torch.testing.assert_close(RF.roll_conv2d(x, w, padding=1, algorithm=algorithm), F.conv2d(x, seed_bank(w), padding=1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(RF.roll_conv2d(x, w, padding=1, algorithm=algorithm), F.conv2d(x, filter_bank(w), padding=1), rtol=1e-4, atol=1e-4)
     xb = torch.randn(48, 16, 20, 20)  # several chunks with a 1 MiB workspace
     wb = torch.randn(4, 16, 3, 3)
-    torch.testing.assert_close(RF.roll_conv2d(xb, wb, padding=1, algorithm=algorithm), F.conv2d(xb, seed_bank(wb), padding=1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(RF.roll_conv2d(xb, wb, padding=1, algorithm=algorithm), F.conv2d(xb, filter_bank(wb), padding=1), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_channels_last_and_non_contiguous(algorithm):
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
     w = torch.randn(3, 4, 3, 3, dtype=torch.float64)
-    ref = F.conv2d(x, seed_bank(w))
+    ref = F.conv2d(x, filter_bank(w))
     torch.testing.assert_close(RF.roll_conv2d(x.to(memory_format=torch.channels_last), w, algorithm=algorithm), ref)
     torch.testing.assert_close(RF.roll_conv2d(x, w.transpose(2, 3).contiguous().transpose(2, 3), algorithm=algorithm), ref)
 
@@ -204,11 +193,11 @@ def _samples(device, algorithm):
     some = 3 if algorithm == "fft" else 2  # fewer rolls than channels, where the algorithm allows
     return {
         "roll_conv2d_forward": [
-            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), mk(2), *geo, 3, algorithm, False),
-            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), None, *geo, some, algorithm, True),
+            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), mk(2), *geo, 3, 1, algorithm, False),
+            (mk(2, 3, 7, 6), mk(2, 3, 3, 2), None, *geo, some, 1, algorithm, True),
         ],
-        "roll_conv2d_backward_input": [(mk(2, 6, 4, 4), mk(2, 3, 3, 2), [7, 6], *geo, 3, algorithm)],
-        "roll_conv2d_backward_weight": [(mk(2, 2 * some, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, some, algorithm)],
+        "roll_conv2d_backward_input": [(mk(2, 6, 4, 4), mk(2, 3, 3, 2), [7, 6], *geo, 3, 1, algorithm)],
+        "roll_conv2d_backward_weight": [(mk(2, 2 * some, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, some, 1, algorithm)],
     }
 
 
@@ -236,7 +225,7 @@ def test_module_and_to_conv2d(activation):
     conv = plain[0] if activation else plain
     assert isinstance(conv, torch.nn.Conv2d) and conv.out_channels == 9
     torch.testing.assert_close(plain(x), m(x))
-    torch.testing.assert_close(m(x), seed_roll(x, m.weight, m.bias, (1, 2), 1, rolls=3, relu=activation == "relu"))
+    torch.testing.assert_close(m(x), reference.roll_conv2d(x, m.weight, m.bias, (1, 2), 1, rolls=3, activation=activation))
 
 
 def test_module_state_dict_same_in_train_and_eval():
@@ -261,8 +250,8 @@ def test_module_state_dict_same_in_train_and_eval():
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), randn(6)), "bias of shape \\(2\\)"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), activation="tanh"), "activation must be"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), algorithm="fast"), "algorithm must be one of"),
-        (lambda: ops.roll_conv2d_forward(randn(1, 3, 5, 5), randn(2, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 3, "fast", False), "algorithm must be 'direct', 'bank' or 'fft'"),
-        (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), rolls=2, algorithm="fft"), "'fft' needs rolls == C \\(3"),
+        (lambda: ops.roll_conv2d_forward(randn(1, 3, 5, 5), randn(2, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 3, 1, "fast", False), "algorithm must be 'direct', 'bank' or 'fft'"),
+        (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3), rolls=2, algorithm="fft"), "'fft' needs rolls == C / shift \\(3"),
         (lambda: rollconv.nn.RollConv2d(3, 2, 3, algorithm="fast"), "algorithm must be one of"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3)), "4-D tensor"),
         (lambda: RF.roll_conv2d(randn(3, 5), randn(2, 3, 3, 3)), "3-D .* or 4-D"),
@@ -272,8 +261,8 @@ def test_module_state_dict_same_in_train_and_eval():
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3, dtype=torch.float64)), "same dtype"),
         (lambda: RF.roll_conv2d(torch.ones(1, 3, 5, 5, dtype=torch.int32), torch.ones(2, 3, 3, 3, dtype=torch.int32)), "float32, float64, float16 and bfloat16"),
         (lambda: RF.roll_conv2d(randn(1, 3, 5, 5), randn(2, 3, 3, 3, device="meta")), "device"),
-        (lambda: ops.roll_conv2d_backward_weight(randn(1, 5, 3, 3), randn(1, 3, 5, 5), [3, 3], [1, 1], [0, 0], [1, 1], 2, "direct"), "rolls=2"),
-        (lambda: ops.roll_conv2d_backward_input(randn(1, 6, 4, 4), randn(2, 3, 3, 3), [5, 5], [1, 1], [0, 0], [1, 1], 3, "bank"), "grad_output of shape"),
+        (lambda: ops.roll_conv2d_backward_weight(randn(1, 5, 3, 3), randn(1, 3, 5, 5), [3, 3], [1, 1], [0, 0], [1, 1], 2, 1, "direct"), "rolls=2"),
+        (lambda: ops.roll_conv2d_backward_input(randn(1, 6, 4, 4), randn(2, 3, 3, 3), [5, 5], [1, 1], [0, 0], [1, 1], 3, 1, "bank"), "grad_output of shape"),
         (lambda: rollconv.nn.RollConv2d(3, 2, 3, rolls=4), "rolls must be in"),
     ],
 )

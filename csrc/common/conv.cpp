@@ -4,14 +4,15 @@
 // pixels of a chunk of samples), each block a 2-D GEMM on a row window of it:
 //   conv2d, G groups: block g = output channels [g*Fg, (g+1)*Fg), its own weight rows,
 //                     column rows of channels [g*Cg, (g+1)*Cg).
-//   roll_conv2d, R rolls: output channel r*F + f (roll-major) reads channel (c + r) mod C
-//                     with weight w[f, c], i.e. column rows of *virtual* channels
-//                     [r, r + C) of a column matrix with C + R - 1 virtual channels
-//                     (v reads v mod C). Rolling the filter is a shift of the row window:
-//                     one im2col serves every roll and the filter bank is never built.
-//                     To give small-F layers a GEMM with enough rows, G consecutive rolls
-//                     form one block whose weight is a "roll band" of G shifted copies of
-//                     w (G*F x (C+G-1)*K, zeros elsewhere; see roll_band).
+//   roll_conv2d, R rolls of S channels (the shift): output channel r*F + f (roll-major)
+//                     reads channel (c + r*S) mod C with weight w[f, c], i.e. column rows
+//                     of *virtual* channels [r*S, r*S + C) of a column matrix with
+//                     C + (R-1)*S virtual channels (v reads v mod C). Rolling the filter
+//                     is a shift of the row window: one im2col serves every roll and the
+//                     filter bank is never built. To give small-F layers a GEMM with
+//                     enough rows, G consecutive rolls form one block whose weight is a
+//                     "roll band" of G copies of w, each S channels further
+//                     (G*F x (C+(G-1)*S)*K, zeros elsewhere; see roll_band).
 // The GEMMs run in the device's fused engine (CPU: cpu/conv_engine.cpp, im2col fused into
 // the GEMM's packing) or, without one (CUDA), through ATen (cuBLAS) with im2col/col2im from
 // DeviceKernels. That is roll_conv2d's algorithm "direct"; further down are "bank" (the
@@ -237,60 +238,71 @@ ConvSetup conv2d_setup(const char* op, int64_t channels, int64_t out_channels,
 
 // --- roll_conv2d: blocks of G consecutive rolls ------------------------------------------------
 
-// Rolls per GEMM: enough to give it about 64 rows, at most C/4 so that the band's zero
-// corners (G - 1 extra channels per row) add at most a quarter to the work.
-int64_t rolls_per_gemm(int64_t filters, int64_t channels, int64_t rolls) {
+// Rolls per GEMM: enough to give it about 64 rows, at most C/(4S) so that the band's zero
+// corners ((G - 1) * S extra channels per row) add at most a quarter to the work.
+int64_t rolls_per_gemm(int64_t filters, int64_t channels, int64_t rolls, int64_t shift) {
   const int64_t wanted = ceil_div(64, std::max<int64_t>(1, filters));
-  return std::max<int64_t>(1, std::min({wanted, channels / 4, rolls}));
+  return std::max<int64_t>(1, std::min({wanted, channels / (4 * shift), rolls}));
+}
+
+// At least one channel; shift (S) must divide the channels; rolls may be 1 .. C / S.
+void check_roll_shape(const char* op, int64_t channels, int64_t rolls, int64_t shift) {
+  TORCH_CHECK(channels > 0, op, ": the rolling convolution needs at least one input channel");
+  TORCH_CHECK(shift >= 1 && channels % shift == 0, op, ": shift must be a positive divisor of the input channels (",
+              channels, "), but got shift=", shift);
+  TORCH_CHECK(rolls >= 1 && rolls <= channels / shift, op, ": rolls must be in [1, ", channels / shift,
+              "] (the input channels / shift = ", channels, " / ", shift, "), but got ", rolls);
 }
 
 ConvSetup roll_setup(const char* op, int64_t channels, int64_t filters, int64_t weight_channels,
                      Pair input_hw, Pair kernel, IntArrayRef stride, IntArrayRef padding,
-                     IntArrayRef dilation, int64_t rolls) {
+                     IntArrayRef dilation, int64_t rolls, int64_t shift) {
   TORCH_CHECK(weight_channels == channels, op, ": expected weight.shape[1] (", weight_channels,
               ") to equal the input channels (", channels, ")");
-  TORCH_CHECK(channels > 0, op, ": the rolling convolution needs at least one input channel");
-  TORCH_CHECK(rolls >= 1 && rolls <= channels, op, ": rolls must be in [1, ", channels,
-              "] (the input channels), but got ", rolls);
+  check_roll_shape(op, channels, rolls, shift);
   ConvSetup s;
   s.layout.win = conv_window(op, input_hw, kernel, pair_arg(op, "stride", stride),
                              pair_arg(op, "padding", padding), pair_arg(op, "dilation", dilation));
   s.layout.channels = channels;
-  s.layout.col_channels = channels + rolls - 1;
+  s.layout.col_channels = channels + (rolls - 1) * shift;
   const int64_t area = kernel_area(s.layout.win);
-  const int64_t group = rolls_per_gemm(filters, channels, rolls);
+  const int64_t group = rolls_per_gemm(filters, channels, rolls, shift);
   for (int64_t r0 = 0; r0 < rolls; r0 += group) {
     const int64_t g = std::min(group, rolls - r0);
-    s.plan.blocks.push_back(GemmBlock{r0 * filters, g * filters, 0, r0 * area, (channels + g - 1) * area});
+    s.plan.blocks.push_back(
+        GemmBlock{r0 * filters, g * filters, 0, r0 * shift * area, (channels + (g - 1) * shift) * area});
   }
   s.plan.out_channels = rolls * filters;
   s.plan.bias_period = filters;
   s.plan.weight_rows = group * filters;
-  s.plan.weight_cols = (channels + group - 1) * area;
+  s.plan.weight_cols = (channels + (group - 1) * shift) * area;
   s.plan.shared_columns = rolls > 1;
   return s;
 }
 
-// The roll band of G rolls: band[g*F + f, (v, tap)] = w[f, v - g, tap] for 0 <= v - g < C,
-// zero elsewhere; rows (g, f) are output channels (r0 + g) * F + f of a block at r0.
-Tensor roll_band(const Tensor& weight, const BlockPlan& plan) {
+// The roll band of G rolls: band[g*F + f, (v, tap)] = w[f, v - g*S, tap] for
+// 0 <= v - g*S < C, zero elsewhere; rows (g, f) are output channels (r0 + g) * F + f of a
+// block at r0.
+Tensor roll_band(const Tensor& weight, const BlockPlan& plan, int64_t shift) {
   const int64_t filters = weight.size(0);
   const Tensor w = weight.contiguous().view({filters, -1});
   const int64_t group = plan.weight_rows / filters;
   const int64_t area = weight.size(2) * weight.size(3);
   if (group == 1) return w;
   Tensor band = at::zeros({plan.weight_rows, plan.weight_cols}, weight.options());
-  for (int64_t g = 0; g < group; ++g) band.narrow(0, g * filters, filters).narrow(1, g * area, w.size(1)).copy_(w);
+  for (int64_t g = 0; g < group; ++g) {
+    band.narrow(0, g * filters, filters).narrow(1, g * shift * area, w.size(1)).copy_(w);
+  }
   return band;
 }
 
-// The adjoint of roll_band: dw[f, (c, tap)] = sum_g dband[g*F + f, (c + g, tap)].
-Tensor fold_roll_band(const Tensor& grad_band, int64_t filters, int64_t channels, Pair kernel) {
+// The adjoint of roll_band: dw[f, (c, tap)] = sum_g dband[g*F + f, (c + g*S, tap)].
+Tensor fold_roll_band(const Tensor& grad_band, int64_t filters, int64_t channels, int64_t shift, Pair kernel) {
   const int64_t area = kernel.h * kernel.w;
   const int64_t group = grad_band.size(0) / filters;
   Tensor dw = grad_band.narrow(0, 0, filters).narrow(1, 0, channels * area).clone();
   for (int64_t g = 1; g < group; ++g) {
-    dw.add_(grad_band.narrow(0, g * filters, filters).narrow(1, g * area, channels * area));
+    dw.add_(grad_band.narrow(0, g * filters, filters).narrow(1, g * shift * area, channels * area));
   }
   return dw.view({filters, channels, kernel.h, kernel.w});
 }
@@ -301,14 +313,14 @@ Pair spatial(const Tensor& t) { return Pair{t.size(2), t.size(3)}; }
 
 enum class RollAlgorithm { kDirect, kBank, kFft };
 
-RollAlgorithm roll_algorithm(const char* op, c10::string_view name, int64_t rolls,
+RollAlgorithm roll_algorithm(const char* op, c10::string_view name, int64_t rolls, int64_t shift,
                              int64_t channels) {
   TORCH_CHECK(name == "direct" || name == "bank" || name == "fft", op,
               ": algorithm must be 'direct', 'bank' or 'fft', but got '", name, "'");
   if (name == "direct") return RollAlgorithm::kDirect;
   if (name == "bank") return RollAlgorithm::kBank;
-  TORCH_CHECK(rolls == channels, op, ": algorithm 'fft' needs rolls == C (", channels,
-              ": the bank must be circulant), but got rolls=", rolls);
+  TORCH_CHECK(rolls * shift == channels, op, ": algorithm 'fft' needs rolls == C / shift (", channels, " / ",
+              shift, " = ", channels / shift, ": the bank must be block-circulant), but got rolls=", rolls);
   return RollAlgorithm::kFft;
 }
 
@@ -320,22 +332,22 @@ Tensor roll_index(int64_t rolls, int64_t channels, int64_t shift, const Tensor& 
   return (c + shift * r).remainder(channels);
 }
 
-// bank[r*F + f, c] = w[f, (c - r) mod C] (torch.cat of torch.roll(w, r, dims=1)), one gather.
-Tensor expand_bank(const Tensor& weight, int64_t rolls) {
+// bank[r*F + f, c] = w[f, (c - r*S) mod C] (torch.cat of torch.roll(w, r*S, dims=1)), one gather.
+Tensor expand_bank(const Tensor& weight, int64_t rolls, int64_t shift) {
   const int64_t filters = weight.size(0), channels = weight.size(1);
-  const Tensor index = roll_index(rolls, channels, -1, weight).flatten();
+  const Tensor index = roll_index(rolls, channels, -shift, weight).flatten();
   return weight.index_select(1, index)
       .view({filters, rolls, channels, weight.size(2), weight.size(3)})
       .transpose(0, 1)
       .reshape({rolls * filters, channels, weight.size(2), weight.size(3)});
 }
 
-// The adjoint: dw[f, c] = sum_r dbank[r*F + f, (c + r) mod C], summed over r in order
+// The adjoint: dw[f, c] = sum_r dbank[r*F + f, (c + r*S) mod C], summed over r in order
 // (float32 accumulation for half/bfloat16).
-Tensor fold_bank(const Tensor& grad_bank, int64_t rolls) {
+Tensor fold_bank(const Tensor& grad_bank, int64_t rolls, int64_t shift) {
   const int64_t channels = grad_bank.size(1), filters = grad_bank.size(0) / rolls;
   const int64_t area = grad_bank.size(2) * grad_bank.size(3);
-  const Tensor index = roll_index(rolls, channels, 1, grad_bank)
+  const Tensor index = roll_index(rolls, channels, shift, grad_bank)
                            .view({rolls, 1, channels, 1})
                            .expand({rolls, filters, channels, area});
   return grad_bank.reshape({rolls, filters, channels, area})
@@ -346,10 +358,12 @@ Tensor fold_bank(const Tensor& grad_bank, int64_t rolls) {
 }
 
 // --- roll_conv2d, algorithm "fft": the channel-Fourier domain ------------------------------
-// The bank is circulant along channels, so a real FFT over the channel axis turns it into
-// C/2 + 1 independent 1-input, F-output complex convolutions (index_math.h). A device with a
-// fused engine (CPU: cpu/roll_fft_engine.cpp) runs each direction in one call; otherwise
-// (CUDA) the transforms go through ATen (cuFFT) around our per-frequency passes.
+// With rolls of S channels the bank is block-circulant: channel c = g*S + s, and a roll
+// moves the G = C / S blocks g. A real FFT over the block index turns it into G/2 + 1
+// independent S-input, F-output complex convolutions (index_math.h; S = 1: the plain
+// channel FFT). A device with a fused engine (CPU: cpu/roll_fft_engine.cpp, S = 1) runs each
+// direction in one call; otherwise (CUDA, and the CPU for S > 1) the transforms go through
+// ATen (cuFFT / pocketfft) around our per-frequency passes.
 
 // The transforms run in float32 for float16/bfloat16 operands: ATen's FFTs have no
 // bfloat16 and take float16 only for power-of-two lengths (cuFFT). Such operands reach
@@ -357,63 +371,80 @@ Tensor fold_bank(const Tensor& grad_bank, int64_t rolls) {
 bool reduced(const Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
 Tensor as_float(const Tensor& t) { return t.to(at::kFloat); }
 
-// rfft over the channel axis, moved last (contiguous, so the transforms need no gathers):
-// (N, C, ...) real -> (N, ..., K) complex.
-Tensor channel_rfft(const Tensor& t) {
+// rfft over the block index of dim 1, moved last after the position inside the block
+// (contiguous, so the transforms need no gathers): (A, C, ...) real -> (A, ..., S, K) complex.
+Tensor block_rfft(const Tensor& t, int64_t shift) {
+  std::vector<int64_t> blocks{t.size(0), t.size(1) / shift, shift};
   std::vector<int64_t> order{0};
-  for (int64_t d = 2; d < t.dim(); ++d) order.push_back(d);
+  for (int64_t d = 2; d < t.dim(); ++d) {
+    blocks.push_back(t.size(d));
+    order.push_back(d + 1);
+  }
+  order.push_back(2);
   order.push_back(1);
-  return at::fft_rfft(t.permute(order).contiguous(), std::nullopt, -1);
+  return at::fft_rfft(t.reshape(blocks).permute(order).contiguous(), std::nullopt, -1);
+}
+
+// The inverse for dX and dK: (A, P, Q, S, K) complex -> (A, G, S, P, Q) real (a view), whose
+// dims 1 and 2 are channel g*S + s.
+Tensor block_irfft(const Tensor& spectrum, int64_t blocks) {
+  return at::fft_irfft(spectrum, blocks, -1).permute({0, 4, 3, 1, 2});
 }
 
 // The transforms' temporaries of one sample (real copy, spectrum, result spectrum, result),
 // in real elements; the batch goes through in chunks that fit a quarter of the workspace
 // (4 MiB by default: measured as fast as 16 MiB, and it keeps the peak memory below the
 // seed method's at C = 64 and 256), so peak memory does not grow with N.
-int64_t fft_samples_per_chunk(int64_t batch, int64_t channels, int64_t filters, const Window2d& w,
-                              const Tensor& like) {
-  const int64_t freqs = channels / 2 + 1;
+int64_t fft_samples_per_chunk(int64_t batch, int64_t channels, int64_t shift, int64_t filters,
+                              const Window2d& w, const Tensor& like) {
+  const int64_t blocks = channels / shift, freqs = blocks / 2 + 1;
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const int64_t per_sample = like.element_size() *
-      (in_px * (channels + 2 * freqs) + out_px * filters * (channels + 2 * freqs));
+      (in_px * (channels + 2 * shift * freqs) + out_px * filters * (blocks + 2 * freqs));
   return std::max<int64_t>(1, std::min<int64_t>(batch, workspace_bytes() / 4 / std::max<int64_t>(1, per_sample)));
 }
 
 // Chunk of dY (b, R, F, oh, ow) -> rfft over the rolls: (b, oh, ow, F, K).
-Tensor rolls_rfft(const Tensor& grad_chunk, int64_t channels, int64_t filters, const Window2d& w) {
-  return at::fft_rfft(grad_chunk.reshape({grad_chunk.size(0), channels, filters, w.out_h, w.out_w})
+Tensor rolls_rfft(const Tensor& grad_chunk, int64_t rolls, int64_t filters, const Window2d& w) {
+  return at::fft_rfft(grad_chunk.reshape({grad_chunk.size(0), rolls, filters, w.out_h, w.out_w})
                           .permute({0, 3, 4, 2, 1})
                           .contiguous(),
                       std::nullopt, -1);
 }
 
+// The fused engine serves S = 1 only (its kernels sum over one input per frequency).
+bool fft_engine_for(const DeviceKernels& k, const Tensor& t, int64_t shift, const Window2d& w) {
+  return shift == 1 && uses_fft_engine(k, t, w);
+}
+
 Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
-                   const std::optional<Tensor>& bias, const Window2d& w, bool relu) {
+                   const std::optional<Tensor>& bias, int64_t shift, const Window2d& w, bool relu) {
   if (reduced(input)) {
     const std::optional<Tensor> b = bias.has_value() && bias->defined() ? std::optional<Tensor>(as_float(*bias)) : bias;
-    return fft_forward(k, as_float(input), as_float(weight), b, w, relu).to(input.scalar_type());
+    return fft_forward(k, as_float(input), as_float(weight), b, shift, w, relu).to(input.scalar_type());
   }
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
-  Tensor out = at::empty({batch, channels * filters, w.out_h, w.out_w}, input.options());
-  const Tensor taps = channel_rfft(weight);  // (F, kh, kw, K)
-  if (uses_fft_engine(k, input, w)) {
+  const int64_t rolls = channels / shift;
+  Tensor out = at::empty({batch, rolls * filters, w.out_h, w.out_w}, input.options());
+  const Tensor taps = block_rfft(weight, shift);  // (F, kh, kw, S, K)
+  if (fft_engine_for(k, input, shift, w)) {
     const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
-    k.roll_fft_engine->forward(input.contiguous(), taps, b, w, relu, out);
+    k.roll_fft_engine->forward(input.contiguous(), taps.squeeze(3), b, w, relu, out);
     return out;
   }
-  const int64_t chunk = fft_samples_per_chunk(batch, channels, filters, w, input);
+  const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, input);
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
-    const Tensor spectrum = channel_rfft(input.narrow(0, n0, b));  // (b, H, W, K)
-    Tensor out_spectrum = at::empty({b, w.out_h, w.out_w, filters, taps.size(3)}, spectrum.options());
+    const Tensor spectrum = block_rfft(input.narrow(0, n0, b), shift);  // (b, H, W, S, K)
+    Tensor out_spectrum = at::empty({b, w.out_h, w.out_w, filters, taps.size(4)}, spectrum.options());
     k.fft_forward(spectrum, taps, out_spectrum, w);
-    // A bias shared by all rolls is a constant over the channel axis: C * b at frequency 0.
+    // A bias shared by all rolls is a constant over the roll axis: R * b at frequency 0.
     if (bias.has_value() && bias->defined()) {
-      out_spectrum.select(4, 0).add_(bias->to(out_spectrum.scalar_type()) * static_cast<double>(channels));
+      out_spectrum.select(4, 0).add_(bias->to(out_spectrum.scalar_type()) * static_cast<double>(rolls));
     }
-    // irfft gives the rolls (b, oh, ow, F, R = C); one pass writes them roll-major, with ReLU.
-    const Tensor rolled = at::fft_irfft(out_spectrum, channels, -1).permute({0, 4, 3, 1, 2});
-    Tensor out_view = out.narrow(0, n0, b).view({b, channels, filters, w.out_h, w.out_w});
+    // irfft gives the rolls (b, oh, ow, F, R); one pass writes them roll-major, with ReLU.
+    const Tensor rolled = at::fft_irfft(out_spectrum, rolls, -1).permute({0, 4, 3, 1, 2});
+    Tensor out_view = out.narrow(0, n0, b).view({b, rolls, filters, w.out_h, w.out_w});
     if (relu) {
       at::clamp_min_out(out_view, rolled, 0);
     } else {
@@ -424,51 +455,52 @@ Tensor fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& we
 }
 
 Tensor fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, const Tensor& weight,
-                          const Window2d& w) {
+                          int64_t shift, const Window2d& w) {
   if (reduced(grad_output)) {
-    return fft_backward_input(k, as_float(grad_output), as_float(weight), w).to(grad_output.scalar_type());
+    return fft_backward_input(k, as_float(grad_output), as_float(weight), shift, w).to(grad_output.scalar_type());
   }
   const int64_t batch = grad_output.size(0), channels = weight.size(1), filters = weight.size(0);
+  const int64_t rolls = channels / shift;
   Tensor grad_input = at::empty({batch, channels, w.in_h, w.in_w}, grad_output.options());
-  const Tensor taps = channel_rfft(weight);
-  if (uses_fft_engine(k, grad_output, w)) {
-    k.roll_fft_engine->backward_input(grad_output.contiguous(), taps, w, grad_input);
+  const Tensor taps = block_rfft(weight, shift);
+  if (fft_engine_for(k, grad_output, shift, w)) {
+    k.roll_fft_engine->backward_input(grad_output.contiguous(), taps.squeeze(3), w, grad_input);
     return grad_input;
   }
-  const int64_t chunk = fft_samples_per_chunk(batch, channels, filters, w, grad_output);
+  const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, grad_output);
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
-    const Tensor grad_spectrum = rolls_rfft(grad_output.narrow(0, n0, b), channels, filters, w);
-    Tensor input_spectrum = at::empty({b, w.in_h, w.in_w, taps.size(3)}, grad_spectrum.options());
+    const Tensor grad_spectrum = rolls_rfft(grad_output.narrow(0, n0, b), rolls, filters, w);
+    Tensor input_spectrum = at::empty({b, w.in_h, w.in_w, shift, taps.size(4)}, grad_spectrum.options());
     k.fft_backward_input(grad_spectrum, taps, input_spectrum, w);
-    grad_input.narrow(0, n0, b).copy_(at::fft_irfft(input_spectrum, channels, -1).permute({0, 3, 1, 2}));
+    grad_input.narrow(0, n0, b).view({b, rolls, shift, w.in_h, w.in_w}).copy_(block_irfft(input_spectrum, rolls));
   }
   return grad_input;
 }
 
 Tensor fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, const Tensor& input,
-                           Pair kernel, const Window2d& w) {
+                           Pair kernel, int64_t shift, const Window2d& w) {
   if (reduced(input)) {
-    return fft_backward_weight(k, as_float(grad_output), as_float(input), kernel, w).to(input.scalar_type());
+    return fft_backward_weight(k, as_float(grad_output), as_float(input), kernel, shift, w).to(input.scalar_type());
   }
   const int64_t batch = input.size(0), channels = input.size(1);
-  const int64_t filters = grad_output.size(1) / channels;
-  const int64_t freqs = channels / 2 + 1;
-  Tensor grad_taps = at::zeros({filters, kernel.h, kernel.w, freqs},
+  const int64_t rolls = channels / shift, filters = grad_output.size(1) / rolls;
+  const int64_t freqs = rolls / 2 + 1;
+  Tensor grad_taps = at::zeros({filters, kernel.h, kernel.w, shift, freqs},
                                input.options().dtype(c10::toComplexType(input.scalar_type())));
-  if (uses_fft_engine(k, input, w)) {
-    k.roll_fft_engine->backward_weight(grad_output.contiguous(), input.contiguous(), w, grad_taps);
+  if (fft_engine_for(k, input, shift, w)) {
+    k.roll_fft_engine->backward_weight(grad_output.contiguous(), input.contiguous(), w, grad_taps.squeeze(3));
   } else {
     Tensor chunk_taps = at::empty_like(grad_taps);
-    const int64_t chunk = fft_samples_per_chunk(batch, channels, filters, w, input);
+    const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, input);
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {  // chunks summed in order: deterministic
       const int64_t b = std::min(chunk, batch - n0);
-      k.fft_backward_weight(channel_rfft(input.narrow(0, n0, b)),
-                            rolls_rfft(grad_output.narrow(0, n0, b), channels, filters, w), chunk_taps, w);
+      k.fft_backward_weight(block_rfft(input.narrow(0, n0, b), shift),
+                            rolls_rfft(grad_output.narrow(0, n0, b), rolls, filters, w), chunk_taps, w);
       grad_taps.add_(chunk_taps);
     }
   }
-  return at::fft_irfft(grad_taps, channels, -1).permute({0, 3, 1, 2}).contiguous();
+  return block_irfft(grad_taps, rolls).reshape({filters, channels, kernel.h, kernel.w}).contiguous();
 }
 
 // Stride 1: dX is the forward convolution of dY with the flipped, transposed weight and
@@ -612,29 +644,29 @@ Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t 
 
 Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
                            const std::optional<Tensor>& bias, IntArrayRef stride,
-                           IntArrayRef padding, IntArrayRef dilation, int64_t rolls,
+                           IntArrayRef padding, IntArrayRef dilation, int64_t rolls, int64_t shift,
                            c10::string_view algorithm, bool relu) {
   constexpr const char* op = "rollconv.roll_conv2d";
   check_4d_operands(op, k, "input", input, "weight", weight);
   check_nonempty_images(op, "input", input);
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input),
-                                 spatial(weight), stride, padding, dilation, rolls);
-  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1));
+                                 spatial(weight), stride, padding, dilation, rolls, shift);
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, shift, input.size(1));
   check_output_fits(op, input.size(0), s.plan.out_channels, s.layout.win);
   Tensor out;
   if (nothing_to_sum(input.size(0), input.size(1), weight.size(0))) {
     out = bias_only_output(input, input.size(0), s.plan.out_channels, s.layout.win, bias, weight.size(0), relu);
   } else if (alg == RollAlgorithm::kFft) {
-    out = fft_forward(k, input, weight, bias, s.layout.win, relu);
+    out = fft_forward(k, input, weight, bias, shift, s.layout.win, relu);
   } else if (alg == RollAlgorithm::kBank) {
     const std::optional<Tensor> bank_bias =
         bias.has_value() && bias->defined() ? std::optional<Tensor>(bias->repeat({rolls})) : std::nullopt;
-    out = at::convolution(input, expand_bank(weight, rolls), bank_bias, stride, padding, dilation, false,
+    out = at::convolution(input, expand_bank(weight, rolls, shift), bank_bias, stride, padding, dilation, false,
                           {0, 0}, 1);
     if (relu) out.relu_();
   } else {
-    out = gemm_conv_forward(k, input, roll_band(weight, s.plan), bias, s.layout, s.plan, relu);
+    out = gemm_conv_forward(k, input, roll_band(weight, s.plan, shift), bias, s.layout, s.plan, relu);
   }
   return in_memory_format_of(out, {input, weight});
 }
@@ -642,31 +674,31 @@ Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Te
 Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
                                   const Tensor& weight, IntArrayRef input_size,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                  int64_t rolls, c10::string_view algorithm) {
+                                  int64_t rolls, int64_t shift, c10::string_view algorithm) {
   constexpr const char* op = "rollconv.roll_conv2d_backward_input";
   check_4d_operands(op, k, "grad_output", grad_output, "weight", weight);
   const ConvSetup s = roll_setup(op, weight.size(1), weight.size(0), weight.size(1),
                                  pair_arg(op, "input_size", input_size), spatial(weight), stride,
-                                 padding, dilation, rolls);
+                                 padding, dilation, rolls, shift);
   check_grad_output(op, grad_output, grad_output.size(0), s.plan.out_channels, s.layout.win);
-  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, weight.size(1));
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, shift, weight.size(1));
   const Window2d& w = s.layout.win;
   check_numel_fits(op, "grad_input", {grad_output.size(0), weight.size(1), w.in_h, w.in_w});
   Tensor grad_input;
   if (nothing_to_sum(grad_output.size(0), weight.size(1), weight.size(0))) {
     grad_input = at::zeros({grad_output.size(0), weight.size(1), w.in_h, w.in_w}, grad_output.options());
   } else if (alg == RollAlgorithm::kFft) {
-    grad_input = fft_backward_input(k, grad_output, weight, w);
+    grad_input = fft_backward_input(k, grad_output, weight, shift, w);
   } else if (alg == RollAlgorithm::kBank) {
     const Tensor input_shape = shape_only(grad_output, {grad_output.size(0), weight.size(1), w.in_h, w.in_w});
     grad_input = std::get<0>(at::convolution_backward(grad_output.contiguous(), input_shape,
-                                                      expand_bank(weight, rolls), std::nullopt, stride,
+                                                      expand_bank(weight, rolls, shift), std::nullopt, stride,
                                                       padding, dilation, false, {0, 0}, 1,
                                                       {true, false, false}));
   } else if (dx_as_forward(k, grad_output, w)) {  // the bank's dX, as conv2d's
-    grad_input = dx_by_forward(k, grad_output, expand_bank(weight, rolls), 1, w, dilation);
+    grad_input = dx_by_forward(k, grad_output, expand_bank(weight, rolls, shift), 1, w, dilation);
   } else {
-    grad_input = gemm_conv_backward_input(k, grad_output, roll_band(weight, s.plan), s.layout, s.plan);
+    grad_input = gemm_conv_backward_input(k, grad_output, roll_band(weight, s.plan, shift), s.layout, s.plan);
   }
   return in_memory_format_of(grad_input, {grad_output, weight});
 }
@@ -674,7 +706,7 @@ Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_out
 Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
                                    const Tensor& input, IntArrayRef kernel_size,
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                   int64_t rolls, c10::string_view algorithm) {
+                                   int64_t rolls, int64_t shift, c10::string_view algorithm) {
   constexpr const char* op = "rollconv.roll_conv2d_backward_weight";
   check_4d_operands(op, k, "grad_output", grad_output, "input", input);
   TORCH_CHECK(rolls >= 1 && grad_output.size(1) % rolls == 0, op, ": rolls=", rolls,
@@ -682,25 +714,25 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
   const int64_t filters = grad_output.size(1) / rolls;
   const Pair kernel = pair_arg(op, "kernel_size", kernel_size);
   const ConvSetup s = roll_setup(op, input.size(1), filters, input.size(1), spatial(input), kernel,
-                                 stride, padding, dilation, rolls);
+                                 stride, padding, dilation, rolls, shift);
   check_grad_output(op, grad_output, input.size(0), s.plan.out_channels, s.layout.win);
-  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, input.size(1));
+  const RollAlgorithm alg = roll_algorithm(op, algorithm, rolls, shift, input.size(1));
   const std::vector<int64_t> shape{filters, input.size(1), kernel.h, kernel.w};
   check_numel_fits(op, "grad_weight", shape);
   Tensor grad_weight;
   if (nothing_to_sum(input.size(0), input.size(1), filters)) {
     grad_weight = at::zeros(shape, input.options());
   } else if (alg == RollAlgorithm::kFft) {
-    grad_weight = fft_backward_weight(k, grad_output, input, kernel, s.layout.win);
+    grad_weight = fft_backward_weight(k, grad_output, input, kernel, shift, s.layout.win);
   } else if (alg == RollAlgorithm::kBank) {
     const Tensor bank_shape = shape_only(input, {grad_output.size(1), input.size(1), kernel.h, kernel.w});
     const Tensor grad_bank = std::get<1>(at::convolution_backward(
         grad_output.contiguous(), input, bank_shape, std::nullopt, stride, padding, dilation, false,
         {0, 0}, 1, {false, true, false}));
-    grad_weight = fold_bank(grad_bank, rolls);
+    grad_weight = fold_bank(grad_bank, rolls, shift);
   } else {
     const Tensor grad_band = gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan);
-    grad_weight = fold_roll_band(grad_band, filters, input.size(1), kernel).to(input.scalar_type());
+    grad_weight = fold_roll_band(grad_band, filters, input.size(1), shift, kernel).to(input.scalar_type());
   }
   return in_memory_format_of(grad_weight, {grad_output, input});
 }

@@ -34,7 +34,8 @@ struct DeviceKernels {
                        const at::Tensor& own, const at::Tensor& term,
                        const at::Tensor& grad_input, const LrnParams& params);
   // The channel-FFT rolling convolution's per-frequency passes (complex tensors, see
-  // index_math.h): spectrum X (N, H, W, K), taps T (F, kh, kw, K), Y / dY (N, oh, ow, F, K).
+  // index_math.h): spectrum X (N, H, W, S, K), taps T (F, kh, kw, S, K), Y / dY
+  // (N, oh, ow, F, K), S the shift of a roll.
   void (*fft_forward)(const at::Tensor& spectrum, const at::Tensor& taps, const at::Tensor& out,
                       const Window2d& window);
   void (*fft_backward_input)(const at::Tensor& grad, const at::Tensor& taps,

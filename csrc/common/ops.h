@@ -29,21 +29,23 @@ Tensor conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
 Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t channels);
 
 // --- rolling-filter convolution (rolls as GEMM blocks over one shared im2col) -----------
+// Roll r moves the filter by r * shift input channels (shift divides C; rolls <= C / shift).
 // algorithm "direct": the block GEMMs above; "bank": the expanded filter bank through
 // ATen's convolution (oneDNN on CPU, cuDNN on CUDA), dK folded back by a gather; "fft":
-// rfft over the channels, our per-frequency complex passes, irfft (rolls == C).
+// rfft over the blocks of `shift` channels, our per-frequency complex passes, irfft
+// (rolls == C / shift).
 Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
                            const std::optional<Tensor>& bias, IntArrayRef stride,
-                           IntArrayRef padding, IntArrayRef dilation, int64_t rolls,
+                           IntArrayRef padding, IntArrayRef dilation, int64_t rolls, int64_t shift,
                            c10::string_view algorithm, bool relu);
 Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
                                   const Tensor& weight, IntArrayRef input_size,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                  int64_t rolls, c10::string_view algorithm);
+                                  int64_t rolls, int64_t shift, c10::string_view algorithm);
 Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
                                    const Tensor& input, IntArrayRef kernel_size,
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                   int64_t rolls, c10::string_view algorithm);
+                                   int64_t rolls, int64_t shift, c10::string_view algorithm);
 
 // --- max pooling -------------------------------------------------------------------------
 std::tuple<Tensor, Tensor> max_pool2d_forward(const DeviceKernels& k, const Tensor& input,

@@ -137,19 +137,19 @@ void for_each_lrn_element(int64_t n, int64_t c, int64_t s, int64_t work_per_elem
   }
 }
 
-// Channel-FFT per-frequency passes: one output position (all K frequencies) per
-// iteration, the sums in index_math.h's fft_*_span.
+// Channel-FFT per-frequency passes: one output element (all K frequencies) per
+// iteration, the sums in index_math.h's fft_*_span. S = `inputs` (the shift of a roll).
 template <typename Z>
 void fft_forward_loops(const Z* spectrum, const Z* taps, Z* out, int64_t batch, int64_t filters,
-                       int64_t freqs, const Window2d& w) {
-  const int64_t kk = w.kernel_h * w.kernel_w;
-#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.out_h * w.out_w * filters * freqs * kk))
+                       int64_t inputs, int64_t freqs, const Window2d& w) {
+  const int64_t kk = w.kernel_h * w.kernel_w, in_size = w.in_h * w.in_w * inputs * freqs;
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.out_h * w.out_w * filters * inputs * freqs * kk))
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t oh = 0; oh < w.out_h; ++oh) {
       for (int64_t ow = 0; ow < w.out_w; ++ow) {
         for (int64_t f = 0; f < filters; ++f) {
           fft_forward_span(out + (((n * w.out_h + oh) * w.out_w + ow) * filters + f) * freqs,
-                           spectrum + n * w.in_h * w.in_w * freqs, taps + f * kk * freqs, freqs, freqs,
+                           spectrum + n * in_size, taps + f * kk * inputs * freqs, inputs, freqs, freqs,
                            w, oh, ow);
         }
       }
@@ -159,14 +159,16 @@ void fft_forward_loops(const Z* spectrum, const Z* taps, Z* out, int64_t batch, 
 
 template <typename Z>
 void fft_backward_input_loops(const Z* grad, const Z* taps, Z* grad_spectrum, int64_t batch,
-                              int64_t filters, int64_t freqs, const Window2d& w) {
-#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.in_h * w.in_w * filters * freqs * 9))
+                              int64_t filters, int64_t inputs, int64_t freqs, const Window2d& w) {
+  const int64_t out_size = w.out_h * w.out_w * filters * freqs;
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.in_h * w.in_w * filters * inputs * freqs * 9))
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t h = 0; h < w.in_h; ++h) {
       for (int64_t x = 0; x < w.in_w; ++x) {
-        fft_input_grad_span(grad_spectrum + ((n * w.in_h + h) * w.in_w + x) * freqs,
-                            grad + n * w.out_h * w.out_w * filters * freqs, taps, filters, freqs,
-                            freqs, w, h, x);
+        for (int64_t s = 0; s < inputs; ++s) {
+          fft_input_grad_span(grad_spectrum + (((n * w.in_h + h) * w.in_w + x) * inputs + s) * freqs,
+                              grad + n * out_size, taps + s * freqs, filters, inputs, freqs, freqs, w, h, x);
+        }
       }
     }
   }
@@ -174,22 +176,26 @@ void fft_backward_input_loops(const Z* grad, const Z* taps, Z* grad_spectrum, in
 
 template <typename Z>
 void fft_backward_weight_loops(const Z* spectrum, const Z* grad, Z* grad_taps, int64_t batch,
-                               int64_t filters, int64_t freqs, const Window2d& w) {
+                               int64_t filters, int64_t inputs, int64_t freqs, const Window2d& w) {
   const int64_t kk = w.kernel_h * w.kernel_w;
-#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.out_h * w.out_w * filters * freqs * kk))
+#pragma omp parallel for collapse(3) num_threads(threads_for(batch * w.out_h * w.out_w * filters * inputs * freqs * kk))
   for (int64_t f = 0; f < filters; ++f) {
     for (int64_t tap = 0; tap < kk; ++tap) {
-      fft_weight_grad_span(grad_taps + (f * kk + tap) * freqs, spectrum, grad + f * freqs, batch,
-                           filters, freqs, freqs, w, tap / w.kernel_w, tap % w.kernel_w);
+      for (int64_t s = 0; s < inputs; ++s) {
+        fft_weight_grad_span(grad_taps + ((f * kk + tap) * inputs + s) * freqs, spectrum + s * freqs,
+                             grad + f * freqs, batch, filters, inputs, freqs, freqs, w, tap / w.kernel_w,
+                             tap % w.kernel_w);
+      }
     }
   }
 }
 
+// Spectrum X (N, H, W, S, K), taps T (F, kh, kw, S, K), Y / dY (N, oh, ow, F, K).
 void fft_forward_cpu(const at::Tensor& spectrum, const at::Tensor& taps, const at::Tensor& out,
                      const Window2d& w) {
   AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_forward_cpu", [&] {
     fft_forward_loops(spectrum.const_data_ptr<scalar_t>(), taps.const_data_ptr<scalar_t>(),
-                      out.data_ptr<scalar_t>(), spectrum.size(0), taps.size(0), taps.size(3), w);
+                      out.data_ptr<scalar_t>(), spectrum.size(0), taps.size(0), taps.size(3), taps.size(4), w);
   });
 }
 
@@ -198,7 +204,7 @@ void fft_backward_input_cpu(const at::Tensor& grad, const at::Tensor& taps,
   AT_DISPATCH_COMPLEX_TYPES(grad.scalar_type(), "rollconv_fft_backward_input_cpu", [&] {
     fft_backward_input_loops(grad.const_data_ptr<scalar_t>(), taps.const_data_ptr<scalar_t>(),
                              grad_spectrum.data_ptr<scalar_t>(), grad.size(0), taps.size(0),
-                             taps.size(3), w);
+                             taps.size(3), taps.size(4), w);
   });
 }
 
@@ -207,7 +213,7 @@ void fft_backward_weight_cpu(const at::Tensor& spectrum, const at::Tensor& grad,
   AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_backward_weight_cpu", [&] {
     fft_backward_weight_loops(spectrum.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
                               grad_taps.data_ptr<scalar_t>(), spectrum.size(0), grad_taps.size(0),
-                              grad_taps.size(3), w);
+                              grad_taps.size(3), grad_taps.size(4), w);
   });
 }
 

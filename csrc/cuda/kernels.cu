@@ -128,9 +128,11 @@ void lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, c
 }
 
 // Channel-FFT per-frequency passes, one thread per output element (frequency fastest).
+// Spectrum X (N, H, W, S, K), taps T (F, kh, kw, S, K), Y / dY (N, oh, ow, F, K).
 void fft_forward_cuda(const at::Tensor& spectrum, const at::Tensor& taps, const at::Tensor& out,
                       const Window2d& w) {
-  const int64_t filters = taps.size(0), freqs = taps.size(3), kk = w.kernel_h * w.kernel_w;
+  const int64_t filters = taps.size(0), inputs = taps.size(3), freqs = taps.size(4);
+  const int64_t kk = w.kernel_h * w.kernel_w, in_size = w.in_h * w.in_w * inputs * freqs;
   AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_forward_cuda", [&] {
     const scalar_t* x = spectrum.const_data_ptr<scalar_t>();
     const scalar_t* t = taps.const_data_ptr<scalar_t>();
@@ -139,38 +141,40 @@ void fft_forward_cuda(const at::Tensor& spectrum, const at::Tensor& taps, const 
       const int64_t k = i % freqs, f = (i / freqs) % filters;
       const int64_t pixel = i / (freqs * filters);  // (n * out_h + oh) * out_w + ow
       const int64_t ow = pixel % w.out_w, oh = (pixel / w.out_w) % w.out_h, n = pixel / (w.out_w * w.out_h);
-      fft_forward_span(y + i, x + n * w.in_h * w.in_w * freqs + k, t + f * kk * freqs + k, freqs, 1, w, oh, ow);
+      fft_forward_span(y + i, x + n * in_size + k, t + f * kk * inputs * freqs + k, inputs, freqs, 1, w, oh, ow);
     });
   });
 }
 
 void fft_backward_input_cuda(const at::Tensor& grad, const at::Tensor& taps,
                              const at::Tensor& grad_spectrum, const Window2d& w) {
-  const int64_t filters = taps.size(0), freqs = taps.size(3);
+  const int64_t filters = taps.size(0), inputs = taps.size(3), freqs = taps.size(4);
   AT_DISPATCH_COMPLEX_TYPES(grad.scalar_type(), "rollconv_fft_backward_input_cuda", [&] {
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t* t = taps.const_data_ptr<scalar_t>();
     scalar_t* dst = grad_spectrum.data_ptr<scalar_t>();
     launch(grad, grad_spectrum.numel(), [=] __device__(int64_t i) {
-      const int64_t k = i % freqs, pixel = i / freqs;
+      const int64_t k = i % freqs, s = (i / freqs) % inputs, pixel = i / (freqs * inputs);
       const int64_t x = pixel % w.in_w, h = (pixel / w.in_w) % w.in_h, n = pixel / (w.in_w * w.in_h);
-      fft_input_grad_span(dst + i, g + n * w.out_h * w.out_w * filters * freqs + k, t + k, filters, freqs, 1, w, h, x);
+      fft_input_grad_span(dst + i, g + n * w.out_h * w.out_w * filters * freqs + k, t + s * freqs + k, filters,
+                          inputs, freqs, 1, w, h, x);
     });
   });
 }
 
 void fft_backward_weight_cuda(const at::Tensor& spectrum, const at::Tensor& grad,
                               const at::Tensor& grad_taps, const Window2d& w) {
-  const int64_t batch = spectrum.size(0), filters = grad_taps.size(0), freqs = grad_taps.size(3);
-  const int64_t kk = w.kernel_h * w.kernel_w;
+  const int64_t batch = spectrum.size(0), filters = grad_taps.size(0);
+  const int64_t inputs = grad_taps.size(3), freqs = grad_taps.size(4), kk = w.kernel_h * w.kernel_w;
   AT_DISPATCH_COMPLEX_TYPES(spectrum.scalar_type(), "rollconv_fft_backward_weight_cuda", [&] {
     const scalar_t* x = spectrum.const_data_ptr<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* dst = grad_taps.data_ptr<scalar_t>();
     launch(spectrum, grad_taps.numel(), [=] __device__(int64_t i) {
-      const int64_t k = i % freqs, tap = (i / freqs) % kk, f = i / (freqs * kk);
-      fft_weight_grad_span(dst + i, x + k, g + f * freqs + k, batch, filters, freqs, 1, w, tap / w.kernel_w,
-                           tap % w.kernel_w);
+      const int64_t k = i % freqs, s = (i / freqs) % inputs, tap = (i / (freqs * inputs)) % kk;
+      const int64_t f = i / (freqs * inputs * kk);
+      fft_weight_grad_span(dst + i, x + s * freqs + k, g + f * freqs + k, batch, filters, inputs, freqs, 1, w,
+                           tap / w.kernel_w, tap % w.kernel_w);
     });
   });
 }

@@ -161,13 +161,14 @@ void test_fft_spans(std::mt19937& rng) {
   const auto opts = at::TensorOptions().dtype(at::kComplexDouble);
   for (int trial = 0; trial < 20; ++trial) {
     const Window2d w = random_layout(rng, false).win;
-    const int64_t batch = 2, filters = 1 + trial % 3, freqs = 1 + trial % 5, kk = w.kernel_h * w.kernel_w;
-    at::Tensor x = at::randn({batch, w.in_h, w.in_w, freqs}, opts);
-    at::Tensor taps = at::randn({filters, w.kernel_h, w.kernel_w, freqs}, opts);
+    const int64_t batch = 2, filters = 1 + trial % 3, inputs = 1 + trial % 4, freqs = 1 + trial % 5;
+    const int64_t kk = w.kernel_h * w.kernel_w;
+    at::Tensor x = at::randn({batch, w.in_h, w.in_w, inputs, freqs}, opts);
+    at::Tensor taps = at::randn({filters, w.kernel_h, w.kernel_w, inputs, freqs}, opts);
     at::Tensor dy = at::randn({batch, w.out_h, w.out_w, filters, freqs}, opts);
     at::Tensor y = at::empty({batch, w.out_h, w.out_w, filters, freqs}, opts);
-    at::Tensor gx = at::empty({batch, w.in_h, w.in_w, freqs}, opts);
-    at::Tensor gt = at::empty({filters, w.kernel_h, w.kernel_w, freqs}, opts);
+    at::Tensor gx = at::empty({batch, w.in_h, w.in_w, inputs, freqs}, opts);
+    at::Tensor gt = at::empty({filters, w.kernel_h, w.kernel_w, inputs, freqs}, opts);
     cpu_kernels().fft_forward(x, taps, y, w);
     cpu_kernels().fft_backward_input(dy, taps, gx, w);
     cpu_kernels().fft_backward_weight(x, dy, gt, w);
@@ -178,23 +179,45 @@ void test_fft_spans(std::mt19937& rng) {
       const int64_t k = i % freqs, f = (i / freqs) % filters, p = i / (freqs * filters);
       const int64_t ow = p % w.out_w, oh = (p / w.out_w) % w.out_h, n = p / (w.out_w * w.out_h);
       Z one;
-      fft_forward_span(&one, xp + n * w.in_h * w.in_w * freqs + k, tp + f * kk * freqs + k, freqs, 1, w, oh, ow);
+      fft_forward_span(&one, xp + n * w.in_h * w.in_w * inputs * freqs + k, tp + f * kk * inputs * freqs + k, inputs,
+                       freqs, 1, w, oh, ow);
       same = same && close(one, y.data_ptr<Z>()[i]);
     }
     for (int64_t i = 0; i < gx.numel(); ++i) {
-      const int64_t k = i % freqs, p = i / freqs;
+      const int64_t k = i % freqs, s = (i / freqs) % inputs, p = i / (freqs * inputs);
       const int64_t x_ = p % w.in_w, h = (p / w.in_w) % w.in_h, n = p / (w.in_w * w.in_h);
       Z one;
-      fft_input_grad_span(&one, dyp + n * w.out_h * w.out_w * filters * freqs + k, tp + k, filters, freqs, 1, w, h, x_);
+      fft_input_grad_span(&one, dyp + n * w.out_h * w.out_w * filters * freqs + k, tp + s * freqs + k, filters, inputs,
+                          freqs, 1, w, h, x_);
       same = same && close(one, gx.data_ptr<Z>()[i]);
     }
     for (int64_t i = 0; i < gt.numel(); ++i) {
-      const int64_t k = i % freqs, tap = (i / freqs) % kk, f = i / (freqs * kk);
+      const int64_t k = i % freqs, s = (i / freqs) % inputs, tap = (i / (freqs * inputs)) % kk;
+      const int64_t f = i / (freqs * inputs * kk);
       Z one;
-      fft_weight_grad_span(&one, xp + k, dyp + f * freqs + k, batch, filters, freqs, 1, w, tap / w.kernel_w, tap % w.kernel_w);
+      fft_weight_grad_span(&one, xp + s * freqs + k, dyp + f * freqs + k, batch, filters, inputs, freqs, 1, w,
+                           tap / w.kernel_w, tap % w.kernel_w);
       same = same && close(one, gt.data_ptr<Z>()[i]);
     }
     expect(same, "fft passes: span = K (CPU) == span = 1 (CUDA's calls)");
+    // The forward against its definition: sum over inputs and taps of X conj(T).
+    at::Tensor want = at::zeros_like(y);
+    for (int64_t i = 0; i < w.kernel_h; ++i) {
+      for (int64_t j = 0; j < w.kernel_w; ++j) {
+        for (int64_t oh = 0; oh < w.out_h; ++oh) {
+          for (int64_t ow = 0; ow < w.out_w; ++ow) {
+            const int64_t h = input_coord(oh, i, w.stride_h, w.pad_h, w.dil_h);
+            const int64_t x_ = input_coord(ow, j, w.stride_w, w.pad_w, w.dil_w);
+            if (h < 0 || h >= w.in_h || x_ < 0 || x_ >= w.in_w) continue;
+            // (batch, inputs, K) x (F, inputs, K) -> (batch, F, K)
+            at::Tensor xs = x.select(1, h).select(1, x_).unsqueeze(1);
+            at::Tensor ts = taps.select(1, i).select(1, j).conj().unsqueeze(0);
+            want.select(1, oh).select(1, ow).add_((xs * ts).sum(2));
+          }
+        }
+      }
+    }
+    expect(at::allclose(y, want, 1e-10, 1e-10), "fft_forward == sum over inputs and taps of X conj(T)");
   }
 }
 
