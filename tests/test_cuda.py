@@ -62,17 +62,14 @@ def _cases(dtype):
     w, b, rw, rb, tw = (torch.randn(*shape).to(dtype).double() for shape in shapes)
     cases = [
         _same_arguments(RF.conv2d, F.conv2d, w, b, (2, 1), 1, (1, 2), 2),
-        # No bias before a ReLU in reduced precision: the bias added to the rounded GEMM
-        # result moves outputs near 0 across it, which changes gradients by O(1).
-        _same_arguments(RF.roll_conv2d, _seed_method, rw, None, 1, 1, 1, None, "relu", "direct"),
+        _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 1, 1, 1, None, "relu", "direct"),
         _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 2, 0, 1, 4, None, "direct"),
         _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 2, 0, 1, 4, "relu", "bank"),
         _same_arguments(RF.conv_transpose2d, F.conv_transpose2d, tw, None, 2, 1, 1, 1),
         _same_arguments(RF.max_pool2d, F.max_pool2d, 3, 2, 1, ceil_mode=True),
         _same_arguments(RF.local_response_norm, F.local_response_norm, 3, 0.1, 0.75, 1.0),
+        _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 1, 1, 1, None, "relu", "fft"),
     ]
-    if dtype in (torch.float32, torch.float64):  # the fft algorithm's dtypes
-        cases.append(_same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 1, 1, 1, None, "relu", "fft"))
     return cases
 
 

@@ -105,9 +105,9 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
   const Tensor input = input_.contiguous();
   const int64_t cout = plan.out_channels;
   Tensor output = at::empty({input.size(0), cout, layout.win.out_h, layout.win.out_w}, input.options());
+  Tensor bias_rows;  // one entry per output channel
+  if (bias.has_value() && bias->defined()) bias_rows = bias->repeat({cout / plan.bias_period}).contiguous();
   if (uses_engine(k, input)) {
-    Tensor bias_rows;
-    if (bias.has_value() && bias->defined()) bias_rows = bias->repeat({cout / plan.bias_period}).contiguous();
     k.engine->forward(input, weight_mat.contiguous(), bias_rows, layout, plan, relu, output);
     return output;
   }
@@ -115,10 +115,14 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
     k.im2col(input.narrow(0, n0, b), cols, layout);
     for (const GemmBlock& blk : plan.blocks) {
       Tensor target = result.narrow(0, blk.out_row, blk.rows);
-      at::mm_out(target, block_weight(weight_mat, blk), cols.narrow(0, blk.col_row, blk.inner));
-    }
-    if (bias.has_value() && bias->defined()) {
-      result.view({cout / plan.bias_period, plan.bias_period, -1}).add_(bias->view({1, plan.bias_period, 1}));
+      const Tensor w_blk = block_weight(weight_mat, blk), cols_blk = cols.narrow(0, blk.col_row, blk.inner);
+      // The bias enters the GEMM (beta = 1), so a float16/bfloat16 result is rounded once,
+      // after the float32 accumulation, not once more after adding it.
+      if (bias_rows.defined()) {
+        at::addmm_out(target, bias_rows.narrow(0, blk.out_row, blk.rows).unsqueeze(1), w_blk, cols_blk);
+      } else {
+        at::mm_out(target, w_blk, cols_blk);
+      }
     }
     Tensor out_b = channels_first(output.narrow(0, n0, b));
     Tensor result_3d = result.view(out_b.sizes());

@@ -56,10 +56,11 @@ struct SharedDtype {
   }
 };
 
-// A float32 contiguous copy (one pass: the convolutions want contiguous operands).
+// A float32 copy in the same memory format (the op applies torch's memory-format rule to
+// its operands, and makes them contiguous itself where it needs to).
 inline at::Tensor widen(const at::Tensor& t) {
   return t.defined() ? t.to(at::kFloat, /*non_blocking=*/false, /*copy=*/false,
-                            at::MemoryFormat::Contiguous)
+                            at::MemoryFormat::Preserve)
                      : t;
 }
 inline std::optional<at::Tensor> widen(const std::optional<at::Tensor>& t) {
