@@ -60,7 +60,7 @@ def algorithms_run(monkeypatch):
                 return op
 
             def forward(*args):
-                seen.append(args[7])
+                seen.append(args[8])
                 return op(*args)
             return forward
 
