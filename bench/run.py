@@ -25,6 +25,9 @@ import torch
 import rollconv
 from rollconv import benchmark
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import limits  # noqa: E402  (bench/limits.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
@@ -102,7 +105,10 @@ def gemm_rates(threads, quick):
 
 # --- report -----------------------------------------------------------------------------
 
-ROLL_TARGETS = {4: 1.0, 16: 1.5, 64: 4.0, 256: 10.0}  # issue 5's speed-up targets (fwd+bwd, vs seed)
+# Speed-up targets over the filter-bank method (issue 16), by input channels C (F = 256 / C).
+ROLL_TARGETS = {"forward+backward": {4: 2.0, 16: 3.0, 64: 8.0, 256: 20.0},
+                "forward": {4: 1.5, 16: 2.0, 64: 6.0, 256: 15.0}}
+BASELINE = "filter-bank method"
 
 
 def main():
@@ -111,6 +117,9 @@ def main():
     device = torch.device(args.device)
     os.makedirs(RESULTS, exist_ok=True)
     print("\n".join(f"{k}: {v}" for k, v in facts.items()))
+    machine = limits.machine_limits(facts["threads"]) if device.type == "cpu" else None
+    if machine:
+        print(limits.format_limits(machine))
 
     gemm_rows = [] if args.only and args.only not in "gemm" else gemm_rates(facts["threads"], args.quick)
     rows = []
@@ -123,20 +132,54 @@ def main():
         rows.append(row)
         print(benchmark.format_row(row))
 
+    # roll_conv2d pass by pass, against each pass's bound (bench/limits.py)
+    pass_rows = []
+    if machine:
+        for r in rows:
+            if r["group"] == "roll_conv2d":
+                c = r["c"]
+                pass_rows += limits.pass_rows(c, 256 // c, args.batch or 8, args.size or 32, max(args.rounds, 5), machine)
+        if pass_rows:
+            print(limits.PASS_HEADER)
+            print("\n".join(limits.format_pass_row(p) for p in pass_rows))
+
     with open(os.path.join(RESULTS, "results.json"), "w") as f:
-        json.dump({"facts": facts, "gemm": gemm_rows, "rows": rows}, f, indent=2, default=str)
+        json.dump({"facts": facts, "limits": machine, "gemm": gemm_rows, "rows": rows, "passes": pass_rows}, f,
+                  indent=2, default=str)
     with open(os.path.join(RESULTS, "results.md"), "w") as f:
-        f.write(markdown(rows, facts, gemm_rows))
+        f.write(markdown(rows, facts, gemm_rows, machine, pass_rows))
     plot(rows)
     print(f"\nwrote {RESULTS}/results.json, results.md, roll_speedup.png")
 
 
-def markdown(rows, facts, gemm_rows=()):
+def roll_table(rows):
+    """The issue's table: fwd+bwd and forward speed-ups over the filter-bank method, targets,
+    peak memory."""
+    lines = ["| C, F | filter-bank fwd+bwd ms | rollconv fwd+bwd ms | speed-up | target | filter-bank fwd ms | "
+             "rollconv fwd ms | speed-up | target | peak MiB rollconv | peak MiB filter-bank |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        c = r["c"]
+        cells = [f"{c}, {256 // c}"]
+        for mode in ("forward+backward", "forward"):
+            ours, theirs = r[mode]["rollconv"], r[mode][BASELINE]
+            target = ROLL_TARGETS[mode].get(c)
+            cells += [f"{theirs * 1e3:.2f}", f"{ours * 1e3:.2f}", f"{theirs / ours:.2f}x",
+                      f">= {target}x" if target else "-"]
+        mem = r.get("peak MiB", {})
+        cells += [f"{mem[k]:.1f}" if k in mem else "-" for k in ("rollconv", BASELINE)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(rows, facts, gemm_rows=(), machine=None, pass_rows=()):
     lines = [
         "# rollconv benchmark",
         "",
         f"torch {facts['torch']}, {facts['machine']}, {facts['threads']} threads, device {facts['device']}, "
         f"median of {facts['rounds']} interleaved rounds. Ratio = baseline time / rollconv time (> 1: rollconv faster).",
+        "",
+        limits.format_limits(machine) if machine else "",
         "",
         "| case | mode | rollconv ms | baseline | baseline ms | ratio |",
         "|---|---|---:|---|---:|---:|",
@@ -168,12 +211,13 @@ def markdown(rows, facts, gemm_rows=()):
                          f"{mem['torch im2col']:.1f} | {mem['torch (oneDNN)']:.1f} |")
     rolls = [r for r in rows if r["group"] == "roll_conv2d"]
     if rolls:
-        lines += ["", "## roll_conv2d against the seed method (forward+backward) and issue 5's targets", "",
-                  "| C, F | speed-up | target | peak MiB rollconv | peak MiB seed |", "|---|---:|---:|---:|---:|"]
-        for r in rolls:
-            sp = r["forward+backward"]["seed method"] / r["forward+backward"]["rollconv"]
-            lines.append(f"| {r['c']}, {256 // r['c']} | {sp:.2f}x | >= {ROLL_TARGETS[r['c']]}x | "
-                         f"{r['peak MiB']['rollconv']:.1f} | {r['peak MiB']['seed method']:.1f} |")
+        lines += ["", "## roll_conv2d (algorithm 'auto', ReLU) against the filter-bank method and issue 16's targets",
+                  "", "Speed-up = filter-bank time / rollconv time; peak MiB: extra resident memory of one "
+                  "forward+backward.", ""] + roll_table(rolls)
+    if pass_rows:
+        lines += ["", "## roll_conv2d pass by pass against each pass's bound (bench/limits.py)", "",
+                  "bound = max(bytes moved / measured bandwidth, flops / measured peak); reached = bound / time.",
+                  "", limits.PASS_HEADER] + [limits.format_pass_row(p) for p in pass_rows]
     return "\n".join(lines) + "\n"
 
 
@@ -189,13 +233,13 @@ def plot(rows):
     cs = [r["c"] for r in rolls]
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode in ("forward", "forward+backward"):
-        ax.plot(cs, [r[mode]["seed method"] / r[mode]["rollconv"] for r in rolls], "o-", label=mode)
-    ax.plot(cs, [ROLL_TARGETS[c] for c in cs], "k--", label="issue 5 target (fwd+bwd)")
+        ax.plot(cs, [r[mode][BASELINE] / r[mode]["rollconv"] for r in rolls], "o-", label=mode)
+        ax.plot(cs, [ROLL_TARGETS[mode][c] for c in cs], "--", label=f"target ({mode})")
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("input channels C (F = 256 / C)")
-    ax.set_ylabel("speed-up over the seed method")
+    ax.set_ylabel("speed-up over the filter-bank method")
     ax.set_title("roll_conv2d, N=8, 32x32, 3x3")
     ax.legend()
     fig.tight_layout()

@@ -81,7 +81,7 @@ def roll_case(c, f, n=8, hw=32):
             "rollconv direct": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu", algorithm="direct"),
             "rollconv bank": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu", algorithm="bank"),
             "rollconv fft": lambda x, w: RF.roll_conv2d(x, w, padding=1, activation="relu", algorithm="fft"),
-            "seed method": lambda x, w: filter_bank_method(x, w, 1),
+            "filter-bank method": lambda x, w: filter_bank_method(x, w, 1),
         },
     }
 
