@@ -1,10 +1,12 @@
 """The machine's limits, and roll_conv2d's passes against them.
 
 machine_limits(threads): the FMA peak (rollconv._C.peak_gflops: chains of FMAs in the GEMM
-engine's ISA on `threads` threads) and the memory bandwidth of torch's own kernels on a
-buffer far larger than the caches (256 MiB): read (a sum), write (fill_: ordinary stores),
-copy (copy_: bytes read plus bytes written). Each is the best of several repetitions: the
-bound of what the machine can do, not a typical figure (other jobs share these machines).
+engine's ISA on `threads` threads) and the memory bandwidth of torch's own kernels: read (a
+sum), write (fill_: ordinary stores), copy (copy_: bytes read plus bytes written), on 16 MiB
+buffers (the working set of the cases here, 8 to 32 MiB: it stays in a large last-level
+cache, as the passes' operands do between passes) and on 256 MiB (far larger than any
+cache: DRAM). Each is the best of several repetitions: the bound of what the machine can do,
+not a typical figure (other jobs share these machines).
 
 roll_passes(c, f, ...): per pass of roll_conv2d (the algorithm 'auto' picks), on one set of
 tensors, in interleaved rounds (medians):
@@ -16,7 +18,8 @@ tensors, in interleaved rounds (medians):
             reads dY, y and x, writes dX;
   fwd+bwd:  the whole forward+backward through autograd (y.sum().backward()).
 Each pass's bound is max(bytes / bandwidth, flops / peak): the bytes it must move (each
-operand once; reads at the read bandwidth, writes at the write bandwidth) and the flops of
+operand once; reads at the read bandwidth, writes at the write bandwidth, both measured on
+16 MiB) and the flops of
 the algorithm that runs ('direct' and 'bank': the bank's 2 N (C F) C kh kw oh ow; 'fft':
 the per-frequency sums, 8 N F K kh kw oh ow with K = C/2 + 1, plus the channel transforms,
 counted as 2.5 n log2 n per real transform of length n). "reached" = bound / time.
@@ -34,7 +37,7 @@ import rollconv
 import rollconv.functional as RF
 
 ops = torch.ops.rollconv
-BUFFER_BYTES = 256 << 20
+SIZES = {"": 16 << 20, "DRAM ": 256 << 20}  # key prefix: buffer bytes
 
 
 def _best_seconds(fn, repeats):
@@ -48,23 +51,26 @@ def _best_seconds(fn, repeats):
 
 
 def machine_limits(threads, repeats=7):
-    """{'peak GFLOP/s': float32 FMA peak, 'read GB/s', 'write GB/s', 'copy GB/s'} measured now."""
+    """{'peak GFLOP/s': float32 FMA peak, 'read GB/s', 'write GB/s', 'copy GB/s' (16 MiB), and the
+    same with 'DRAM ' in front (256 MiB)} measured now."""
     torch.set_num_threads(threads)
-    a = torch.ones(BUFFER_BYTES // 4)
-    b = torch.empty_like(a)
-    limits = {
-        "peak GFLOP/s": max(rollconv._C.peak_gflops(False, threads) for _ in range(2)),
-        "read GB/s": BUFFER_BYTES / _best_seconds(lambda: a.sum(), repeats) / 1e9,
-        "write GB/s": BUFFER_BYTES / _best_seconds(lambda: b.fill_(1.0), repeats) / 1e9,
-        "copy GB/s": 2 * BUFFER_BYTES / _best_seconds(lambda: b.copy_(a), repeats) / 1e9,
-    }
+    limits = {"peak GFLOP/s": max(rollconv._C.peak_gflops(False, threads) for _ in range(2))}
+    for prefix, size in SIZES.items():
+        a = torch.ones(size // 4)
+        b = torch.empty_like(a)
+        limits[prefix + "read GB/s"] = size / _best_seconds(lambda: a.sum(), repeats) / 1e9
+        limits[prefix + "write GB/s"] = size / _best_seconds(lambda: b.fill_(1.0), repeats) / 1e9
+        limits[prefix + "copy GB/s"] = 2 * size / _best_seconds(lambda: b.copy_(a), repeats) / 1e9
     return limits
 
 
 def format_limits(limits):
-    return (f"measured limits: FMA peak {limits['peak GFLOP/s']:.0f} GFLOP/s float32; memory: read "
-            f"{limits['read GB/s']:.1f} GB/s, write {limits['write GB/s']:.1f} GB/s, copy "
-            f"{limits['copy GB/s']:.1f} GB/s (read + written)")
+    def bandwidths(prefix):
+        return (f"read {limits[prefix + 'read GB/s']:.1f}, write {limits[prefix + 'write GB/s']:.1f}, "
+                f"copy {limits[prefix + 'copy GB/s']:.1f} GB/s")
+
+    return (f"measured limits: FMA peak {limits['peak GFLOP/s']:.0f} GFLOP/s float32; on 16 MiB {bandwidths('')}; "
+            f"on 256 MiB (DRAM) {bandwidths('DRAM ')} (copy: read + written)")
 
 
 # --- the passes' work ------------------------------------------------------------------------
@@ -142,8 +148,7 @@ def roll_passes(c, f, n=8, hw=32, rounds=9, algorithm=None, seed=0):
         "fwd+bwd": fwd_bwd,
     }
     if _has_combined_backward():
-        passes["backward"] = lambda: ops.roll_conv2d_backward(dy, x, w, y, False, [1, 1], [1, 1], [1, 1], c, 1, alg,
-                                                              [True, True, False])
+        passes["backward"] = lambda: ops.roll_conv2d_backward(dy, x, w, y, *geometry, [True, True, False])
     times = {name: [] for name in passes}
     for fn in passes.values():
         fn()

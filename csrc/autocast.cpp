@@ -34,6 +34,7 @@ constexpr OpPolicy kPolicies[] = {
     {"roll_conv2d_forward", Policy::kLowerPrecision},
     {"roll_conv2d_backward_input", Policy::kLowerPrecision},
     {"roll_conv2d_backward_weight", Policy::kLowerPrecision},
+    {"roll_conv2d_backward", Policy::kLowerPrecision},
     {"bias_backward", Policy::kAsReceived},
     {"max_pool2d_forward", Policy::kAsReceived},
     {"max_pool2d_backward", Policy::kAsReceived},

@@ -28,6 +28,12 @@ constexpr const char* kSchemas[] = {
     "int[2] stride, int[2] padding, int[2] dilation, int rolls, int shift, str algorithm) -> Tensor",
     "roll_conv2d_backward_weight(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
     "int[2] stride, int[2] padding, int[2] dilation, int rolls, int shift, str algorithm) -> Tensor",
+    // All of roll_conv2d's gradients from one op (autograd's choice when several are needed):
+    // grad_output masked where output <= 0 (output: the forward's result when it fused ReLU),
+    // then (grad_input, grad_weight, grad_bias), each undefined unless output_mask asks for it.
+    "roll_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? output, "
+    "int[2] stride, int[2] padding, int[2] dilation, int rolls, int shift, str algorithm, "
+    "bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
     "max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
     "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)",
     "max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[2] input_size, "

@@ -163,6 +163,40 @@ def roll_conv2d_backward_weight(info, in_dims, grad_output, input, kernel_size, 
     return _unfold(out, 0, size), 0
 
 
+def _logical_shape(t, bdim):
+    return t.shape if bdim is None else t.shape[:bdim] + t.shape[bdim + 1:]
+
+
+def roll_conv2d_backward(info, in_dims, grad_output, input, weight, output, stride, padding, dilation, rolls, shift,
+                         algorithm, output_mask):
+    # The masked gradient (batched where grad_output or output is), then each pass's rule.
+    g_bdim, x_bdim, w_bdim, y_bdim = in_dims[:4]
+    size = info.batch_size
+    masked, m_bdim = grad_output, g_bdim
+    if output is not None:
+        if g_bdim is None and y_bdim is None:
+            masked = torch.ops.aten.threshold_backward(grad_output, output, 0)
+        else:
+            masked = torch.ops.aten.threshold_backward(
+                _batch_first(grad_output, g_bdim, size), _batch_first(output, y_bdim, size), 0)
+            m_bdim = 0
+    geometry = (stride, padding, dilation, rolls, shift, algorithm)
+    rest = (None,) * (len(geometry) + 1)
+    results, dims = [None] * 3, [None] * 3
+    if output_mask[0]:
+        input_size = list(_logical_shape(input, x_bdim)[2:])
+        results[0], dims[0] = roll_conv2d_backward_input(info, (m_bdim, w_bdim) + rest, masked, weight, input_size,
+                                                         *geometry)
+    if output_mask[1]:
+        kernel_size = list(_logical_shape(weight, w_bdim)[2:])
+        results[1], dims[1] = roll_conv2d_backward_weight(info, (m_bdim, x_bdim) + rest, masked, input, kernel_size,
+                                                          *geometry)
+    if output_mask[2]:
+        filters = _logical_shape(weight, w_bdim)[0]
+        results[2], dims[2] = bias_backward(info, (m_bdim, None), masked, filters)
+    return tuple(results), tuple(dims)
+
+
 # --- pooling and normalization: every sample is independent ------------------------------
 
 

@@ -92,6 +92,15 @@ def _(grad_output, input, kernel_size, stride, padding, dilation, rolls, shift, 
     return _empty_like_rule(input, (grad_output.shape[1] // rolls, input.shape[1], *kernel_size), grad_output, input)
 
 
+@torch.library.register_fake("rollconv::roll_conv2d_backward")
+def _(grad_output, input, weight, output, stride, padding, dilation, rolls, shift, algorithm, output_mask):
+    _same_device("rollconv.roll_conv2d_backward", grad_output=grad_output, input=input, weight=weight, output=output)
+    grad_input = _empty_like_rule(grad_output, input.shape, grad_output, weight) if output_mask[0] else None
+    grad_weight = _empty_like_rule(input, weight.shape, grad_output, input) if output_mask[1] else None
+    grad_bias = grad_output.new_empty((weight.shape[0],)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias
+
+
 def _pool_out(size, kernel, stride, padding, dilation, ceil_mode):
     numerator = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
     out = numerator // stride + 1
@@ -141,6 +150,12 @@ def _sum(terms):
     return sum(present[1:], present[0]) if present else None
 
 
+def uses_combined_backward(needs_input_grad):
+    """Whether roll_conv2d's backward runs as one op (roll_conv2d_backward): when at least two
+    of the input, weight and bias gradients are needed. (One gradient runs its own pass.)"""
+    return sum(bool(n) for n in needs_input_grad[:3]) >= 2
+
+
 def _register_gemm_conv(fwd, dx, dk, rolling):
     fwd, dx, dk = (getattr(ops, name) for name in (fwd, dx, dk))
 
@@ -156,6 +171,11 @@ def _register_gemm_conv(fwd, dx, dk, rolling):
 
     def forward_backward(ctx, grad):
         input, weight, output = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if rolling and uses_combined_backward(needs):
+            # dY read once (masked by ReLU's derivative as it is read) for all the gradients
+            grads = ops.roll_conv2d_backward(grad, input, weight, output, *ctx.geometry, list(needs[:3]))
+            return tuple(grads) + (None,) * (len(needs) - 3)
         if output is not None:  # ReLU's own backward (differentiable, one pass)
             grad = torch.ops.aten.threshold_backward(grad, output, 0)
         # Once for both passes (each would copy it): y.sum().backward() gives an expanded dy.
@@ -225,6 +245,76 @@ def _register_gemm_conv(fwd, dx, dk, rolling):
 
 _register_gemm_conv("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", rolling=False)
 _register_gemm_conv("roll_conv2d_forward", "roll_conv2d_backward_input", "roll_conv2d_backward_weight", rolling=True)
+
+
+# roll_conv2d_backward(g, x, w, y, ...) = (dX(m, w), dK(m, x), bias_backward(m)) with the
+# masked gradient m = threshold_backward(g, y, 0) (m = g without y), each where output_mask
+# asks. Its derivatives are those of the three passes (above) through m, whose derivative
+# in g is the same mask and in y is zero (ReLU's derivative is piecewise constant):
+#   backward (gg_x, gg_w, gg_b): d_g = mask(fwd(gg_x, w) + fwd(x, gg_w) + gg_b per channel),
+#                                d_x = dX(m, gg_w), d_w = dK(m, gg_x), d_y = None;
+#   jvp: t_m = mask(t_g); (dX(t_m, w) + dX(m, t_w), dK(t_m, x) + dK(m, t_x), bias_backward(t_m)).
+
+
+def _masked(grad, output):
+    return grad if output is None else torch.ops.aten.threshold_backward(grad, output, 0)
+
+
+def _roll_backward_setup(ctx, inputs, outputs):
+    grad_output, input, weight, output = inputs[:4]
+    saved = (grad_output, input, weight, output)
+    ctx.save_for_backward(*saved)
+    ctx.save_for_forward(*saved)
+    ctx.geometry = tuple(inputs[4:10])  # stride, padding, dilation, rolls, shift, algorithm
+    ctx.output_mask = list(inputs[10])
+
+
+def _roll_backward_backward(ctx, gg_input, gg_weight, gg_bias):
+    grad_output, input, weight, output = ctx.saved_tensors
+    mask, geometry = ctx.output_mask, ctx.geometry
+    gg_input, gg_weight, gg_bias = (g if m else None for g, m in zip((gg_input, gg_weight, gg_bias), mask))
+    masked = _masked(grad_output, output)
+    d_grad = d_input = d_weight = None
+    if ctx.needs_input_grad[0]:
+        terms = [
+            None if gg_input is None else ops.roll_conv2d_forward(gg_input, weight, None, *geometry, False),
+            None if gg_weight is None else ops.roll_conv2d_forward(input, gg_weight, None, *geometry, False),
+        ]
+        if gg_bias is not None:  # channel r*F + f gets gg_b[f]
+            per_channel = gg_bias.repeat(grad_output.shape[1] // gg_bias.shape[0])
+            terms.append(per_channel.view(1, -1, 1, 1).expand(grad_output.shape))
+        d_masked = _sum(terms)
+        d_grad = None if d_masked is None else _masked(d_masked, output)
+    if ctx.needs_input_grad[1] and gg_weight is not None:
+        d_input = ops.roll_conv2d_backward_input(masked, gg_weight, list(input.shape[2:]), *geometry)
+    if ctx.needs_input_grad[2] and gg_input is not None:
+        d_weight = ops.roll_conv2d_backward_weight(masked, gg_input, list(weight.shape[2:]), *geometry)
+    return (d_grad, d_input, d_weight) + (None,) * 8
+
+
+def _roll_backward_jvp(ctx, t_grad, t_input, t_weight, *_):
+    grad_output, input, weight, output = ctx.saved_tensors
+    mask, geometry = ctx.output_mask, ctx.geometry
+    masked = _masked(grad_output, output)
+    t_masked = None if t_grad is None else _masked(t_grad, output)
+    t_grad_input = t_grad_weight = t_grad_bias = None
+    if mask[0]:
+        t_grad_input = _sum([
+            None if t_masked is None else ops.roll_conv2d_backward_input(t_masked, weight, list(input.shape[2:]), *geometry),
+            None if t_weight is None else ops.roll_conv2d_backward_input(masked, t_weight, list(input.shape[2:]), *geometry),
+        ])
+    if mask[1]:
+        t_grad_weight = _sum([
+            None if t_masked is None else ops.roll_conv2d_backward_weight(t_masked, input, list(weight.shape[2:]), *geometry),
+            None if t_input is None else ops.roll_conv2d_backward_weight(masked, t_input, list(weight.shape[2:]), *geometry),
+        ])
+    if mask[2] and t_masked is not None:
+        t_grad_bias = ops.bias_backward(t_masked, weight.shape[0])
+    return t_grad_input, t_grad_weight, t_grad_bias
+
+
+register_derivatives("roll_conv2d_backward", setup_context=_roll_backward_setup, backward=_roll_backward_backward,
+                     jvp=_roll_backward_jvp, vmap=_batching.roll_conv2d_backward)
 
 
 # bias_backward is linear: its tangent is itself applied to the tangent, and its adjoint
@@ -417,4 +507,5 @@ for _name, (_setup, _backward, _jvp) in _DERIVATIVES.items():
 OP_NAMES = sorted(
     list(_DERIVATIVES)
     + [f"{kind}_{part}" for kind in ("conv2d", "roll_conv2d") for part in ("forward", "backward_input", "backward_weight")]
+    + ["roll_conv2d_backward"]
 )

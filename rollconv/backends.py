@@ -17,8 +17,9 @@ rollconv is imported: ``1``/``true``/``on``/``yes`` for ``True``, ``0``/``false`
 for ``False``, unset, empty or ``auto`` for ``None``. Set it at run time with
 ``rollconv.backends.benchmark = True`` or for a block with ``with rollconv.backends.flags(benchmark=True):``.
 
-What is timed: the forward pass, plus the input-gradient and weight-gradient passes that
-autograd will run (those of the tensors that require grad, when grad mode is on), on fresh
+What is timed: the forward pass, plus the backward that autograd will run (the combined
+backward op when both the input and the weight need gradients, else the one pass needed;
+nothing when grad mode is off), on fresh
 tensors of the same shapes, dtype, memory format and device (the caller's tensors, their
 autograd state and the global random number generator are not touched). Each candidate
 runs once to warm up (plans, handles, lazy initialization), then up to five interleaved
@@ -242,14 +243,24 @@ def _time_algorithms(key, names):
               for size, k, s, p, d in zip((h, w), (kh, kw), key.stride, key.padding, key.dilation)]
     geometry = (list(key.stride), list(key.padding), list(key.dilation), key.rolls, key.shift)
     ops = torch.ops.rollconv
+    from ._ops import uses_combined_backward  # (rollconv._ops imports nothing of this module)
+
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
         x, weight = fresh(key.input_shape, memory_format), fresh(key.weight_shape)
         bias = fresh((f,)) if key.bias else None
         grad_output = fresh((n, key.rolls * f, *out_hw)) if key.grad_input or key.grad_weight else None
 
+        # The backward autograd runs: one op for both gradients, or the one pass needed.
+        combined = uses_combined_backward((key.grad_input, key.grad_weight))
+        output_mask = [key.grad_input, key.grad_weight, False]
+
         def passes(algorithm):
             def run():
-                ops.roll_conv2d_forward(x, weight, bias, *geometry, algorithm, key.relu)
+                y = ops.roll_conv2d_forward(x, weight, bias, *geometry, algorithm, key.relu)
+                if combined:
+                    ops.roll_conv2d_backward(grad_output, x, weight, y if key.relu else None, *geometry, algorithm,
+                                             output_mask)
+                    return
                 if key.grad_input:
                     ops.roll_conv2d_backward_input(grad_output, weight, [h, w], *geometry, algorithm)
                 if key.grad_weight:

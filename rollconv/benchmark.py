@@ -13,6 +13,7 @@ several minutes. ``bench/run.py`` (``make bench``) runs the same cases and adds 
 memory, the GEMM engine alone and the written reports.
 """
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -217,7 +218,10 @@ def setup(args):
         torch.set_num_threads(args.threads)
     facts = build_facts()
     facts.update(threads=torch.get_num_threads(), rounds=args.rounds, device=args.device,
-                 python=platform.python_version())
+                 python=platform.python_version(),
+                 # libgomp's default policy spins at every barrier before it sleeps: on a machine
+                 # shared with other jobs that changes every timing (torch's and ours), so say which
+                 OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "unset (libgomp: spin, then sleep)"))
     return facts
 
 

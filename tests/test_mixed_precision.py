@@ -198,6 +198,8 @@ def _autocast_opcheck_samples(device):
         "roll_conv2d_forward": (mk(2, 3, 7, 6), mk(2, 3, 3, 2), mk(2), *geo, 2, 1, "bank", True),
         "roll_conv2d_backward_input": (mk(2, 6, 4, 4), mk(2, 3, 3, 2), [7, 6], *geo, 3, 1, "bank"),
         "roll_conv2d_backward_weight": (mk(2, 4, 4, 4), mk(2, 3, 7, 6), [3, 2], *geo, 2, 1, "bank"),
+        "roll_conv2d_backward": (mk(2, 4, 4, 4), mk(2, 3, 7, 6), mk(2, 3, 3, 2), torch.randn(2, 4, 4, 4, device=device),
+                                 *geo, 2, 1, "bank", [True, True, True]),
         "max_pool2d_forward": (mk(2, 3, 7, 6), [3, 2], [2, 1], [1, 1], [1, 2], True),
         "max_pool2d_backward": (mk(*idx.shape), idx, [7, 6], [3, 2], [2, 1], [1, 1], [1, 2]),
         "local_response_norm_forward": (mk(2, 5, 3, 4), 3, 1e-2, 0.75, 1.0),

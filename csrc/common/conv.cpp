@@ -741,4 +741,31 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
   return in_memory_format_of(grad_weight, {grad_output, input});
 }
 
+// --- shared with roll_backward.cpp --------------------------------------------------------
+
+namespace detail {
+
+Window2d roll_window(const char* op, const Tensor& input, const Tensor& weight, IntArrayRef stride,
+                    IntArrayRef padding, IntArrayRef dilation, int64_t rolls, int64_t shift) {
+  return roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input), spatial(weight), stride,
+                    padding, dilation, rolls, shift)
+      .layout.win;
+}
+
+bool roll_runs_fused_fft(const char* op, const DeviceKernels& k, const Tensor& t, c10::string_view algorithm,
+                         int64_t rolls, int64_t shift, int64_t channels, const Window2d& w) {
+  return roll_algorithm(op, algorithm, rolls, shift, channels) == RollAlgorithm::kFft &&
+         fft_engine_for(k, t, shift, w);
+}
+
+Tensor roll_fft_taps(const Tensor& weight) { return block_rfft(weight, 1).squeeze(3); }
+
+Tensor roll_fft_weight_from_taps(const Tensor& grad_taps, int64_t channels) {
+  return block_irfft(grad_taps.unsqueeze(3), channels)
+      .reshape({grad_taps.size(0), channels, grad_taps.size(1), grad_taps.size(2)})
+      .contiguous();
+}
+
+}  // namespace detail
+
 }  // namespace rollconv::ops

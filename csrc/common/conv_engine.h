@@ -70,6 +70,15 @@ struct RollFftEngine {
                          const Window2d& window, const at::Tensor& grad_input);
   void (*backward_weight)(const at::Tensor& grad_output, const at::Tensor& input,
                           const Window2d& window, const at::Tensor& grad_taps);
+  // The whole backward from one transform of grad_output: grad_output masked where
+  // output <= 0 (ReLU's derivative; output undefined: no mask), then grad_input (as
+  // backward_input), grad_taps (as backward_weight) and grad_bias (F,) (the sum of the
+  // masked grad_output over the batch, the rolls and the pixels); each undefined when not
+  // wanted. grad_input and grad_taps equal those of the separate passes on the masked
+  // grad_output bitwise.
+  void (*backward)(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
+                   const at::Tensor& taps, const Window2d& window, const at::Tensor& grad_input,
+                   const at::Tensor& grad_taps, const at::Tensor& grad_bias);
 };
 
 }  // namespace rollconv

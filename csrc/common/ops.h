@@ -2,6 +2,7 @@
 // csrc/registration.cpp; common/register_kernels.h binds these to each device.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -46,6 +47,30 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
                                    const Tensor& input, IntArrayRef kernel_size,
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                    int64_t rolls, int64_t shift, c10::string_view algorithm);
+
+// The backward of roll_conv2d when several gradients are needed (common/roll_backward.cpp):
+// grad_output is first masked where output <= 0 when the forward fused ReLU (output: its
+// result; nullopt: no ReLU), then (grad_input, grad_weight, grad_bias) as the passes above and
+// bias_backward(masked, F) compute them, each undefined unless output_mask asks for it. On a
+// device whose fused channel-FFT engine serves the configuration, grad_output is read and
+// transformed once for all three.
+std::tuple<Tensor, Tensor, Tensor> roll_conv2d_backward(
+    const DeviceKernels& k, const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+    const std::optional<Tensor>& output, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+    int64_t rolls, int64_t shift, c10::string_view algorithm, std::array<bool, 3> output_mask);
+
+namespace detail {  // shared by the rolling convolution's op bodies
+// The window of roll_conv2d(input, weight) with this geometry, checked as the forward checks it.
+Window2d roll_window(const char* op, const Tensor& input, const Tensor& weight, IntArrayRef stride,
+                    IntArrayRef padding, IntArrayRef dilation, int64_t rolls, int64_t shift);
+// Whether `algorithm` (checked) runs on the device's fused channel-FFT engine for operands like t.
+bool roll_runs_fused_fft(const char* op, const DeviceKernels& k, const Tensor& t, c10::string_view algorithm,
+                         int64_t rolls, int64_t shift, int64_t channels, const Window2d& w);
+// The fused engine's taps: the weight's rfft over its channels, (F, kh, kw, C/2 + 1) complex.
+Tensor roll_fft_taps(const Tensor& weight);
+// dK (F, C, kh, kw) from the spectrum the fused engine accumulates, (F, kh, kw, C/2 + 1).
+Tensor roll_fft_weight_from_taps(const Tensor& grad_taps, int64_t channels);
+}  // namespace detail
 
 // --- max pooling -------------------------------------------------------------------------
 std::tuple<Tensor, Tensor> max_pool2d_forward(const DeviceKernels& k, const Tensor& input,

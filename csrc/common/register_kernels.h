@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <tuple>
 #include <type_traits>
 
 #include <ATen/core/Tensor.h>
@@ -71,10 +72,17 @@ const T& widen(const T& arg) {
   return arg;
 }
 
+// The result rounded to `dtype` (undefined tensors, the gradients not asked for, stay so).
+inline at::Tensor narrow(const at::Tensor& t, at::ScalarType dtype) { return t.defined() ? t.to(dtype) : t; }
+template <typename... Ts>
+std::tuple<Ts...> narrow(const std::tuple<Ts...>& results, at::ScalarType dtype) {
+  return std::apply([&](const auto&... t) { return std::tuple<Ts...>(narrow(t, dtype)...); }, results);
+}
+
 }  // namespace in_float32
 
 // OnDevice, with float16/bfloat16 operands computed in float32: when every tensor argument
-// has the same reduced dtype, they are converted, the op runs, and its result is rounded
+// has the same reduced dtype, they are converted, the op runs, and its results are rounded
 // to that dtype. Anything else (float32, float64, mixed dtypes that the op's checks
 // reject) is passed through unchanged.
 template <const DeviceKernels& (*Kernels)(), auto Fn>
@@ -83,12 +91,11 @@ struct InFloat32;
 template <const DeviceKernels& (*Kernels)(), typename R, typename... Args,
           R (*Fn)(const DeviceKernels&, Args...)>
 struct InFloat32<Kernels, Fn> {
-  static_assert(std::is_same_v<R, at::Tensor>, "InFloat32 wraps ops that return one tensor");
   static R call(Args... args) {
     in_float32::SharedDtype shared;
     (shared.add(args), ...);
     if (!shared.reduced()) return Fn(Kernels(), args...);
-    return Fn(Kernels(), in_float32::widen(args)...).to(*shared.dtype);
+    return in_float32::narrow(Fn(Kernels(), in_float32::widen(args)...), *shared.dtype);
   }
 };
 
@@ -108,6 +115,7 @@ void register_device_kernels(torch::Library& m) {
   ROLLCONV_CONV_IMPL(roll_conv2d_forward);
   ROLLCONV_CONV_IMPL(roll_conv2d_backward_input);
   ROLLCONV_CONV_IMPL(roll_conv2d_backward_weight);
+  ROLLCONV_CONV_IMPL(roll_conv2d_backward);
   ROLLCONV_IMPL(bias_backward);
   ROLLCONV_IMPL(max_pool2d_forward);
   ROLLCONV_IMPL(max_pool2d_backward);

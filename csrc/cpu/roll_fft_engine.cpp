@@ -18,6 +18,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "common/conv_engine.h"
 #include "common/device_kernels.h"
@@ -242,6 +243,109 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   });
 }
 
+// The combined backward (RollFftEngine::backward): per chunk, one analysis phase (the
+// input's spectra when dK is wanted, the masked dY's always), the bias gradient from dY's
+// spectra at frequency 0 (the sums over the rolls), then dX's synthesis and dK's sums, as in
+// the separate passes (the same chunks, blocks and orders: bitwise the same dX and dK).
+template <typename T>
+void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
+                    const at::Tensor& taps, const Window2d& w, const at::Tensor& grad_input,
+                    const at::Tensor& grad_taps, const at::Tensor& grad_bias) {
+  const bool want_dx = grad_input.defined(), want_dk = grad_taps.defined(), want_db = grad_bias.defined();
+  const int64_t batch = input.size(0), channels = input.size(1), filters = taps.size(0);
+  const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w, kk = w.kernel_h * w.kernel_w;
+  const Plan<T> plan(channels);
+  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const int64_t freqs = plan.freqs();
+  const int64_t x_size = want_dk ? 2 * freqs * in_px : 0, dy_size = filters * 2 * freqs * out_px;
+  const at::Tensor tap_pairs = want_dx ? scaled_taps(taps, channels) : at::Tensor();
+  const T* tp = want_dx ? tap_pairs.const_data_ptr<T>() : nullptr;
+  const T* x = input.const_data_ptr<T>();
+  const T* dy = grad_output.const_data_ptr<T>();
+  const T* mask = output.defined() ? output.const_data_ptr<T>() : nullptr;
+  T* dx = want_dx ? grad_input.data_ptr<T>() : nullptr;
+  T* acc = nullptr;  // (re, im) pairs [F][kh * kw][K]
+  if (want_dk) {
+    grad_taps.zero_();
+    acc = reinterpret_cast<T*>(grad_taps.data_ptr());
+  }
+  std::vector<double> bias_sums(want_db ? filters : 0, 0.0);
+
+  // dK's chunks when dK is wanted (so that its sums run in the separate pass's order), dX's otherwise.
+  const int64_t chunk = samples_per_chunk(batch, (x_size + dy_size) * int64_t(sizeof(T)));
+  const int64_t rows = rows_per_block(w.in_h, 2 * freqs * w.in_w * int64_t(sizeof(T)), chunk);
+  const int64_t blocks = ceil_div(w.in_h, rows);
+  AlignedBuffer<T> x_spectra(chunk * x_size), dy_spectra(chunk * dy_size);
+  const int64_t passes = int64_t(want_dx) + int64_t(want_dk);
+  const int threads = engine_threads(std::max(chunk * blocks, filters * freqs),
+                                     std::max<int64_t>(1, passes) * sum_flops(batch, filters, freqs, w));
+  const auto buffers = [&] {
+    return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), want_dx ? 2 * freqs * rows * w.in_w : 0);
+  };
+  parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
+    for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
+      const int64_t nb = std::min(chunk, batch - n0);
+      const int64_t nx = want_dk ? analysis_items<T>(nb, 1, in_px) : 0;
+      const int64_t dy_offset = n0 * channels * filters * out_px;
+#pragma omp for schedule(static)
+      for (int64_t item = 0; item < nx + analysis_items<T>(nb, filters, out_px); ++item) {
+        if (item < nx) {
+          analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
+                        x_spectra.get(), t.scratch.get());
+          continue;
+        }
+        const AnalysisItem it = analysis_item<T>(item - nx, filters, out_px);
+        if (mask == nullptr) {
+          analyze_grad(kern, plan, it, dy + dy_offset, filters, out_px, dy_spectra.get(), t.scratch.get());
+          continue;
+        }
+        const int64_t at = (it.sample * channels * filters + it.plane) * out_px + it.first;
+        kern.analyze_masked(plan, dy + dy_offset + at, mask + dy_offset + at, filters * out_px, it.count,
+                            dy_spectra.get() + (it.sample * filters + it.plane) * 2 * freqs * out_px + it.first,
+                            out_px, t.scratch.get());
+      }
+      if (want_db) {
+        // Frequency 0 of the transform over the rolls is their sum; summed in a fixed order.
+#pragma omp for schedule(static)
+        for (int64_t f = 0; f < filters; ++f) {
+          double sum = 0;
+          for (int64_t s = 0; s < nb; ++s) {
+            const T* dc = dy_spectra.get() + (s * filters + f) * 2 * freqs * out_px;
+            for (int64_t p = 0; p < out_px; ++p) sum += double(dc[p]);
+          }
+          bias_sums[f] += sum;
+        }
+      }
+      if (want_dx) {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < nb * blocks; ++item) {
+          const int64_t s = item / blocks, h0 = (item % blocks) * rows;
+          const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
+          kern.input_grad_rows(w, freqs, filters, dy_spectra.get() + s * dy_size, tp, h0, h1, t.tile.get(),
+                               t.sums.get());
+          kern.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w, in_px,
+                          T(0), false, t.scratch.get());
+        }
+      }
+      if (want_dk) {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < filters * freqs; ++item) {
+          const int64_t f = item / freqs, k = item % freqs;
+          for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
+            kern.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
+                                  dy_spectra.get() + s * dy_size + f * 2 * freqs * out_px, t.tile.get(),
+                                  acc + 2 * (f * kk * freqs + k));
+          }
+        }
+      }
+    }
+  });
+  if (want_db) {
+    T* db = grad_bias.data_ptr<T>();
+    for (int64_t f = 0; f < filters; ++f) db[f] = T(bias_sums[f]);
+  }
+}
+
 bool fft_engine_supports(at::ScalarType dtype) {
   return cpu_conv_engine().supports(dtype);  // the same switch: ROLLCONV_CPU_ENGINE=0 turns both off
 }
@@ -271,11 +375,19 @@ void fft_engine_backward_weight(const at::Tensor& grad_output, const at::Tensor&
   });
 }
 
+void fft_engine_backward(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
+                         const at::Tensor& taps, const Window2d& window, const at::Tensor& grad_input,
+                         const at::Tensor& grad_taps, const at::Tensor& grad_bias) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_roll_fft_backward", [&] {
+    backward_typed<scalar_t>(grad_output, output, input, taps, window, grad_input, grad_taps, grad_bias);
+  });
+}
+
 }  // namespace
 
 const RollFftEngine& cpu_roll_fft_engine() {
-  static const RollFftEngine engine{fft_engine_supports, fft_engine_fits, fft_engine_forward, fft_engine_backward_input,
-                                    fft_engine_backward_weight};
+  static const RollFftEngine engine{fft_engine_supports,        fft_engine_fits,           fft_engine_forward,
+                                    fft_engine_backward_input,  fft_engine_backward_weight, fft_engine_backward};
   return engine;
 }
 

@@ -77,6 +77,10 @@ struct Kernels {
   // frequency k, for one sample and filter (grad: that filter's planes).
   void (*weight_grad_freq)(const Window2d& w, int64_t freqs, int64_t k, const T* spectrum,
                            const T* grad, T* tile, T* acc);
+  // analyze of src zeroed where mask[c * step + p] <= 0 (ReLU's derivative, as
+  // threshold_backward(src, mask, 0)).
+  void (*analyze_masked)(const Plan<T>& plan, const T* src, const T* mask, int64_t step, int64_t count,
+                         T* spectrum, int64_t plane, T* scratch);
 };
 
 // Scratch elements the per-frequency sums need for blocks of up to `rows` rows: zero-padded

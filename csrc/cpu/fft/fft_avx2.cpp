@@ -9,6 +9,7 @@
 #if defined(__x86_64__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define ROLLCONV_NATIVE_VECTOR_BYTES 32
 #define ROLLCONV_ISA avx2
 #include "cpu/fft/kernels_impl.h"
 #pragma GCC pop_options

@@ -10,6 +10,7 @@
 #if defined(__x86_64__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+#define ROLLCONV_NATIVE_VECTOR_BYTES 64
 #define ROLLCONV_ISA avx512
 #include "cpu/fft/kernels_impl.h"
 #pragma GCC pop_options

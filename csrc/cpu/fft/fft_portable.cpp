@@ -6,5 +6,6 @@
 
 #include "cpu/fft/channel_fft.h"
 
+#define ROLLCONV_NATIVE_VECTOR_BYTES 16
 #define ROLLCONV_ISA portable
 #include "cpu/fft/kernels_impl.h"

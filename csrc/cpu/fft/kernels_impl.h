@@ -2,7 +2,8 @@
 // with GCC vector extensions and compiled per ISA: each fft_<isa>.cpp includes its
 // headers, sets the target ISA (#pragma GCC target) and includes this file.
 //
-// Required macro: ROLLCONV_ISA (a namespace name). Everything here has internal linkage
+// Required macros: ROLLCONV_ISA (a namespace name) and ROLLCONV_NATIVE_VECTOR_BYTES (the
+// width of the target's vector registers: 64, 32 or 16). Everything here has internal linkage
 // except the kernel tables, so no ISA-specific code can be picked by the linker for
 // another translation unit.
 
@@ -15,15 +16,75 @@ namespace rollconv::channel_fft {
 namespace ROLLCONV_ISA {
 namespace {
 
+// A lane vector: kLaneBytes of T held as native vectors of the target ISA (one zmm with
+// AVX-512, two ymm with AVX2, four xmm with SSE2). GCC has no machine mode for a generic
+// vector wider than the target's registers and keeps such a vector in memory, so every
+// operation would go through the stack (with store-forwarding stalls); an array of native
+// vectors stays in registers. The operations are lane-wise, so the sums are the same
+// whatever the split.
+#define ROLLCONV_LANES_OP(op)                                                       \
+  friend __attribute__((always_inline)) Lanes operator op(const Lanes& a, const Lanes& b) { \
+    Lanes r;                                                                          \
+    _Pragma("GCC unroll 4") for (int q = 0; q < kParts; ++q) r.part[q] = a.part[q] op b.part[q]; \
+    return r;                                                                         \
+  }                                                                                   \
+  friend __attribute__((always_inline)) Lanes operator op(const Lanes& a, T s) {      \
+    Lanes r;                                                                          \
+    _Pragma("GCC unroll 4") for (int q = 0; q < kParts; ++q) r.part[q] = a.part[q] op s; \
+    return r;                                                                         \
+  }                                                                                   \
+  friend __attribute__((always_inline)) Lanes operator op(T s, const Lanes& a) {      \
+    Lanes r;                                                                          \
+    _Pragma("GCC unroll 4") for (int q = 0; q < kParts; ++q) r.part[q] = s op a.part[q]; \
+    return r;                                                                         \
+  }
+
 template <typename T>
-struct LanesOf;
-template <>
-struct LanesOf<float> {
-  typedef float type __attribute__((vector_size(kLaneBytes)));
+struct Lanes {
+  static constexpr int kParts = kLaneBytes / ROLLCONV_NATIVE_VECTOR_BYTES;
+  static constexpr int kPer = ROLLCONV_NATIVE_VECTOR_BYTES / int(sizeof(T));
+  typedef T Native __attribute__((vector_size(ROLLCONV_NATIVE_VECTOR_BYTES)));
+  Native part[kParts];
+
+  T operator[](int64_t i) const { return part[i / kPer][i % kPer]; }
+  // GCC vector types alias their element type.
+  T& operator[](int64_t i) { return reinterpret_cast<T*>(part)[i]; }
+
+  ROLLCONV_LANES_OP(+)
+  ROLLCONV_LANES_OP(-)
+  ROLLCONV_LANES_OP(*)
+  friend __attribute__((always_inline)) Lanes operator-(const Lanes& a) {
+    Lanes r;
+#pragma GCC unroll 4
+    for (int q = 0; q < kParts; ++q) r.part[q] = -a.part[q];
+    return r;
+  }
+  __attribute__((always_inline)) Lanes& operator+=(const Lanes& b) {
+#pragma GCC unroll 4
+    for (int q = 0; q < kParts; ++q) part[q] += b.part[q];
+    return *this;
+  }
 };
-template <>
-struct LanesOf<double> {
-  typedef double type __attribute__((vector_size(kLaneBytes)));
+#undef ROLLCONV_LANES_OP
+
+// max(v, 0) lane-wise, NaN staying NaN (as torch.relu).
+template <typename T>
+__attribute__((always_inline)) inline Lanes<T> relu_lanes(const Lanes<T>& v) {
+  Lanes<T> r;
+#pragma GCC unroll 4
+  for (int q = 0; q < Lanes<T>::kParts; ++q) r.part[q] = v.part[q] < T(0) ? typename Lanes<T>::Native{} : v.part[q];
+  return r;
+}
+
+// Independent lane sums a convolution kernel keeps in flight: four lane vectors' worth (each
+// a real and an imaginary part) hide the FMA latency; with fewer registers per lane vector
+// (AVX2, SSE2) as many as fit in eight registers, so that none spill.
+template <typename T>
+constexpr int kSums = Lanes<T>::kParts >= 4 ? 1 : 4 / Lanes<T>::kParts;
+
+template <typename T>
+struct LanesOf {
+  using type = Lanes<T>;
 };
 
 // One complex vector: the same transform position for `lanes` pixels.
@@ -32,15 +93,19 @@ struct CV {
   typename LanesOf<T>::type re, im;
 };
 
+// Unaligned loads and stores, one native vector at a time (a memcpy of the whole lane
+// vector goes through the stack).
 template <typename V, typename T>
-inline V load(const T* p) {
+__attribute__((always_inline)) inline V load(const T* p) {
   V v;
-  __builtin_memcpy(&v, p, sizeof(V));
+#pragma GCC unroll 4
+  for (int q = 0; q < V::kParts; ++q) __builtin_memcpy(&v.part[q], p + q * V::kPer, sizeof(v.part[q]));
   return v;
 }
 template <typename T, typename V>
-inline void store(T* p, const V& v) {
-  __builtin_memcpy(p, &v, sizeof(V));
+__attribute__((always_inline)) inline void store(T* p, const V& v) {
+#pragma GCC unroll 4
+  for (int q = 0; q < V::kParts; ++q) __builtin_memcpy(p + q * V::kPer, &v.part[q], sizeof(v.part[q]));
 }
 
 template <typename T>
@@ -215,9 +280,24 @@ CV<T>* transform(const Plan<T>& plan, CV<T>* a, CV<T>* b, CV<T>* temp) {
   return a;
 }
 
+// v where m > 0, else 0 (lane-wise; a NaN in m keeps v): ReLU's derivative as
+// threshold_backward(v, m, 0) applies it.
 template <typename T>
-void analyze(const Plan<T>& plan, const T* src, int64_t step, int64_t count, T* spectrum,
-             int64_t plane, T* scratch) {
+__attribute__((always_inline)) inline CV<T> masked_by(const CV<T>& v, const CV<T>& m) {
+  using V = typename LanesOf<T>::type;
+  CV<T> r;
+#pragma GCC unroll 4
+  for (int q = 0; q < V::kParts; ++q) {
+    r.re.part[q] = m.re.part[q] <= T(0) ? typename V::Native{} : v.re.part[q];
+    r.im.part[q] = m.im.part[q] <= T(0) ? typename V::Native{} : v.im.part[q];
+  }
+  return r;
+}
+
+// analyze, of src masked by `mask` (laid out as src) when Masked.
+template <typename T, bool Masked>
+void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step, int64_t count, T* spectrum,
+                  int64_t plane, T* scratch) {
   constexpr int64_t G = group_pixels<T>();
   const int64_t n = plan.n, freqs = plan.freqs();
   CV<T>* staged = reinterpret_cast<CV<T>*>(scratch);  // kStagedGroups groups of n
@@ -228,7 +308,13 @@ void analyze(const Plan<T>& plan, const T* src, int64_t step, int64_t count, T* 
     const int64_t groups = std::min(kStagedGroups, ceil_div(count - p0, G));
     for (int64_t c = 0; c < n; ++c) {
       for (int64_t g = 0; g < groups; ++g) {
-        load_group(src + c * step + p0 + g * G, std::min(G, count - p0 - g * G), staged + g * n + c);
+        const int64_t at = c * step + p0 + g * G, valid = std::min(G, count - p0 - g * G);
+        load_group(src + at, valid, staged + g * n + c);
+        if constexpr (Masked) {
+          CV<T> m;
+          load_group(mask + at, valid, &m);
+          staged[g * n + c] = masked_by(staged[g * n + c], m);
+        }
       }
     }
     for (int64_t g = 0; g < groups; ++g) {
@@ -246,6 +332,18 @@ void analyze(const Plan<T>& plan, const T* src, int64_t step, int64_t count, T* 
       }
     }
   }
+}
+
+template <typename T>
+void analyze(const Plan<T>& plan, const T* src, int64_t step, int64_t count, T* spectrum, int64_t plane,
+             T* scratch) {
+  analyze_rows<T, false>(plan, src, nullptr, step, count, spectrum, plane, scratch);
+}
+
+template <typename T>
+void analyze_masked(const Plan<T>& plan, const T* src, const T* mask, int64_t step, int64_t count,
+                    T* spectrum, int64_t plane, T* scratch) {
+  analyze_rows<T, true>(plan, src, mask, step, count, spectrum, plane, scratch);
 }
 
 template <typename T>
@@ -271,8 +369,8 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
     for (int64_t r = 0; r < n; ++r) {
       CV<T> y{z[r].re + bias, bias - z[r].im};
       if (relu) {
-        y.re = y.re < T(0) ? V{} : y.re;  // NaN stays NaN, as in torch.relu
-        y.im = y.im < T(0) ? V{} : y.im;
+        y.re = relu_lanes(y.re);
+        y.im = relu_lanes(y.im);
       }
       store_group(dst + r * step + p0, valid, y);
     }
@@ -282,7 +380,7 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
 // --- the per-frequency convolution sums ----------------------------------------------------
 // Each works on zero-padded copies ("tiles") of the planes it reads, so that every tap of
 // every chunk of `lanes` output pixels is one full vector load, and keeps its sums in
-// registers across the taps: a block of NF filters x NC chunks at a time (NF * NC = 4:
+// registers across the taps: a block of NF filters x NC chunks at a time (NF * NC = kSums:
 // enough independent sums to hide the FMA latency). Positions are (row, chunk) pairs; the
 // chunks of a row are `lanes` pixels wide, the last one possibly cut short.
 
@@ -390,7 +488,7 @@ void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
 }
 
 // All filters' sums for the output rows [oh0, oh1): out [filters][freqs][2][px]. Filters
-// four at a time share each tap's loads; a lone filter takes four positions at a time.
+// up to four at a time share each tap's loads; a lone filter takes kSums positions at a time.
 template <typename T>
 void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* spectrum, const T* taps,
                   int64_t oh0, int64_t oh1, T* tile, T* out) {
@@ -405,10 +503,15 @@ void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* sp
               oh0 * w.stride_h - w.pad_h, -w.pad_w, tile_rows, pitch, tile);
     const ForwardBlock<T> b{w, at, tile, tile_rows * pitch, pitch, taps + 2 * k, 2 * freqs,
                             2 * w.kernel_h * w.kernel_w * freqs, out + 2 * k * px, 2 * freqs * px, px};
+    constexpr int S = kSums<T>;
     int64_t f = 0;
-    for (; f + 4 <= filters; f += 4) forward_filters<T, 4, 1>(b, f, positions);
-    for (; f + 2 <= filters; f += 2) forward_filters<T, 2, 2>(b, f, positions);
-    for (; f < filters; ++f) forward_filters<T, 1, 4>(b, f, positions);
+    if constexpr (S >= 4) {
+      for (; f + 4 <= filters; f += 4) forward_filters<T, 4, S / 4>(b, f, positions);
+    }
+    if constexpr (S >= 2) {
+      for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2>(b, f, positions);
+    }
+    for (; f < filters; ++f) forward_filters<T, 1, S>(b, f, positions);
   }
 }
 
@@ -519,8 +622,9 @@ void input_grad_rows(const Window2d& w, int64_t freqs, int64_t filters, const T*
                 w.pad_w - (w.kernel_w - 1) * w.dil_w, tile_rows, pitch, tile);
       const T* t = taps + 2 * (f * kk * freqs + k);
       int64_t p = 0;
-      for (; p + 4 <= positions; p += 4)
-        input_grad_chunks<T, 4>(w, at, tile, plane, pitch, t, 2 * freqs, p, f == 0, g, px);
+      constexpr int S = kSums<T>;
+      for (; p + S <= positions; p += S)
+        input_grad_chunks<T, S>(w, at, tile, plane, pitch, t, 2 * freqs, p, f == 0, g, px);
       for (; p < positions; ++p)
         input_grad_chunks<T, 1>(w, at, tile, plane, pitch, t, 2 * freqs, p, f == 0, g, px);
     }
@@ -529,14 +633,14 @@ void input_grad_rows(const Window2d& w, int64_t freqs, int64_t filters, const T*
 
 // dK at frequency k for one sample and filter: acc[t] += sum over pixels of X * conj(dY),
 // from a tile of X (as the forward's, whole plane) and one of dY (rows padded to whole
-// chunks with zeros). Four sets of lane sums in turn hide the FMA latency; they are added
+// chunks with zeros). kSums sets of lane sums in turn hide the FMA latency; they are added
 // up in a fixed order.
 template <typename T>
 void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, const T* spectrum, const T* grad,
                       T* tile, T* acc) {
   using V = typename LanesOf<T>::type;
   constexpr int64_t L = lanes_of<T>();
-  constexpr int kSets = 4;
+  constexpr int kSets = kSums<T>;
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const int64_t chunks = ceil_div(w.out_w, L), positions = w.out_h * chunks;
   const int64_t x_rows = (w.out_h - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1;
@@ -560,8 +664,14 @@ void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, const T* spec
         sum_re[p % kSets] += a * c + b * d;
         sum_im[p % kSets] += b * c - a * d;
       }
-      const V re = (sum_re[0] + sum_re[1]) + (sum_re[2] + sum_re[3]);
-      const V im = (sum_im[0] + sum_im[1]) + (sum_im[2] + sum_im[3]);
+      V re = sum_re[0], im = sum_im[0];  // in pairs, in a fixed order
+      if constexpr (kSets == 4) {
+        re = (sum_re[0] + sum_re[1]) + (sum_re[2] + sum_re[3]);
+        im = (sum_im[0] + sum_im[1]) + (sum_im[2] + sum_im[3]);
+      } else if constexpr (kSets == 2) {
+        re = sum_re[0] + sum_re[1];
+        im = sum_im[0] + sum_im[1];
+      }
       T total_re = 0, total_im = 0;
       for (int64_t l = 0; l < L; ++l) {
         total_re += re[l];
@@ -577,7 +687,7 @@ void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, const T* spec
 template <typename T>
 constexpr Kernels<T> make_kernels() {
   return Kernels<T>{&analyze<T>, &synthesize<T>, &forward_rows<T>, &input_grad_rows<T>,
-                    &weight_grad_freq<T>};
+                    &weight_grad_freq<T>, &analyze_masked<T>};
 }
 
 }  // namespace
