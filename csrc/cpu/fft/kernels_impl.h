@@ -47,8 +47,6 @@ struct Lanes {
   Native part[kParts];
 
   T operator[](int64_t i) const { return part[i / kPer][i % kPer]; }
-  // GCC vector types alias their element type.
-  T& operator[](int64_t i) { return reinterpret_cast<T*>(part)[i]; }
 
   ROLLCONV_LANES_OP(+)
   ROLLCONV_LANES_OP(-)
@@ -121,15 +119,19 @@ inline void store_prefix(T* p, const V& v, int64_t n) {
     store(p, v);
     return;
   }
-  for (int64_t l = 0; l < n; ++l) p[l] = v[l];
+  // Through an array, so that v itself never needs an address (which would keep it, and
+  // every lane vector it is computed from, in memory).
+  T lanes[sizeof(V) / sizeof(T)];
+  store(lanes, v);
+  for (int64_t l = 0; l < n; ++l) p[l] = lanes[l];
 }
 template <typename T>
 inline typename LanesOf<T>::type load_prefix(const T* p, int64_t n) {
   using V = typename LanesOf<T>::type;
   if (n == int64_t(sizeof(V) / sizeof(T))) return load<V>(p);
-  V v{};
-  for (int64_t l = 0; l < n; ++l) v[l] = p[l];
-  return v;
+  T lanes[sizeof(V) / sizeof(T)] = {};
+  for (int64_t l = 0; l < n; ++l) lanes[l] = p[l];
+  return load<V>(lanes);
 }
 
 // The lanes of a group of 2 * lanes pixels of which `valid` are real: the first half, the
@@ -410,9 +412,9 @@ template <typename T>
 inline typename LanesOf<T>::type load_lanes(const T* p, int64_t step) {
   using V = typename LanesOf<T>::type;
   if (step == 1) return load<V>(p);
-  V v;
-  for (int64_t l = 0; l < int64_t(sizeof(V) / sizeof(T)); ++l) v[l] = p[l * step];
-  return v;
+  T lanes[sizeof(V) / sizeof(T)];  // (see store_prefix)
+  for (int64_t l = 0; l < int64_t(sizeof(V) / sizeof(T)); ++l) lanes[l] = p[l * step];
+  return load<V>(lanes);
 }
 
 // The tap-independent geometry of a block of positions: chunk n of row ro reads the tile
