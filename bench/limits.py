@@ -5,7 +5,7 @@ engine's ISA on `threads` threads) and the memory bandwidth of torch's own kerne
 sum), write (fill_: ordinary stores), copy (copy_: bytes read plus bytes written), on 16 MiB
 buffers (the working set of the cases here, 8 to 32 MiB: it stays in a large last-level
 cache, as the passes' operands do between passes) and on 256 MiB (far larger than any
-cache: DRAM). Each is the best of several repetitions: the bound of what the machine can do,
+cache: DRAM). Each is the best of repetitions for a quarter of a second: the bound of what the machine can do,
 not a typical figure (other jobs share these machines).
 
 roll_passes(c, f, ...): per pass of roll_conv2d (the algorithm 'auto' picks), on one set of
@@ -28,39 +28,53 @@ counted as 2.5 n log2 n per real transform of length n). "reached" = bound / tim
 """
 import argparse
 import math
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-import rollconv
-import rollconv.functional as RF
+# This checkout's rollconv (see run.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import rollconv  # noqa: E402
+import rollconv.functional as RF  # noqa: E402
 
 ops = torch.ops.rollconv
 SIZES = {"": 16 << 20, "DRAM ": 256 << 20}  # key prefix: buffer bytes
 
 
-def _best_seconds(fn, repeats):
+def _best_seconds(fn, repeats, budget=0.25):
+    """The fastest of at least `repeats` runs, repeated for `budget` seconds: on a machine
+    shared with other jobs a few runs may all be interrupted."""
     fn()  # first touch, warm-up
-    best = math.inf
-    for _ in range(repeats):
+    best, start, runs = math.inf, time.perf_counter(), 0
+    while runs < repeats or time.perf_counter() - start < budget:
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
+        runs += 1
     return best
 
 
 def machine_limits(threads, repeats=7):
     """{'peak GFLOP/s': float32 FMA peak, 'read GB/s', 'write GB/s', 'copy GB/s' (16 MiB), and the
-    same with 'DRAM ' in front (256 MiB)} measured now."""
-    torch.set_num_threads(threads)
-    limits = {"peak GFLOP/s": max(rollconv._C.peak_gflops(False, threads) for _ in range(2))}
+    same with 'DRAM ' in front (256 MiB)} measured now. Each bandwidth is the best on 1 and on
+    `threads` threads: where other jobs keep the cores busy, waking a second thread can cost
+    more than a 16 MiB pass takes."""
+    limits = {"peak GFLOP/s": max(rollconv._C.peak_gflops(False, threads) for _ in range(5))}
     for prefix, size in SIZES.items():
         a = torch.ones(size // 4)
         b = torch.empty_like(a)
-        limits[prefix + "read GB/s"] = size / _best_seconds(lambda: a.sum(), repeats) / 1e9
-        limits[prefix + "write GB/s"] = size / _best_seconds(lambda: b.fill_(1.0), repeats) / 1e9
-        limits[prefix + "copy GB/s"] = 2 * size / _best_seconds(lambda: b.copy_(a), repeats) / 1e9
+        seconds = {"read": [], "write": [], "copy": []}
+        for t in sorted({1, threads}):
+            torch.set_num_threads(t)
+            seconds["read"].append(_best_seconds(lambda: a.sum(), repeats))
+            seconds["write"].append(_best_seconds(lambda: b.fill_(1.0), repeats))
+            seconds["copy"].append(_best_seconds(lambda: b.copy_(a), repeats))
+        for name, times in seconds.items():
+            limits[f"{prefix}{name} GB/s"] = (2 if name == "copy" else 1) * size / min(times) / 1e9
+    torch.set_num_threads(threads)
     return limits
 
 

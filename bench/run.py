@@ -22,13 +22,15 @@ import time
 
 import torch
 
-import rollconv
-from rollconv import benchmark
+HERE = os.path.dirname(os.path.abspath(__file__))
+# This checkout's rollconv (built in place), not whichever one the environment has installed:
+# `python bench/run.py` puts bench/, not the checkout, first on sys.path.
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+import rollconv  # noqa: E402
+from rollconv import benchmark  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import limits  # noqa: E402  (bench/limits.py)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 
@@ -114,6 +116,7 @@ BASELINE = "filter-bank method"
 def main():
     args = benchmark.argument_parser(threads=2).parse_args()
     facts = benchmark.setup(args)
+    facts["rollconv from"] = os.path.dirname(rollconv.__file__)
     device = torch.device(args.device)
     os.makedirs(RESULTS, exist_ok=True)
     print("\n".join(f"{k}: {v}" for k, v in facts.items()))
