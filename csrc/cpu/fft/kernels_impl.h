@@ -408,10 +408,17 @@ void fill_tile(const T* plane_re, const T* plane_im, int64_t height, int64_t wid
   }
 }
 
-template <typename T>
+// `lanes` pixels `step` apart; Unit: step is 1. (A compile-time Unit keeps the common case a
+// plain load: with a run-time test in the loop the compiler joins both cases' lane vectors
+// through memory.)
+template <bool Unit>
+struct UnitStride {
+  static constexpr bool value = Unit;
+};
+template <bool Unit, typename T>
 inline typename LanesOf<T>::type load_lanes(const T* p, int64_t step) {
   using V = typename LanesOf<T>::type;
-  if (step == 1) return load<V>(p);
+  if constexpr (Unit) return load<V>(p);
   T lanes[sizeof(V) / sizeof(T)];  // (see store_prefix)
   for (int64_t l = 0; l < int64_t(sizeof(V) / sizeof(T)); ++l) lanes[l] = p[l * step];
   return load<V>(lanes);
@@ -437,12 +444,19 @@ struct ForwardBlock {
   int64_t out_step, px;
 };
 
-template <typename T, int NF, int NC>
+template <typename T, int NF, int NC, bool Unit>
 void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
   using V = typename LanesOf<T>::type;
   constexpr int64_t L = lanes_of<T>();
   const Window2d& w = b.w;
-  V sum_re[NF][NC] = {}, sum_im[NF][NC] = {};
+  // Zeroed element by element: an aggregate `= {}` becomes a memset of the arrays, which
+  // keeps them in memory instead of registers.
+  V sum_re[NF][NC], sum_im[NF][NC];
+#pragma GCC unroll 4
+  for (int f = 0; f < NF; ++f) {
+#pragma GCC unroll 4
+    for (int n = 0; n < NC; ++n) sum_re[f][n] = sum_im[f][n] = V{};
+  }
   int64_t src[NC];
   for (int n = 0; n < NC; ++n) {
     const int64_t ro = (pos0 + n) / b.at.chunks, ch = (pos0 + n) % b.at.chunks;
@@ -460,8 +474,8 @@ void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
       }
 #pragma GCC unroll 4
       for (int n = 0; n < NC; ++n) {
-        const V xr = load_lanes(b.tile + src[n] + off, w.stride_w);
-        const V xi = load_lanes(b.tile + b.tile_plane + src[n] + off, w.stride_w);
+        const V xr = load_lanes<Unit>(b.tile + src[n] + off, w.stride_w);
+        const V xi = load_lanes<Unit>(b.tile + b.tile_plane + src[n] + off, w.stride_w);
 #pragma GCC unroll 4
         for (int f = 0; f < NF; ++f) {
           sum_re[f][n] += xr * tr[f] + xi * ti[f];
@@ -482,15 +496,29 @@ void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
 }
 
 // Filters [f0, f0 + NF) over every position: NC positions at a time, then one by one.
-template <typename T, int NF, int NC>
+template <typename T, int NF, int NC, bool Unit>
 void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
   int64_t p = 0;
-  for (; p + NC <= positions; p += NC) forward_chunks<T, NF, NC>(b, f0, p);
-  for (; p < positions; ++p) forward_chunks<T, NF, 1>(b, f0, p);
+  for (; p + NC <= positions; p += NC) forward_chunks<T, NF, NC, Unit>(b, f0, p);
+  for (; p < positions; ++p) forward_chunks<T, NF, 1, Unit>(b, f0, p);
 }
 
-// All filters' sums for the output rows [oh0, oh1): out [filters][freqs][2][px]. Filters
-// up to four at a time share each tap's loads; a lone filter takes kSums positions at a time.
+// Every filter: up to four at a time share each tap's loads; a lone filter takes kSums
+// positions at a time.
+template <typename T, bool Unit>
+void forward_all_filters(const ForwardBlock<T>& b, int64_t filters, int64_t positions) {
+  constexpr int S = kSums<T>;
+  int64_t f = 0;
+  if constexpr (S >= 4) {
+    for (; f + 4 <= filters; f += 4) forward_filters<T, 4, S / 4, Unit>(b, f, positions);
+  }
+  if constexpr (S >= 2) {
+    for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2, Unit>(b, f, positions);
+  }
+  for (; f < filters; ++f) forward_filters<T, 1, S, Unit>(b, f, positions);
+}
+
+// All filters' sums for the output rows [oh0, oh1): out [filters][freqs][2][px].
 template <typename T>
 void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* spectrum, const T* taps,
                   int64_t oh0, int64_t oh1, T* tile, T* out) {
@@ -505,15 +533,11 @@ void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* sp
               oh0 * w.stride_h - w.pad_h, -w.pad_w, tile_rows, pitch, tile);
     const ForwardBlock<T> b{w, at, tile, tile_rows * pitch, pitch, taps + 2 * k, 2 * freqs,
                             2 * w.kernel_h * w.kernel_w * freqs, out + 2 * k * px, 2 * freqs * px, px};
-    constexpr int S = kSums<T>;
-    int64_t f = 0;
-    if constexpr (S >= 4) {
-      for (; f + 4 <= filters; f += 4) forward_filters<T, 4, S / 4>(b, f, positions);
+    if (w.stride_w == 1) {
+      forward_all_filters<T, true>(b, filters, positions);
+    } else {
+      forward_all_filters<T, false>(b, filters, positions);
     }
-    if constexpr (S >= 2) {
-      for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2>(b, f, positions);
-    }
-    for (; f < filters; ++f) forward_filters<T, 1, S>(b, f, positions);
   }
 }
 
@@ -657,14 +681,23 @@ void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, const T* spec
   for (int64_t i = 0; i < w.kernel_h; ++i) {
     for (int64_t j = 0; j < w.kernel_w; ++j) {
       const int64_t off = i * w.dil_h * x_pitch + j * w.dil_w;
-      V sum_re[kSets] = {}, sum_im[kSets] = {};
-      for (int64_t p = 0; p < positions; ++p) {
-        const int64_t ro = p / chunks, ch = p % chunks;
-        const T* x = x_tile + ro * w.stride_h * x_pitch + ch * L * w.stride_w + off;
-        const V a = load_lanes(x, w.stride_w), b = load_lanes(x + x_plane, w.stride_w);
-        const V c = load<V>(g_tile + ro * g_pitch + ch * L), d = load<V>(g_tile + g_plane + ro * g_pitch + ch * L);
-        sum_re[p % kSets] += a * c + b * d;
-        sum_im[p % kSets] += b * c - a * d;
+      V sum_re[kSets], sum_im[kSets];  // (zeroed one by one: see forward_chunks)
+#pragma GCC unroll 4
+      for (int q = 0; q < kSets; ++q) sum_re[q] = sum_im[q] = V{};
+      const auto sum_positions = [&](auto unit) {
+        for (int64_t p = 0; p < positions; ++p) {
+          const int64_t ro = p / chunks, ch = p % chunks;
+          const T* x = x_tile + ro * w.stride_h * x_pitch + ch * L * w.stride_w + off;
+          const V a = load_lanes<unit.value>(x, w.stride_w), b = load_lanes<unit.value>(x + x_plane, w.stride_w);
+          const V c = load<V>(g_tile + ro * g_pitch + ch * L), d = load<V>(g_tile + g_plane + ro * g_pitch + ch * L);
+          sum_re[p % kSets] += a * c + b * d;
+          sum_im[p % kSets] += b * c - a * d;
+        }
+      };
+      if (w.stride_w == 1) {
+        sum_positions(UnitStride<true>{});
+      } else {
+        sum_positions(UnitStride<false>{});
       }
       V re = sum_re[0], im = sum_im[0];  // in pairs, in a fixed order
       if constexpr (kSets == 4) {
