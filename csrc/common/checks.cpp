@@ -5,6 +5,8 @@
 
 #include <limits>
 
+#include "common/device_kernels.h"
+
 namespace rollconv {
 
 Pair pair_arg(const char* op, const char* name, at::IntArrayRef values) {

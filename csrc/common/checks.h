@@ -7,9 +7,11 @@
 
 #include <initializer_list>
 
-#include "common/device_kernels.h"
+#include "common/index_math.h"
 
 namespace rollconv {
+
+struct DeviceKernels;
 
 struct Pair {
   int64_t h, w;

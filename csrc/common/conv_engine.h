@@ -1,34 +1,17 @@
-// The block-GEMM plan of a convolution (shared by every device) and the interfaces of a
-// device's fused engines:
+// The interfaces of a device's fused engines:
 //   ConvEngine: im2col fused into the GEMM's packing, so no column matrix is built;
 //   RollFftEngine: the channel-FFT rolling convolution in one pass per direction.
 // The CPU has both (cpu/conv_engine.cpp, cpu/roll_fft_engine.cpp); a device without one
-// (CUDA) leaves its DeviceKernels pointer null and conv.cpp composes ATen calls and the
-// device's primitive kernels instead.
+// (CUDA) leaves its DeviceKernels pointer null, and the ops compose ATen calls and the
+// device's primitives instead (conv_gemm.cpp, roll_fft.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
-#include <vector>
-
+#include "common/conv_plan.h"
 #include "common/index_math.h"
 
 namespace rollconv {
-
-// One GEMM of a convolution: output rows [out_row, out_row + rows) = weight-matrix rows
-// [weight_row, + rows), columns [0, inner), times column-matrix rows [col_row, + inner)
-// (rows of the ColumnLayout: virtual channel x tap).
-struct GemmBlock {
-  int64_t out_row, rows, weight_row, col_row, inner;
-};
-
-struct BlockPlan {
-  std::vector<GemmBlock> blocks;
-  int64_t out_channels;
-  int64_t bias_period;  // the bias has this many entries, repeated over the channels
-  int64_t weight_rows, weight_cols;  // shape of the GEMM weight matrix
-  bool shared_columns;  // blocks read overlapping column rows (rolls): dX accumulates
-};
 
 // The three passes, on contiguous tensors of one dtype (float32 / float64, see supports):
 //   forward:         output (N, out_channels, oh, ow) = relu?(W * im2col(input) + bias_rows)
