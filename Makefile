@@ -1,7 +1,7 @@
 # make demo   set up, build, train the digits CNN made of rollconv layers
 # make test   set up, build, run the C++ tests (ctest) and the Python tests (pytest), and
 #             test the CPU-only and the emulated CUDA builds
-# make test-emulated-cuda   build csrc/cuda/kernels.cu for the host into build/emulated-cuda
+# make test-emulated-cuda   build csrc/cuda/primitives.cu for the host into build/emulated-cuda
 #             and run the CUDA tests there on CPU tensors
 # make build  set up and build (incremental: ninja recompiles only what changed)
 # make bench  set up, build, benchmark against torch (writes bench/results/)

@@ -5,7 +5,7 @@ Switches (environment variables):
   FORCE_ONLY_CPU=1      build the CPU kernels only, even if a toolkit is present
   ROLLCONV_SANITIZE=1   CPU-only build with AddressSanitizer + UndefinedBehaviorSanitizer
                         (tests/sanitizer_build.sh; objects in build/sanitize)
-  ROLLCONV_EMULATE_CUDA=1  a test build without nvcc: csrc/cuda/kernels.cu compiled for the
+  ROLLCONV_EMULATE_CUDA=1  a test build without nvcc: csrc/cuda/primitives.cu compiled for the
                         host (launches emulated, see csrc/cuda/host_emulation.h) and its
                         kernels registered for CPU tensors instead of the CPU kernels
   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (default below)

@@ -6,7 +6,7 @@ import rollconv  # noqa: F401  registers the ops
 HAS_GPU = torch.cuda.is_available()
 requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 
-# The emulated CUDA build (tests/emulated_cuda_build.sh) compiles csrc/cuda/kernels.cu for
+# The emulated CUDA build (tests/emulated_cuda_build.sh) compiles csrc/cuda/primitives.cu for
 # the host and registers its kernels for CPU tensors: there the CUDA test cases run on CPU
 # tensors. CUDA is the device those cases use; requires_cuda_kernels skips them where
 # neither a GPU nor the emulated build is present. (requires_gpu is for what only a GPU

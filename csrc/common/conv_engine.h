@@ -2,7 +2,7 @@
 //   ConvEngine: im2col fused into the GEMM's packing, so no column matrix is built;
 //   RollFftEngine: the channel-FFT rolling convolution in one pass per direction.
 // The CPU has both (cpu/conv_engine.cpp, cpu/roll_fft_engine.cpp); a device without one
-// (CUDA) leaves its DeviceKernels pointer null, and the ops compose ATen calls and the
+// (CUDA) leaves its DevicePrimitives pointer null, and the ops compose ATen calls and the
 // device's primitives instead (conv_gemm.cpp, roll_fft.cpp).
 #pragma once
 

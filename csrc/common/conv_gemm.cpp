@@ -65,8 +65,8 @@ void for_each_chunk(int64_t batch, const ColumnLayout& layout, int64_t out_chann
 
 // The device's fused engine (conv_engine.h) when it has one for this dtype; otherwise
 // the passes below: per chunk of samples, im2col into a workspace and ATen GEMMs.
-bool uses_conv_engine(const DeviceKernels& k, const Tensor& t) {
-  return k.engine != nullptr && k.engine->supports(t.scalar_type());
+bool uses_conv_engine(const DevicePrimitives& prims, const Tensor& t) {
+  return prims.conv_engine != nullptr && prims.conv_engine->supports(t.scalar_type());
 }
 
 // Per chunk, with column matrices (rows, b * L):
@@ -76,7 +76,7 @@ bool uses_conv_engine(const DeviceKernels& k, const Tensor& t) {
 // Every operand is a view (a row window, a column window, a transpose), never a copy.
 
 // y = W * im2col(x) per block, then bias and ReLU while copying the chunk into y.
-Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Tensor& weight_mat,
+Tensor gemm_conv_forward(const DevicePrimitives& prims, const Tensor& input_, const Tensor& weight_mat,
                          const std::optional<Tensor>& bias, const ColumnLayout& layout,
                          const BlockPlan& plan, bool relu) {
   const Tensor input = input_.contiguous();
@@ -84,12 +84,12 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
   Tensor output = at::empty({input.size(0), cout, layout.win.out_h, layout.win.out_w}, input.options());
   Tensor bias_rows;  // one entry per output channel
   if (bias.has_value() && bias->defined()) bias_rows = bias->repeat({cout / plan.bias_period}).contiguous();
-  if (uses_conv_engine(k, input)) {
-    k.engine->forward(input, weight_mat.contiguous(), bias_rows, layout, plan, relu, output);
+  if (uses_conv_engine(prims, input)) {
+    prims.conv_engine->forward(input, weight_mat.contiguous(), bias_rows, layout, plan, relu, output);
     return output;
   }
   for_each_chunk(input.size(0), layout, cout, input, [&](int64_t n0, int64_t b, Tensor cols, Tensor result) {
-    k.im2col(input.narrow(0, n0, b), cols, layout);
+    prims.im2col(input.narrow(0, n0, b), cols, layout);
     for (const GemmBlock& blk : plan.blocks) {
       Tensor target = result.narrow(0, blk.out_row, blk.rows);
       const Tensor w_blk = block_weight(weight_mat, blk), cols_blk = cols.narrow(0, blk.col_row, blk.inner);
@@ -113,14 +113,14 @@ Tensor gemm_conv_forward(const DeviceKernels& k, const Tensor& input_, const Ten
 }
 
 // dX = col2im(W^T * dY) per block; blocks that share column rows accumulate.
-Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_output,
+Tensor gemm_conv_backward_input(const DevicePrimitives& prims, const Tensor& grad_output,
                                 const Tensor& weight_mat, const ColumnLayout& layout,
                                 const BlockPlan& plan) {
   const int64_t cout = plan.out_channels;
   Tensor grad_input = at::empty({grad_output.size(0), layout.channels, layout.win.in_h, layout.win.in_w},
                                 grad_output.options());
-  if (uses_conv_engine(k, grad_output)) {
-    k.engine->backward_input(grad_output.contiguous(), weight_mat.contiguous(), layout, plan, grad_input);
+  if (uses_conv_engine(prims, grad_output)) {
+    prims.conv_engine->backward_input(grad_output.contiguous(), weight_mat.contiguous(), layout, plan, grad_input);
     return grad_input;
   }
   for_each_chunk(grad_output.size(0), layout, cout, grad_output, [&](int64_t n0, int64_t b, Tensor dcols, Tensor grad) {
@@ -136,26 +136,26 @@ Tensor gemm_conv_backward_input(const DeviceKernels& k, const Tensor& grad_outpu
         at::mm_out(target, wt, g);
       }
     }
-    k.col2im(dcols, grad_input.narrow(0, n0, b), layout);
+    prims.col2im(dcols, grad_input.narrow(0, n0, b), layout);
   });
   return grad_input;
 }
 
 // dW = dY * im2col(x)^T per block, summed over the batch in a fixed order; blocks that
 // share weight rows (rolls) accumulate. Float32 accumulation for half/bfloat16.
-Tensor gemm_conv_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
+Tensor gemm_conv_backward_weight(const DevicePrimitives& prims, const Tensor& grad_output,
                                  const Tensor& input_, const ColumnLayout& layout,
                                  const BlockPlan& plan) {
   const Tensor input = input_.contiguous();
   const int64_t cout = plan.out_channels;
   const auto acc = at::toOpMathType(input.scalar_type());
   Tensor grad_weight = at::zeros({plan.weight_rows, plan.weight_cols}, input.options().dtype(acc));
-  if (uses_conv_engine(k, input)) {
-    k.engine->backward_weight(grad_output.contiguous(), input, layout, plan, grad_weight);
+  if (uses_conv_engine(prims, input)) {
+    prims.conv_engine->backward_weight(grad_output.contiguous(), input, layout, plan, grad_weight);
     return grad_weight;
   }
   for_each_chunk(input.size(0), layout, cout, input, [&](int64_t n0, int64_t b, Tensor cols, Tensor grad) {
-    k.im2col(input.narrow(0, n0, b), cols, layout);
+    prims.im2col(input.narrow(0, n0, b), cols, layout);
     grad.view({cout, b, -1}).copy_(channels_first(grad_output.narrow(0, n0, b)));
     for (const GemmBlock& blk : plan.blocks) {
       Tensor g = grad.narrow(0, blk.out_row, blk.rows);

@@ -73,11 +73,11 @@ void check_output_fits(const char* op, int64_t batch, int64_t channels, const Wi
 
 }  // namespace
 
-Tensor conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
+Tensor conv2d_forward(const DevicePrimitives& prims, const Tensor& input, const Tensor& weight,
                       const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding,
                       IntArrayRef dilation, int64_t groups) {
   constexpr const char* op = "rollconv.conv2d";
-  check_4d_operands(op, k, "input", input, "weight", weight);
+  check_4d_operands(op, prims, "input", input, "weight", weight);
   check_nonempty_images(op, "input", input);
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = conv2d_setup(op, input.size(1), weight.size(0), weight.size(1),
@@ -86,16 +86,16 @@ Tensor conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor&
   Tensor out = nothing_to_sum(input.size(0), input.size(1), weight.size(0))
                    ? bias_only_output(input, input.size(0), weight.size(0), s.layout.win, bias,
                                       weight.size(0), /*relu=*/false)
-                   : gemm_conv_forward(k, input, weight.contiguous().view({weight.size(0), -1}), bias,
+                   : gemm_conv_forward(prims, input, weight.contiguous().view({weight.size(0), -1}), bias,
                                        s.layout, s.plan, /*relu=*/false);
   return in_memory_format_of(out, {input, weight});
 }
 
-Tensor conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
+Tensor conv2d_backward_input(const DevicePrimitives& prims, const Tensor& grad_output,
                              const Tensor& weight, IntArrayRef input_size, IntArrayRef stride,
                              IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   constexpr const char* op = "rollconv.conv2d_backward_input";
-  check_4d_operands(op, k, "grad_output", grad_output, "weight", weight);
+  check_4d_operands(op, prims, "grad_output", grad_output, "weight", weight);
   check_nonempty_images(op, "grad_output", grad_output);
   const Pair in = pair_arg(op, "input_size", input_size);
   const ConvSetup s = conv2d_setup(op, weight.size(1) * groups, weight.size(0), weight.size(1), in,
@@ -105,20 +105,20 @@ Tensor conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
   Tensor grad_input;
   if (nothing_to_sum(grad_output.size(0), s.layout.channels, weight.size(0))) {
     grad_input = at::zeros({grad_output.size(0), s.layout.channels, in.h, in.w}, grad_output.options());
-  } else if (use_dx_by_forward(k, grad_output, s.layout.win)) {
-    grad_input = dx_by_forward(k, grad_output, weight, groups, s.layout.win, dilation);
+  } else if (use_dx_by_forward(prims, grad_output, s.layout.win)) {
+    grad_input = dx_by_forward(prims, grad_output, weight, groups, s.layout.win, dilation);
   } else {
-    grad_input = gemm_conv_backward_input(k, grad_output, weight.contiguous().view({weight.size(0), -1}),
+    grad_input = gemm_conv_backward_input(prims, grad_output, weight.contiguous().view({weight.size(0), -1}),
                                           s.layout, s.plan);
   }
   return in_memory_format_of(grad_input, {grad_output, weight});
 }
 
-Tensor conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
+Tensor conv2d_backward_weight(const DevicePrimitives& prims, const Tensor& grad_output,
                               const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,
                               IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   constexpr const char* op = "rollconv.conv2d_backward_weight";
-  check_4d_operands(op, k, "grad_output", grad_output, "input", input);
+  check_4d_operands(op, prims, "grad_output", grad_output, "input", input);
   const Pair kernel = pair_arg(op, "kernel_size", kernel_size);
   const int64_t out_channels = grad_output.size(1);
   TORCH_CHECK(groups > 0 && input.size(1) % groups == 0, op, ": groups=", groups,
@@ -131,13 +131,13 @@ Tensor conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
   Tensor grad_weight =
       nothing_to_sum(input.size(0), input.size(1), out_channels)
           ? at::zeros(shape, input.options())
-          : gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan).view(shape).to(input.scalar_type());
+          : gemm_conv_backward_weight(prims, grad_output, input, s.layout, s.plan).view(shape).to(input.scalar_type());
   return in_memory_format_of(grad_weight, {grad_output, input});
 }
 
-Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t channels) {
+Tensor bias_backward(const DevicePrimitives& prims, const Tensor& grad_output, int64_t channels) {
   constexpr const char* op = "rollconv.bias_backward";
-  check_input(op, "grad_output", grad_output, -2, k);
+  check_input(op, "grad_output", grad_output, -2, prims);
   const int64_t total = grad_output.size(1);
   TORCH_CHECK(channels >= 0 && (channels == 0 ? total == 0 : total % channels == 0), op,
               ": channels=", channels, " must be non-negative and divide grad_output.shape[1] (",
@@ -151,12 +151,12 @@ Tensor bias_backward(const DeviceKernels& k, const Tensor& grad_output, int64_t 
       .to(grad_output.scalar_type());
 }
 
-Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
+Tensor roll_conv2d_forward(const DevicePrimitives& prims, const Tensor& input, const Tensor& weight,
                            const std::optional<Tensor>& bias, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, int64_t rolls, int64_t shift,
                            c10::string_view algorithm, bool relu) {
   constexpr const char* op = "rollconv.roll_conv2d";
-  check_4d_operands(op, k, "input", input, "weight", weight);
+  check_4d_operands(op, prims, "input", input, "weight", weight);
   check_nonempty_images(op, "input", input);
   check_bias(op, bias, weight.size(0), input);
   const ConvSetup s = roll_setup(op, input.size(1), weight.size(0), weight.size(1), spatial(input),
@@ -167,21 +167,21 @@ Tensor roll_conv2d_forward(const DeviceKernels& k, const Tensor& input, const Te
   if (nothing_to_sum(input.size(0), input.size(1), weight.size(0))) {
     out = bias_only_output(input, input.size(0), s.plan.out_channels, s.layout.win, bias, weight.size(0), relu);
   } else if (alg == RollAlgorithm::kFft) {
-    out = roll_fft_forward(k, input, weight, bias, shift, s.layout.win, relu);
+    out = roll_fft_forward(prims, input, weight, bias, shift, s.layout.win, relu);
   } else if (alg == RollAlgorithm::kBank) {
     out = roll_bank_forward(input, weight, bias, stride, padding, dilation, rolls, shift, relu);
   } else {
-    out = gemm_conv_forward(k, input, roll_band(weight, s.plan, shift), bias, s.layout, s.plan, relu);
+    out = gemm_conv_forward(prims, input, roll_band(weight, s.plan, shift), bias, s.layout, s.plan, relu);
   }
   return in_memory_format_of(out, {input, weight});
 }
 
-Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_output,
+Tensor roll_conv2d_backward_input(const DevicePrimitives& prims, const Tensor& grad_output,
                                   const Tensor& weight, IntArrayRef input_size,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                   int64_t rolls, int64_t shift, c10::string_view algorithm) {
   constexpr const char* op = "rollconv.roll_conv2d_backward_input";
-  check_4d_operands(op, k, "grad_output", grad_output, "weight", weight);
+  check_4d_operands(op, prims, "grad_output", grad_output, "weight", weight);
   const ConvSetup s = roll_setup(op, weight.size(1), weight.size(0), weight.size(1),
                                  pair_arg(op, "input_size", input_size), spatial(weight), stride,
                                  padding, dilation, rolls, shift);
@@ -193,23 +193,23 @@ Tensor roll_conv2d_backward_input(const DeviceKernels& k, const Tensor& grad_out
   if (nothing_to_sum(grad_output.size(0), weight.size(1), weight.size(0))) {
     grad_input = at::zeros({grad_output.size(0), weight.size(1), w.in_h, w.in_w}, grad_output.options());
   } else if (alg == RollAlgorithm::kFft) {
-    grad_input = roll_fft_backward_input(k, grad_output, weight, shift, w);
+    grad_input = roll_fft_backward_input(prims, grad_output, weight, shift, w);
   } else if (alg == RollAlgorithm::kBank) {
     grad_input = roll_bank_backward_input(grad_output, weight, w, stride, padding, dilation, rolls, shift);
-  } else if (use_dx_by_forward(k, grad_output, w)) {  // the bank's dX, as conv2d's
-    grad_input = dx_by_forward(k, grad_output, expand_bank(weight, rolls, shift), 1, w, dilation);
+  } else if (use_dx_by_forward(prims, grad_output, w)) {  // the bank's dX, as conv2d's
+    grad_input = dx_by_forward(prims, grad_output, expand_bank(weight, rolls, shift), 1, w, dilation);
   } else {
-    grad_input = gemm_conv_backward_input(k, grad_output, roll_band(weight, s.plan, shift), s.layout, s.plan);
+    grad_input = gemm_conv_backward_input(prims, grad_output, roll_band(weight, s.plan, shift), s.layout, s.plan);
   }
   return in_memory_format_of(grad_input, {grad_output, weight});
 }
 
-Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_output,
+Tensor roll_conv2d_backward_weight(const DevicePrimitives& prims, const Tensor& grad_output,
                                    const Tensor& input, IntArrayRef kernel_size,
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                    int64_t rolls, int64_t shift, c10::string_view algorithm) {
   constexpr const char* op = "rollconv.roll_conv2d_backward_weight";
-  check_4d_operands(op, k, "grad_output", grad_output, "input", input);
+  check_4d_operands(op, prims, "grad_output", grad_output, "input", input);
   TORCH_CHECK(rolls >= 1 && grad_output.size(1) % rolls == 0, op, ": rolls=", rolls,
               " must be positive and divide grad_output.shape[1] (", grad_output.size(1), ")");
   const int64_t filters = grad_output.size(1) / rolls;
@@ -224,11 +224,11 @@ Tensor roll_conv2d_backward_weight(const DeviceKernels& k, const Tensor& grad_ou
   if (nothing_to_sum(input.size(0), input.size(1), filters)) {
     grad_weight = at::zeros(shape, input.options());
   } else if (alg == RollAlgorithm::kFft) {
-    grad_weight = roll_fft_backward_weight(k, grad_output, input, kernel, shift, s.layout.win);
+    grad_weight = roll_fft_backward_weight(prims, grad_output, input, kernel, shift, s.layout.win);
   } else if (alg == RollAlgorithm::kBank) {
     grad_weight = roll_bank_backward_weight(grad_output, input, kernel, stride, padding, dilation, rolls, shift);
   } else {
-    const Tensor grad_band = gemm_conv_backward_weight(k, grad_output, input, s.layout, s.plan);
+    const Tensor grad_band = gemm_conv_backward_weight(prims, grad_output, input, s.layout, s.plan);
     grad_weight = fold_roll_band(grad_band, filters, input.size(1), shift, kernel).to(input.scalar_type());
   }
   return in_memory_format_of(grad_weight, {grad_output, input});

@@ -11,13 +11,13 @@ namespace rollconv::ops {
 
 // Measured 6-10% faster than the GEMM and col2im on 3x3 layers with 64-256 channels and
 // 1.3x on 5x5 16 -> 32.
-bool use_dx_by_forward(const DeviceKernels& k, const Tensor& grad_output, const Window2d& w) {
+bool use_dx_by_forward(const DevicePrimitives& prims, const Tensor& grad_output, const Window2d& w) {
   const int64_t reach_h = w.dil_h * (w.kernel_h - 1), reach_w = w.dil_w * (w.kernel_w - 1);
-  return uses_conv_engine(k, grad_output) && w.stride_h == 1 && w.stride_w == 1 && w.pad_h <= reach_h &&
+  return uses_conv_engine(prims, grad_output) && w.stride_h == 1 && w.stride_w == 1 && w.pad_h <= reach_h &&
          w.pad_w <= reach_w && reach_h + reach_w > 0;
 }
 
-Tensor dx_by_forward(const DeviceKernels& k, const Tensor& grad_output, const Tensor& weight, int64_t groups,
+Tensor dx_by_forward(const DevicePrimitives& prims, const Tensor& grad_output, const Tensor& weight, int64_t groups,
                      const Window2d& w, IntArrayRef dilation) {
   const int64_t cout = weight.size(0), cin_g = weight.size(1);
   const Tensor flipped = weight.view({groups, cout / groups, cin_g, w.kernel_h, w.kernel_w})
@@ -29,7 +29,7 @@ Tensor dx_by_forward(const DeviceKernels& k, const Tensor& grad_output, const Te
   const int64_t one[2] = {1, 1};
   const ConvSetup t = conv2d_setup("rollconv.conv2d_backward_input", cout, groups * cin_g, cout / groups,
                                    spatial(grad_output), spatial(weight), one, pad, dilation, groups);
-  return gemm_conv_forward(k, grad_output, flipped.view({groups * cin_g, -1}), std::nullopt, t.layout, t.plan,
+  return gemm_conv_forward(prims, grad_output, flipped.view({groups * cin_g, -1}), std::nullopt, t.layout, t.plan,
                            /*relu=*/false);
 }
 

@@ -7,16 +7,16 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
 
 namespace rollconv::ops {
 
 // Stride 1, padding within the kernel's reach, more than one tap, and an engine for the
 // dtype. (With a 1x1 kernel the col2im path, then a plain copy, stays.)
-bool use_dx_by_forward(const DeviceKernels& k, const at::Tensor& grad_output, const Window2d& w);
+bool use_dx_by_forward(const DevicePrimitives& prims, const at::Tensor& grad_output, const Window2d& w);
 
 // dX of the convolution with `weight` (cout, cin / groups, kh, kw) and window w.
-at::Tensor dx_by_forward(const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& weight,
+at::Tensor dx_by_forward(const DevicePrimitives& prims, const at::Tensor& grad_output, const at::Tensor& weight,
                          int64_t groups, const Window2d& w, at::IntArrayRef dilation);
 
 }  // namespace rollconv::ops

@@ -13,9 +13,9 @@
 namespace rollconv::ops {
 namespace {
 
-bool uses_fft_engine(const DeviceKernels& k, const Tensor& t, const Window2d& w) {
-  return k.roll_fft_engine != nullptr && k.roll_fft_engine->supports(t.scalar_type()) &&
-         k.roll_fft_engine->fits(w, t.scalar_type());
+bool uses_fft_engine(const DevicePrimitives& prims, const Tensor& t, const Window2d& w) {
+  return prims.roll_fft_engine != nullptr && prims.roll_fft_engine->supports(t.scalar_type()) &&
+         prims.roll_fft_engine->fits(w, t.scalar_type());
 }
 
 // The transforms run in float32 for float16/bfloat16 operands: ATen's FFTs have no
@@ -66,25 +66,25 @@ Tensor rolls_rfft(const Tensor& grad_chunk, int64_t rolls, int64_t filters, cons
 }
 
 // The fused engine serves S = 1 only (its kernels sum over one input per frequency).
-bool fft_engine_for(const DeviceKernels& k, const Tensor& t, int64_t shift, const Window2d& w) {
-  return shift == 1 && uses_fft_engine(k, t, w);
+bool fft_engine_for(const DevicePrimitives& prims, const Tensor& t, int64_t shift, const Window2d& w) {
+  return shift == 1 && uses_fft_engine(prims, t, w);
 }
 
 }  // namespace
 
-Tensor roll_fft_forward(const DeviceKernels& k, const Tensor& input, const Tensor& weight,
+Tensor roll_fft_forward(const DevicePrimitives& prims, const Tensor& input, const Tensor& weight,
                         const std::optional<Tensor>& bias, int64_t shift, const Window2d& w, bool relu) {
   if (reduced(input)) {
     const std::optional<Tensor> b = bias.has_value() && bias->defined() ? std::optional<Tensor>(as_float(*bias)) : bias;
-    return roll_fft_forward(k, as_float(input), as_float(weight), b, shift, w, relu).to(input.scalar_type());
+    return roll_fft_forward(prims, as_float(input), as_float(weight), b, shift, w, relu).to(input.scalar_type());
   }
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
   const int64_t rolls = channels / shift;
   Tensor out = at::empty({batch, rolls * filters, w.out_h, w.out_w}, input.options());
   const Tensor taps = block_rfft(weight, shift);  // (F, kh, kw, S, K)
-  if (fft_engine_for(k, input, shift, w)) {
+  if (fft_engine_for(prims, input, shift, w)) {
     const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
-    k.roll_fft_engine->forward(input.contiguous(), taps.squeeze(3), b, w, relu, out);
+    prims.roll_fft_engine->forward(input.contiguous(), taps.squeeze(3), b, w, relu, out);
     return out;
   }
   const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, input);
@@ -92,7 +92,7 @@ Tensor roll_fft_forward(const DeviceKernels& k, const Tensor& input, const Tenso
     const int64_t b = std::min(chunk, batch - n0);
     const Tensor spectrum = block_rfft(input.narrow(0, n0, b), shift);  // (b, H, W, S, K)
     Tensor out_spectrum = at::empty({b, w.out_h, w.out_w, filters, taps.size(4)}, spectrum.options());
-    k.fft_forward(spectrum, taps, out_spectrum, w);
+    prims.fft_forward(spectrum, taps, out_spectrum, w);
     // A bias shared by all rolls is a constant over the roll axis: R * b at frequency 0.
     if (bias.has_value() && bias->defined()) {
       out_spectrum.select(4, 0).add_(bias->to(out_spectrum.scalar_type()) * static_cast<double>(rolls));
@@ -109,17 +109,17 @@ Tensor roll_fft_forward(const DeviceKernels& k, const Tensor& input, const Tenso
   return out;
 }
 
-Tensor roll_fft_backward_input(const DeviceKernels& k, const Tensor& grad_output, const Tensor& weight,
+Tensor roll_fft_backward_input(const DevicePrimitives& prims, const Tensor& grad_output, const Tensor& weight,
                                int64_t shift, const Window2d& w) {
   if (reduced(grad_output)) {
-    return roll_fft_backward_input(k, as_float(grad_output), as_float(weight), shift, w).to(grad_output.scalar_type());
+    return roll_fft_backward_input(prims, as_float(grad_output), as_float(weight), shift, w).to(grad_output.scalar_type());
   }
   const int64_t batch = grad_output.size(0), channels = weight.size(1), filters = weight.size(0);
   const int64_t rolls = channels / shift;
   Tensor grad_input = at::empty({batch, channels, w.in_h, w.in_w}, grad_output.options());
   const Tensor taps = block_rfft(weight, shift);
-  if (fft_engine_for(k, grad_output, shift, w)) {
-    k.roll_fft_engine->backward_input(grad_output.contiguous(), taps.squeeze(3), w, grad_input);
+  if (fft_engine_for(prims, grad_output, shift, w)) {
+    prims.roll_fft_engine->backward_input(grad_output.contiguous(), taps.squeeze(3), w, grad_input);
     return grad_input;
   }
   const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, grad_output);
@@ -127,30 +127,30 @@ Tensor roll_fft_backward_input(const DeviceKernels& k, const Tensor& grad_output
     const int64_t b = std::min(chunk, batch - n0);
     const Tensor grad_spectrum = rolls_rfft(grad_output.narrow(0, n0, b), rolls, filters, w);
     Tensor input_spectrum = at::empty({b, w.in_h, w.in_w, shift, taps.size(4)}, grad_spectrum.options());
-    k.fft_backward_input(grad_spectrum, taps, input_spectrum, w);
+    prims.fft_backward_input(grad_spectrum, taps, input_spectrum, w);
     grad_input.narrow(0, n0, b).view({b, rolls, shift, w.in_h, w.in_w}).copy_(block_irfft(input_spectrum, rolls));
   }
   return grad_input;
 }
 
-Tensor roll_fft_backward_weight(const DeviceKernels& k, const Tensor& grad_output, const Tensor& input,
+Tensor roll_fft_backward_weight(const DevicePrimitives& prims, const Tensor& grad_output, const Tensor& input,
                                 Pair kernel, int64_t shift, const Window2d& w) {
   if (reduced(input)) {
-    return roll_fft_backward_weight(k, as_float(grad_output), as_float(input), kernel, shift, w).to(input.scalar_type());
+    return roll_fft_backward_weight(prims, as_float(grad_output), as_float(input), kernel, shift, w).to(input.scalar_type());
   }
   const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t rolls = channels / shift, filters = grad_output.size(1) / rolls;
   const int64_t freqs = rolls / 2 + 1;
   Tensor grad_taps = at::zeros({filters, kernel.h, kernel.w, shift, freqs},
                                input.options().dtype(c10::toComplexType(input.scalar_type())));
-  if (fft_engine_for(k, input, shift, w)) {
-    k.roll_fft_engine->backward_weight(grad_output.contiguous(), input.contiguous(), w, grad_taps.squeeze(3));
+  if (fft_engine_for(prims, input, shift, w)) {
+    prims.roll_fft_engine->backward_weight(grad_output.contiguous(), input.contiguous(), w, grad_taps.squeeze(3));
   } else {
     Tensor chunk_taps = at::empty_like(grad_taps);
     const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, input);
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {  // chunks summed in order: deterministic
       const int64_t b = std::min(chunk, batch - n0);
-      k.fft_backward_weight(block_rfft(input.narrow(0, n0, b), shift),
+      prims.fft_backward_weight(block_rfft(input.narrow(0, n0, b), shift),
                             rolls_rfft(grad_output.narrow(0, n0, b), rolls, filters, w), chunk_taps, w);
       grad_taps.add_(chunk_taps);
     }

@@ -12,16 +12,16 @@
 #include <optional>
 
 #include "common/checks.h"
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
 
 namespace rollconv::ops {
 
 // The three passes (validated arguments; window w of the convolution, rolls = C / shift).
-at::Tensor roll_fft_forward(const DeviceKernels& k, const at::Tensor& input, const at::Tensor& weight,
+at::Tensor roll_fft_forward(const DevicePrimitives& prims, const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t shift, const Window2d& w, bool relu);
-at::Tensor roll_fft_backward_input(const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& weight,
+at::Tensor roll_fft_backward_input(const DevicePrimitives& prims, const at::Tensor& grad_output, const at::Tensor& weight,
                                    int64_t shift, const Window2d& w);
-at::Tensor roll_fft_backward_weight(const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+at::Tensor roll_fft_backward_weight(const DevicePrimitives& prims, const at::Tensor& grad_output, const at::Tensor& input,
                                     Pair kernel, int64_t shift, const Window2d& w);
 
 }  // namespace rollconv::ops

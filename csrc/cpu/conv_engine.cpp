@@ -33,7 +33,7 @@
 #include <vector>
 
 #include "common/conv_engine.h"
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/im2col_span.h"
 #include "cpu/parallel.h"

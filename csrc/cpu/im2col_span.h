@@ -1,6 +1,6 @@
 // CPU im2col / col2im over a span of output pixels, for one (channel plane, kernel tap):
 // the line-at-a-time form of index_math.h's im2col_value / col2im_gather. Used by the
-// column-matrix primitives (cpu/kernels.cpp: whole rows) and by the GEMM engine's packing
+// column-matrix primitives (cpu/primitives.cpp: whole rows) and by the GEMM engine's packing
 // (cpu/conv_engine.cpp: strips of a row), so the zero/copy split is written once.
 #pragma once
 

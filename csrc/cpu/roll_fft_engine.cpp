@@ -20,7 +20,7 @@
 #include <algorithm>
 
 #include "common/conv_engine.h"
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
 #include "cpu/fft/channel_fft.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/parallel.h"

@@ -14,7 +14,7 @@
 
 #include <c10/util/complex.h>
 
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
 #include "common/register_kernels.h"
 #include "cpu/im2col_span.h"
 #include "cpu/parallel.h"
@@ -327,8 +327,8 @@ void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, co
 
 }  // namespace
 
-const DeviceKernels& cpu_kernels() {
-  static const DeviceKernels kernels{
+const DevicePrimitives& cpu_primitives() {
+  static const DevicePrimitives primitives{
       "CPU",
       /*supports_reduced_precision=*/true,
       &cpu_conv_engine(),
@@ -343,12 +343,12 @@ const DeviceKernels& cpu_kernels() {
       fft_backward_input_cpu,
       fft_backward_weight_cpu,
   };
-  return kernels;
+  return primitives;
 }
 
 }  // namespace rollconv
 
 TORCH_LIBRARY_IMPL(rollconv, CPU, m) {
   // The engines are float32/float64: float16/bfloat16 convolutions run them in float32.
-  rollconv::register_device_kernels<&rollconv::cpu_kernels, rollconv::ReducedPrecision::kInFloat32>(m);
+  rollconv::register_device_kernels<&rollconv::cpu_primitives, rollconv::ReducedPrecision::kInFloat32>(m);
 }

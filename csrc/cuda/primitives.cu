@@ -7,7 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/complex.h>
 
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
 #include "cuda/launch.h"
 
 namespace rollconv {
@@ -181,12 +181,12 @@ void fft_backward_weight_cuda(const at::Tensor& spectrum, const at::Tensor& grad
 
 }  // namespace
 
-const DeviceKernels& cuda_kernels() {
-  static const DeviceKernels kernels{
+const DevicePrimitives& cuda_primitives() {
+  static const DevicePrimitives primitives{
       "CUDA",
       /*supports_reduced_precision=*/true,
-      /*engine=*/nullptr,  // convolutions: im2col + cuBLAS through ATen
-      /*roll_fft_engine=*/nullptr,  // channel FFTs through cuFFT (ATen) + the fft_* kernels
+      /*conv_engine=*/nullptr,  // convolutions: im2col + cuBLAS through ATen
+      /*roll_fft_engine=*/nullptr,  // channel FFTs through cuFFT (ATen) + the fft_* primitives
       im2col_cuda,
       col2im_cuda,
       max_pool_forward_cuda,
@@ -197,7 +197,7 @@ const DeviceKernels& cuda_kernels() {
       fft_backward_input_cuda,
       fft_backward_weight_cuda,
   };
-  return kernels;
+  return primitives;
 }
 
 }  // namespace rollconv
