@@ -10,6 +10,7 @@
 
 #ifndef ROLLCONV_EMULATE_CUDA  // the emulated CUDA build has no CPU engine (see setup.py)
 #include "cpu/gemm/gemm.h"
+#include "cpu/isa.h"
 #endif
 
 // The Python module rollconv._C: loading it registers the ops; it also carries the
@@ -41,7 +42,7 @@ bool run_without_gil(const Work& work) {
 // _C.gemm_isa() -> str: the CPU GEMM engine's micro-kernels in use.
 PyObject* gemm_isa(PyObject*, PyObject*) {
   const char* name = nullptr;
-  if (!run_without_gil([&] { name = rollconv::gemm::isa_name(rollconv::gemm::active_isa()); })) return nullptr;
+  if (!run_without_gil([&] { name = rollconv::cpu::isa_name(rollconv::cpu::active_isa()); })) return nullptr;
   return PyUnicode_FromString(name);
 }
 

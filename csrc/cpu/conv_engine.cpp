@@ -34,8 +34,10 @@
 
 #include "common/conv_engine.h"
 #include "common/device_primitives.h"
+#include "cpu/blocking.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/im2col_span.h"
+#include "cpu/isa.h"
 #include "cpu/parallel.h"
 
 namespace rollconv {
@@ -46,12 +48,8 @@ using gemm::Epilogue;
 using gemm::KSegment;
 using gemm::MicroKernel;
 using gemm::round_up;
-
-// Per-thread budget of packed panels: about L2-sized, so a panel is still cached when the
-// next GEMM block reads it again.
-constexpr int64_t kPanelBytes = int64_t(1) << 20;
-// dK's image-column lines (the dot-product kernel's NR rows of B): within half of L1.
-constexpr int64_t kDotLinesBytes = int64_t(24) << 10;
+using cpu::kDotLinesBytes;
+using cpu::kPanelBytes;
 
 // The row window of the column matrix a block reads, as K segments of the packed image
 // columns (which hold only the real rows, channel x tap): a rolling window that runs past
@@ -231,7 +229,7 @@ struct PaddedImage {
 template <typename T>
 void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
                    const ColumnLayout& L, const BlockPlan& plan, bool relu, const at::Tensor& output) {
-  const MicroKernel<T>& uk = gemm::micro_kernel<T>(gemm::active_isa());
+  const MicroKernel<T>& uk = gemm::micro_kernel<T>(cpu::active_isa());
   const Window2d& w = L.win;
   const int64_t batch = input.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
   const int64_t real_rows = L.channels * w.kernel_h * w.kernel_w, cout = plan.out_channels;
@@ -309,7 +307,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
 template <typename T>
 void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weight_mat,
                           const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_input) {
-  const MicroKernel<T>& uk = gemm::micro_kernel<T>(gemm::active_isa());
+  const MicroKernel<T>& uk = gemm::micro_kernel<T>(cpu::active_isa());
   const Window2d& w = L.win;
   const int64_t batch = grad_output.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
   const int64_t kk = w.kernel_h * w.kernel_w, channels = L.channels, cout = plan.out_channels;
@@ -413,7 +411,7 @@ struct DepthStretch {
 template <typename T>
 void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& input,
                            const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_weight) {
-  const gemm::DotKernel<T>& dk = gemm::dot_kernel<T>(gemm::active_isa());
+  const gemm::DotKernel<T>& dk = gemm::dot_kernel<T>(cpu::active_isa());
   const Window2d& w = L.win;
   const int64_t batch = input.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
   const int64_t cout = plan.out_channels, wcols = plan.weight_cols, wsize = plan.weight_rows * wcols;

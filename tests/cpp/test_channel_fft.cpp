@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "cpu/fft/channel_fft.h"
-#include "cpu/gemm/gemm.h"
+#include "cpu/isa.h"
 #include "expect.h"
 
 using namespace rollconv::channel_fft;
-using rollconv::gemm::Isa;
+using rollconv::cpu::Isa;
 using rollconv_test::expect;
 using rollconv_test::failures;
 
@@ -118,11 +118,11 @@ int main() {
   std::mt19937 rng(11);
   int tested = 0;
   for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
-    if (!rollconv::gemm::cpu_supports(isa)) {
-      std::printf("skip %s: not supported by this CPU\n", rollconv::gemm::isa_name(isa));
+    if (!rollconv::cpu::cpu_supports(isa)) {
+      std::printf("skip %s: not supported by this CPU\n", rollconv::cpu::isa_name(isa));
       continue;
     }
-    rollconv::gemm::force_isa(isa);
+    rollconv::cpu::force_isa(isa);
     test_lengths<float>(rng);
     test_lengths<double>(rng);
     ++tested;

@@ -17,6 +17,7 @@
 #include "cpu/gemm/gemm.h"
 
 using namespace rollconv::gemm;
+using namespace rollconv::cpu;
 
 namespace {
 

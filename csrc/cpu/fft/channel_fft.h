@@ -10,8 +10,8 @@
 // for any n (Stockham stages of radix 4, 2, 3, 5 and a plain DFT for other primes).
 //
 // The hot loops (transforms and the per-frequency convolution sums) are written once in
-// kernels_impl.h and compiled per ISA like the GEMM's micro-kernels; gemm::active_isa()
-// (ROLLCONV_GEMM_ISA) picks the table for both.
+// kernels_impl.h and compiled per ISA like the GEMM's micro-kernels; cpu::active_isa()
+// (cpu/isa.h) picks the table for both.
 #pragma once
 
 #include <algorithm>
@@ -107,6 +107,6 @@ bool fits_tiles(const Window2d& w) {
 }
 
 template <typename T>
-const Kernels<T>& kernels();  // the active ISA's (gemm::active_isa())
+const Kernels<T>& kernels();  // the active ISA's (cpu::active_isa())
 
 }  // namespace rollconv::channel_fft

@@ -9,7 +9,9 @@
 #if defined(__x86_64__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 #define ROLLCONV_ISA avx2
 #include "cpu/fft/kernels_impl.h"
+#if defined(__x86_64__)
 #pragma GCC pop_options
-#endif  // __x86_64__
+#endif

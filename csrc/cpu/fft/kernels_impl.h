@@ -1,6 +1,6 @@
 // The hot loops of the channel-FFT rolling convolution (see channel_fft.h), written once
-// with GCC vector extensions and compiled per ISA: each fft_<isa>.cpp includes its
-// headers, sets the target ISA (#pragma GCC target) and includes this file.
+// with GCC vector extensions and compiled per ISA (cpu/isa.h): each fft_<isa>.cpp includes
+// its headers, sets the target ISA (#pragma GCC target) and includes this file.
 //
 // Required macro: ROLLCONV_ISA (a namespace name). Everything here has internal linkage
 // except the kernel tables, so no ISA-specific code can be picked by the linker for
@@ -11,37 +11,23 @@
 // the note does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+#include "cpu/simd.h"
+
 namespace rollconv::channel_fft {
 namespace ROLLCONV_ISA {
 namespace {
 
+// A lane vector (simd.h): kLaneBytes whatever the ISA.
 template <typename T>
-struct LanesOf;
-template <>
-struct LanesOf<float> {
-  typedef float type __attribute__((vector_size(kLaneBytes)));
-};
-template <>
-struct LanesOf<double> {
-  typedef double type __attribute__((vector_size(kLaneBytes)));
-};
+using LanesOf = simd::VecOf<T, kLaneBytes>;
+using simd::load;
+using simd::store;
 
 // One complex vector: the same transform position for `lanes` pixels.
 template <typename T>
 struct CV {
   typename LanesOf<T>::type re, im;
 };
-
-template <typename V, typename T>
-inline V load(const T* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename T, typename V>
-inline void store(T* p, const V& v) {
-  __builtin_memcpy(p, &v, sizeof(V));
-}
 
 template <typename T>
 constexpr int64_t lanes_of() {

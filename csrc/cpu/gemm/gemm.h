@@ -1,5 +1,6 @@
 // rollconv's CPU GEMM engine: packed panels, a register-tiled micro-kernel per ISA
-// (AVX-512, AVX2+FMA, portable), picked at run time from the CPU's features.
+// (AVX-512, AVX2+FMA, portable), picked at run time from the CPU's features (cpu/isa.h);
+// the tile shapes and cache blocking are in cpu/blocking.h.
 //
 // The classic layered design (Goto / BLIS): C (m x n, row-major, ldc) += A (m x k) B (k x n)
 // where A is packed in strips of MR rows ([strip][k][MR]) and B in strips of NR columns
@@ -15,17 +16,11 @@
 #include <new>
 #include <utility>  // std::integer_sequence, for micro_kernel_impl.h (included after a target pragma)
 
+#include "cpu/isa.h"
+
 namespace rollconv::gemm {
 
-enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
-
-const char* isa_name(Isa isa);
-bool parse_isa(const char* name, Isa* isa);  // "portable" | "avx2" | "avx512"
-bool cpu_supports(Isa isa);
-// The micro-kernels in use: the best the CPU supports, unless ROLLCONV_GEMM_ISA (read at
-// first use) or force_isa() asked for another; asking for one the CPU lacks is an error.
-Isa active_isa();
-void force_isa(Isa isa);  // throws std::runtime_error if the CPU does not support it
+using cpu::Isa;
 
 // What the micro-kernel does with a tile on its way to memory:
 //   C = alpha * AB + (beta != 0 ? beta * C : 0) + bias[row], then max(., 0) if relu.
@@ -80,11 +75,15 @@ struct DotKernel {
   Fn tile;
 };
 
+// One ISA's micro-kernels (micro_<isa>.cpp).
 struct MicroKernels {
   MicroKernel<float> f32;
   MicroKernel<double> f64;
   DotKernel<float> dot_f32;
   DotKernel<double> dot_f64;
+  // Independent FMA chains on registers only, `iterations` long: the ISA's arithmetic peak
+  // (*flops: the flops done). Returns the chains' sum, so that the work cannot be dropped.
+  double (*peak_loop)(bool is_double, int64_t iterations, int64_t* flops);
 };
 
 const MicroKernels& micro_kernels(Isa isa);
