@@ -33,6 +33,7 @@ def _seed():
 
 
 @pytest.fixture
-def small_workspace(monkeypatch):
+def small_workspace():
     """Force the im2col workspace to 1 MiB so the batch is processed in several chunks."""
-    monkeypatch.setenv("ROLLCONV_WORKSPACE_MB", "1")
+    with rollconv.backends.flags(workspace_mb=1):
+        yield

@@ -21,6 +21,7 @@ namespace rollconv {
 // weight_mat is (weight_rows, weight_cols). Deterministic: the same inputs and thread count
 // give bitwise the same result.
 struct ConvEngine {
+  // The dtypes it computes. (Whether the engines run at all is settings::engines_enabled.)
   bool (*supports)(at::ScalarType dtype);
   void (*forward)(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
                   const ColumnLayout& layout, const BlockPlan& plan, bool relu, const at::Tensor& output);
@@ -42,7 +43,7 @@ struct ConvEngine {
 //                    (the caller's irfft over K gives dK).
 // Deterministic: the sums have a fixed order, whatever the thread count.
 struct RollFftEngine {
-  bool (*supports)(at::ScalarType dtype);
+  bool (*supports)(at::ScalarType dtype);  // as ConvEngine's
   // Whether its extra memory for this window stays bounded by the input and output sizes
   // (its zero-padded tiles grow with the stride and dilation; where they would not fit,
   // the composed path runs instead, whose memory does not).

@@ -6,33 +6,22 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "common/ops.h"
+#include "settings.h"
 
 namespace rollconv::ops {
-
-// Upper bound of the column-matrix workspace: the batch is processed in chunks of
-// samples whose columns fit, so memory does not grow with N. 16 MiB unless the
-// environment variable ROLLCONV_WORKSPACE_MB says otherwise (read at each call).
-// Small on purpose: glibc serves blocks under its (adaptive, <= 32 MiB) mmap threshold
-// from the heap and reuses them, while each larger block is a fresh mmap whose page
-// faults cost as much as the im2col itself (measured: 16 ms of a 24 ms forward).
-int64_t workspace_bytes() {
-  const char* env = std::getenv("ROLLCONV_WORKSPACE_MB");
-  const int64_t mb = env ? std::max<int64_t>(0, std::atoll(env)) : 16;
-  return mb << 20;
-}
 
 namespace {
 
 // Samples per chunk: the column matrix and the GEMM's (out_channels x columns) result
-// of one chunk must fit the workspace.
+// of one chunk must fit the workspace (settings::workspace_bytes), so memory does not grow
+// with N.
 int64_t samples_per_chunk(int64_t batch, const ColumnLayout& layout, int64_t out_channels,
                           const at::Tensor& like) {
   const int64_t per_sample = std::max<int64_t>(
       1, (column_rows(layout) + out_channels) * column_cols(layout) * like.element_size());
-  return std::max<int64_t>(1, std::min<int64_t>(batch, workspace_bytes() / per_sample));
+  return std::max<int64_t>(1, std::min<int64_t>(batch, settings::workspace_bytes() / per_sample));
 }
 
 // (b, C, L) chunk of an NCHW tensor, seen as the GEMM's (C, b * L) layout (a view).
@@ -63,10 +52,11 @@ void for_each_chunk(int64_t batch, const ColumnLayout& layout, int64_t out_chann
 
 }  // namespace
 
-// The device's fused engine (conv_engine.h) when it has one for this dtype; otherwise
-// the passes below: per chunk of samples, im2col into a workspace and ATen GEMMs.
+// The device's fused engine (conv_engine.h) when it has one for this dtype and the engines
+// are on (settings.h); otherwise the passes below: per chunk of samples, im2col into a
+// workspace and ATen GEMMs.
 bool uses_conv_engine(const DevicePrimitives& prims, const Tensor& t) {
-  return prims.conv_engine != nullptr && prims.conv_engine->supports(t.scalar_type());
+  return prims.conv_engine != nullptr && settings::engines_enabled() && prims.conv_engine->supports(t.scalar_type());
 }
 
 // Per chunk, with column matrices (rows, b * L):

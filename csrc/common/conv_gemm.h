@@ -13,10 +13,6 @@
 
 namespace rollconv::ops {
 
-// Upper bound of a call's workspace in bytes (the batch is processed in chunks of samples
-// that fit it).
-int64_t workspace_bytes();
-
 // Whether the device's fused convolution engine runs for tensors like t.
 bool uses_conv_engine(const DevicePrimitives& prims, const at::Tensor& t);
 

@@ -7,15 +7,15 @@
 #include <algorithm>
 #include <vector>
 
-#include "common/conv_gemm.h"
 #include "common/ops.h"
+#include "settings.h"
 
 namespace rollconv::ops {
 namespace {
 
 bool uses_fft_engine(const DevicePrimitives& prims, const Tensor& t, const Window2d& w) {
-  return prims.roll_fft_engine != nullptr && prims.roll_fft_engine->supports(t.scalar_type()) &&
-         prims.roll_fft_engine->fits(w, t.scalar_type());
+  return prims.roll_fft_engine != nullptr && settings::engines_enabled() &&
+         prims.roll_fft_engine->supports(t.scalar_type()) && prims.roll_fft_engine->fits(w, t.scalar_type());
 }
 
 // The transforms run in float32 for float16/bfloat16 operands: ATen's FFTs have no
@@ -54,7 +54,7 @@ int64_t fft_samples_per_chunk(int64_t batch, int64_t channels, int64_t shift, in
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const int64_t per_sample = like.element_size() *
       (in_px * (channels + 2 * shift * freqs) + out_px * filters * (blocks + 2 * freqs));
-  return std::max<int64_t>(1, std::min<int64_t>(batch, workspace_bytes() / 4 / std::max<int64_t>(1, per_sample)));
+  return std::max<int64_t>(1, std::min<int64_t>(batch, settings::workspace_bytes() / 4 / std::max<int64_t>(1, per_sample)));
 }
 
 // Chunk of dY (b, R, F, oh, ow) -> rfft over the rolls: (b, oh, ow, F, K).

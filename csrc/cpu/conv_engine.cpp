@@ -28,8 +28,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "common/conv_engine.h"
@@ -543,13 +541,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   }
 }
 
-bool engine_supports(at::ScalarType dtype) {
-  // ROLLCONV_CPU_ENGINE=0 routes the CPU convolutions through im2col + ATen's GEMM (the
-  // path CUDA takes), for comparison and to keep that path tested on CPU.
-  const char* env = std::getenv("ROLLCONV_CPU_ENGINE");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  return dtype == at::kFloat || dtype == at::kDouble;
-}
+bool engine_supports(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kDouble; }
 
 void engine_forward(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
                     const ColumnLayout& L, const BlockPlan& plan, bool relu, const at::Tensor& output) {

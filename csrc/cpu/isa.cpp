@@ -2,10 +2,11 @@
 #include "cpu/isa.h"
 
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+
+#include "settings.h"
 
 namespace rollconv::cpu {
 
@@ -51,15 +52,16 @@ Isa best_isa() {
   return Isa::kPortable;
 }
 
+// ROLLCONV_GEMM_ISA's choice (settings.h), or the best the CPU has.
 Isa initial_isa() {
-  const char* env = std::getenv("ROLLCONV_GEMM_ISA");
-  if (env == nullptr || *env == 0) return best_isa();
+  const std::string& env = settings::gemm_isa_from_environment();
+  if (env.empty()) return best_isa();
   Isa isa;
-  if (!parse_isa(env, &isa)) {
-    throw std::runtime_error(std::string("ROLLCONV_GEMM_ISA must be portable, avx2 or avx512, not '") + env + "'");
+  if (!parse_isa(env.c_str(), &isa)) {
+    throw std::runtime_error("ROLLCONV_GEMM_ISA must be portable, avx2 or avx512, not '" + env + "'");
   }
   if (!cpu_supports(isa)) {
-    throw std::runtime_error(std::string("ROLLCONV_GEMM_ISA=") + env + ": this CPU does not support it");
+    throw std::runtime_error("ROLLCONV_GEMM_ISA=" + env + ": this CPU does not support it");
   }
   return isa;
 }

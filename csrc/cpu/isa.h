@@ -22,7 +22,7 @@ enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 const char* isa_name(Isa isa);               // "portable" | "avx2" | "avx512"
 bool parse_isa(const char* name, Isa* isa);  // false if the name is none of those
 bool cpu_supports(Isa isa);
-// The ISA in use: the best the CPU supports, unless ROLLCONV_GEMM_ISA (read at first use) or
+// The ISA in use: the best the CPU supports, unless ROLLCONV_GEMM_ISA (settings.h) or
 // force_isa() asked for another; asking for one the CPU lacks is an error (std::runtime_error).
 Isa active_isa();
 void force_isa(Isa isa);  // throws std::runtime_error if the CPU does not support it

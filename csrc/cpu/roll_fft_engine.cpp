@@ -242,9 +242,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   });
 }
 
-bool fft_engine_supports(at::ScalarType dtype) {
-  return cpu_conv_engine().supports(dtype);  // the same switch: ROLLCONV_CPU_ENGINE=0 turns both off
-}
+bool fft_engine_supports(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kDouble; }
 
 bool fft_engine_fits(const Window2d& window, at::ScalarType dtype) {
   return dtype == at::kDouble ? channel_fft::fits_tiles<double>(window) : channel_fft::fits_tiles<float>(window);
