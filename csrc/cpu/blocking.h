@@ -8,7 +8,7 @@
 
 namespace rollconv::cpu {
 
-// The register tiles of one ISA's micro-kernels (cpu/gemm/micro_kernel_impl.h).
+// The register tiles of one ISA's micro-kernels (cpu/gemm/micro_kernels_impl.h).
 struct RegisterTiles {
   int vector_bytes;    // one vector register
   int mr_f32, nv_f32;  // the GEMM micro-kernel's tile: MR rows x NV vectors, float
@@ -16,7 +16,7 @@ struct RegisterTiles {
   int dot_mr, dot_nr;  // the dot-product micro-kernel's tile: MR x NR vector accumulators
 };
 
-// One entry per ISA, named as the ISA's namespace (gemm/micro_<isa>.cpp defines
+// One entry per ISA, named as the ISA's namespace (gemm/micro_kernels_<isa>.cpp defines
 // ROLLCONV_ISA as that name).
 namespace tiles {
 // 16-byte vectors, which every x86-64 CPU has (SSE2) and other targets emulate.
@@ -42,7 +42,7 @@ constexpr int64_t kGemmRowBlockBytes = 256 * 1024;
 // Convolution engine, per-thread budget of packed panels: about L2-sized, so a panel is
 // still cached when the next GEMM block reads it again.
 constexpr int64_t kPanelBytes = int64_t(1) << 20;
-// Convolution engine, dK's image-column lines (the dot-product kernel's NR rows of B):
+// Convolution engine, dK's image-column lines (the dot-product micro-kernel's NR rows of B):
 // within half of L1.
 constexpr int64_t kDotLinesBytes = int64_t(24) << 10;
 

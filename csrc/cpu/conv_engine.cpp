@@ -15,7 +15,7 @@
 //             per (sample, range of input channels): B = dY panel, A = W^T rows of those
 //             channels, the product (a few column rows) is added into the input planes at
 //             once (col2im of a tile). Each thread owns whole planes: no races, fixed order.
-//   dK:       dW = dY * im2col(x)^T by the dot-product kernel (both factors run along the
+//   dK:       dW = dY * im2col(x)^T by the dot-product micro-kernel (both factors run along the
 //             pixels, so nothing is transposed): A = dY rows, B = im2col rows (windows of
 //             the padded copy at stride 1, else copied lines), over chunks of positions that
 //             run across samples. Each thread owns a group of samples with its own
@@ -401,7 +401,7 @@ struct DepthStretch {
   int64_t sample, first, count, offset, slot;
 };
 
-// dK: dW += dY * im2col(x)^T. Both factors run along the pixels, so the dot-product kernel
+// dK: dW += dY * im2col(x)^T. Both factors run along the pixels, so the dot-product micro-kernel
 // takes their rows as they are: A = a block's dY rows, B = image-column rows (windows of
 // the padded image at stride 1, else im2col lines), nothing transposed. The depth of one
 // product is a chunk of about `chunk_depth` positions taken across the samples of an
@@ -409,14 +409,14 @@ struct DepthStretch {
 template <typename T>
 void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& input,
                            const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_weight) {
-  const gemm::DotKernel<T>& dk = gemm::dot_kernel<T>(cpu::active_isa());
+  const gemm::DotMicroKernel<T>& dot = gemm::dot_micro_kernel<T>(cpu::active_isa());
   const Window2d& w = L.win;
   const int64_t batch = input.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
   const int64_t cout = plan.out_channels, wcols = plan.weight_cols, wsize = plan.weight_rows * wcols;
   const T* x = input.const_data_ptr<T>();
   const T* dy = grad_output.const_data_ptr<T>();
   const PaddedImage padded_image(w, L.channels, int64_t(sizeof(T)));
-  const DepthLayout d(w, padded_image, dk.lanes);
+  const DepthLayout d(w, padded_image, dot.lanes);
   const std::vector<std::vector<int64_t>> offsets =
       d.windows ? padded_image.block_offsets(L, plan) : std::vector<std::vector<int64_t>>();
 
@@ -426,18 +426,18 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   // smaller than the thread count.
   const int64_t threads_wanted = at::get_num_threads();
   const int64_t groups = std::clamp<int64_t>(threads_wanted, 1, std::max<int64_t>(1, batch));
-  const int64_t pieces = std::min(ceil_div(threads_wanted, groups), ceil_div(wcols, dk.nr));
-  const int64_t width = round_up(ceil_div(wcols, pieces), dk.nr);
+  const int64_t pieces = std::min(ceil_div(threads_wanted, groups), ceil_div(wcols, dot.nr));
+  const int64_t width = round_up(ceil_div(wcols, pieces), dot.nr);
   const int64_t per_group = ceil_div(batch, groups);
   int64_t max_rows = 0;
   for (const GemmBlock& blk : plan.blocks) max_rows = std::max(max_rows, blk.rows);
-  const int64_t a_rows = round_up(max_rows, dk.mr);
+  const int64_t a_rows = round_up(max_rows, dot.mr);
   // Depth of a chunk: B's NR rows within half of L1, A's rows within L2.
   const int64_t chunk_depth = round_up(
       std::min(per_group * d.depth,
-               std::max<int64_t>(16 * dk.lanes, std::min<int64_t>(kDotLinesBytes / (dk.nr * int64_t(sizeof(T))),
+               std::max<int64_t>(16 * dot.lanes, std::min<int64_t>(kDotLinesBytes / (dot.nr * int64_t(sizeof(T))),
                                                                   kPanelBytes / (a_rows * int64_t(sizeof(T)))))),
-      dk.lanes);
+      dot.lanes);
   // P slots: the samples one chunk can touch (windows only).
   const int64_t slots = d.windows ? std::min(per_group, ceil_div(chunk_depth, d.depth) + 1) : 0;
   // Group 0 accumulates into grad_weight, the others into their own buffers.
@@ -449,9 +449,9 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
     std::vector<const T*> b_rows;
   };
   const auto buffers = [&] {
-    return Buffers{AlignedBuffer<T>(a_rows * chunk_depth), AlignedBuffer<T>(d.windows ? 1 : dk.nr * chunk_depth),
+    return Buffers{AlignedBuffer<T>(a_rows * chunk_depth), AlignedBuffer<T>(d.windows ? 1 : dot.nr * chunk_depth),
                    AlignedBuffer<T>(slots * padded_image.size),
-                   std::vector<const T*>(d.windows ? round_up(wcols, dk.nr) : dk.nr)};
+                   std::vector<const T*>(d.windows ? round_up(wcols, dot.nr) : dot.nr)};
   };
   parallel_with_state(threads, buffers, [&](Buffers& t) {
     AlignedBuffer<T>& a_panel = t.a_panel;
@@ -460,7 +460,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
     std::vector<const T*>& b_rows = t.b_rows;
     // Zero-filled once: the depth past a chunk's pixels must read as zeros in both.
     std::fill(a_panel.get(), a_panel.get() + a_rows * chunk_depth, T(0));
-    if (!d.windows) std::fill(lines.get(), lines.get() + dk.nr * chunk_depth, T(0));
+    if (!d.windows) std::fill(lines.get(), lines.get() + dot.nr * chunk_depth, T(0));
     std::vector<int64_t> slot_sample(slots, -1);
     std::vector<DepthStretch> chunk;
     std::vector<gemm::DotPiece> dot_pieces;
@@ -480,7 +480,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
           q += count;
           if (q == d.depth) ++n, q = 0;
         }
-        const int64_t padded = round_up(len, dk.lanes);
+        const int64_t padded = round_up(len, dot.lanes);
         dot_pieces.clear();
         for (const DepthStretch& st : chunk) {
           if (!d.windows) continue;
@@ -507,16 +507,16 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
             std::fill(row + len, row + padded, T(0));
           }
           if (d.windows) {  // every column's window at once; rows past ncols repeat the last: dropped
-            for (int64_t j = 0; j < round_up(ncols, dk.nr); ++j) {
+            for (int64_t j = 0; j < round_up(ncols, dot.nr); ++j) {
               b_rows[j] = images.get() + offsets[b][col0 + std::min(j, ncols - 1)];
             }
-            gemm::multiply_dot(dk, blk.rows, ncols, dot_pieces.data(), int(dot_pieces.size()), a_panel.get(), padded,
+            gemm::multiply_dot(dot, blk.rows, ncols, dot_pieces.data(), int(dot_pieces.size()), a_panel.get(), padded,
                                b_rows.data(), acc + blk.weight_row * wcols + col0, wcols, gemm::DotOrder::kARowsStay);
             continue;
           }
-          for (int64_t j0 = 0; j0 < ncols; j0 += dk.nr) {
-            const int64_t cols = std::min<int64_t>(dk.nr, ncols - j0);
-            for (int64_t j = 0; j < dk.nr; ++j) {
+          for (int64_t j0 = 0; j0 < ncols; j0 += dot.nr) {
+            const int64_t cols = std::min<int64_t>(dot.nr, ncols - j0);
+            for (int64_t j = 0; j < dot.nr; ++j) {
               T* line = lines.get() + j * padded;
               b_rows[j] = line;
               if (j >= cols) continue;
@@ -527,7 +527,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
               }
               std::fill(line + len, line + padded, T(0));
             }
-            gemm::multiply_dot(dk, blk.rows, cols, dot_pieces.data(), int(dot_pieces.size()), a_panel.get(),
+            gemm::multiply_dot(dot, blk.rows, cols, dot_pieces.data(), int(dot_pieces.size()), a_panel.get(),
                                padded, b_rows.data(), acc + blk.weight_row * wcols + col0 + j0, wcols);
           }
         }

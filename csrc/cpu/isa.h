@@ -3,11 +3,11 @@
 // table. The GEMM's micro-kernels (gemm/) and the channel FFT's (fft/) both follow
 // active_isa().
 //
-// Each directory writes its micro-kernels once, with GCC vector extensions, in a
-// *_impl.h, which a file per ISA (gemm/micro_<isa>.cpp, fft/fft_<isa>.cpp) compiles for
-// that ISA alone (#pragma GCC target): the library loads on any x86-64 and runs the code
-// the CPU has. (Elsewhere the wider ISAs' files compile to generic vector code that never
-// runs: cpu_supports() is false for them.)
+// gemm/ and fft/ each write their micro-kernels once, with GCC vector extensions, in a
+// *_impl.h, which a file per ISA, micro_kernels_<isa>.cpp, compiles for that ISA alone
+// (#pragma GCC target): the library loads on any x86-64 and runs the code the CPU has.
+// (Elsewhere the wider ISAs' files compile to generic vector code that never runs:
+// cpu_supports() is false for them.)
 // That needs GCC (clang has no __builtin_shuffle, #pragma GCC target or push_options).
 #pragma once
 

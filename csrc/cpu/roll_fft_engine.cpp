@@ -28,7 +28,7 @@
 namespace rollconv {
 namespace {
 
-using channel_fft::Kernels;
+using channel_fft::MicroKernels;
 using channel_fft::Plan;
 using gemm::AlignedBuffer;
 
@@ -77,17 +77,17 @@ int64_t analysis_items(int64_t samples, int64_t planes, int64_t pixels) {
 // One analysis item of the input (over its channels) or of dY (over its rolls: roll r of
 // filter f is channel r * F + f), into the chunk's spectra [sample][plane][K][2][pixels].
 template <typename T>
-void analyze_input(const Kernels<T>& kern, const Plan<T>& plan, const AnalysisItem& it, const T* x_chunk,
+void analyze_input(const MicroKernels<T>& micro, const Plan<T>& plan, const AnalysisItem& it, const T* x_chunk,
                    int64_t pixels, T* spectra, T* scratch) {
   const int64_t channels = plan.n, size = 2 * plan.freqs() * pixels;
-  kern.analyze(plan, x_chunk + it.sample * channels * pixels + it.first, pixels, it.count,
+  micro.analyze(plan, x_chunk + it.sample * channels * pixels + it.first, pixels, it.count,
                spectra + it.sample * size + it.first, pixels, scratch);
 }
 template <typename T>
-void analyze_grad(const Kernels<T>& kern, const Plan<T>& plan, const AnalysisItem& it, const T* dy_chunk,
+void analyze_grad(const MicroKernels<T>& micro, const Plan<T>& plan, const AnalysisItem& it, const T* dy_chunk,
                   int64_t filters, int64_t pixels, T* spectra, T* scratch) {
   const int64_t channels = plan.n, size = 2 * plan.freqs() * pixels;
-  kern.analyze(plan, dy_chunk + (it.sample * channels * filters + it.plane) * pixels + it.first,
+  micro.analyze(plan, dy_chunk + (it.sample * channels * filters + it.plane) * pixels + it.first,
                filters * pixels, it.count, spectra + (it.sample * filters + it.plane) * size + it.first,
                pixels, scratch);
 }
@@ -118,7 +118,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
   const int64_t batch = input.size(0), channels = input.size(1), filters = taps.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
-  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs(), spectrum_size = 2 * freqs * in_px;
   const at::Tensor tap_pairs = scaled_taps(taps, channels);
   const T* tp = tap_pairs.const_data_ptr<T>();
@@ -137,18 +137,18 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
       const int64_t nb = std::min(chunk, batch - n0);
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
-        analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
+        analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
                       spectra.get(), t.scratch.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, oh0 = (item % blocks) * rows;
         const int64_t oh1 = std::min(w.out_h, oh0 + rows), count = (oh1 - oh0) * w.out_w;
-        kern.forward_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
+        micro.forward_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
                           t.sums.get());
         for (int64_t f = 0; f < filters; ++f) {
           // roll r of filter f is output channel r * F + f
-          kern.synthesize(plan, t.sums.get() + f * 2 * freqs * count, count, count,
+          micro.synthesize(plan, t.sums.get() + f * 2 * freqs * count, count, count,
                           y + ((n0 + s) * channels * filters + f) * out_px + oh0 * w.out_w,
                           filters * out_px, b ? b[f] : T(0), relu, t.scratch.get());
         }
@@ -163,7 +163,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
   const int64_t batch = grad_input.size(0), channels = grad_input.size(1), filters = taps.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
-  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs(), spectrum_size = filters * 2 * freqs * out_px;
   const at::Tensor tap_pairs = scaled_taps(taps, channels);
   const T* tp = tap_pairs.const_data_ptr<T>();
@@ -181,16 +181,16 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
       const int64_t nb = std::min(chunk, batch - n0);
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
-        analyze_grad(kern, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
+        analyze_grad(micro, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
                      filters, out_px, spectra.get(), t.scratch.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, h0 = (item % blocks) * rows;
         const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
-        kern.input_grad_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, h0, h1, t.tile.get(),
+        micro.input_grad_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, h0, h1, t.tile.get(),
                              t.sums.get());
-        kern.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w,
+        micro.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w,
                         in_px, T(0), false, t.scratch.get());
       }
     }
@@ -203,7 +203,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   const int64_t batch = input.size(0), channels = input.size(1), filters = grad_taps.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w, kk = w.kernel_h * w.kernel_w;
   const Plan<T> plan(channels);
-  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs();
   const int64_t x_size = 2 * freqs * in_px, dy_size = filters * 2 * freqs * out_px;
   const T* x = input.const_data_ptr<T>();
@@ -222,10 +222,10 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < nx + analysis_items<T>(nb, filters, out_px); ++item) {
         if (item < nx) {
-          analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
+          analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
                         x_spectra.get(), t.scratch.get());
         } else {
-          analyze_grad(kern, plan, analysis_item<T>(item - nx, filters, out_px),
+          analyze_grad(micro, plan, analysis_item<T>(item - nx, filters, out_px),
                        dy + n0 * channels * filters * out_px, filters, out_px, dy_spectra.get(), t.scratch.get());
         }
       }
@@ -233,7 +233,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
       for (int64_t item = 0; item < filters * freqs; ++item) {
         const int64_t f = item / freqs, k = item % freqs;
         for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
-          kern.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
+          micro.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
                                 dy_spectra.get() + s * dy_size + f * 2 * freqs * out_px, t.tile.get(),
                                 acc + 2 * (f * kk * freqs + k));
         }

@@ -1,4 +1,4 @@
-// The vector helpers of the CPU micro-kernels (gemm/micro_kernel_impl.h, fft/kernels_impl.h):
+// The vector helpers of the CPU micro-kernels (gemm/micro_kernels_impl.h, fft/kernels_impl.h):
 // GCC vector types of any width and unaligned loads and stores.
 //
 // Include it from a per-ISA file after its `#pragma GCC target`: everything here has

@@ -10,18 +10,18 @@
 
 namespace rollconv::channel_fft {
 
-// The per-ISA tables (fft_<isa>.cpp).
+// The per-ISA tables (micro_kernels_<isa>.cpp).
 namespace portable {
-extern const Kernels<float> kernels_f32;
-extern const Kernels<double> kernels_f64;
+extern const MicroKernels<float> micro_kernels_f32;
+extern const MicroKernels<double> micro_kernels_f64;
 }  // namespace portable
 namespace avx2 {
-extern const Kernels<float> kernels_f32;
-extern const Kernels<double> kernels_f64;
+extern const MicroKernels<float> micro_kernels_f32;
+extern const MicroKernels<double> micro_kernels_f64;
 }  // namespace avx2
 namespace avx512 {
-extern const Kernels<float> kernels_f32;
-extern const Kernels<double> kernels_f64;
+extern const MicroKernels<float> micro_kernels_f32;
+extern const MicroKernels<double> micro_kernels_f64;
 }  // namespace avx512
 
 namespace {
@@ -81,14 +81,16 @@ template struct Plan<float>;
 template struct Plan<double>;
 
 template <typename T>
-const Kernels<T>& kernels() {
+const MicroKernels<T>& micro_kernels() {
   if constexpr (std::is_same_v<T, float>) {
-    return cpu::pick(cpu::active_isa(), portable::kernels_f32, avx2::kernels_f32, avx512::kernels_f32);
+    return cpu::pick(cpu::active_isa(), portable::micro_kernels_f32, avx2::micro_kernels_f32,
+                     avx512::micro_kernels_f32);
   } else {
-    return cpu::pick(cpu::active_isa(), portable::kernels_f64, avx2::kernels_f64, avx512::kernels_f64);
+    return cpu::pick(cpu::active_isa(), portable::micro_kernels_f64, avx2::micro_kernels_f64,
+                     avx512::micro_kernels_f64);
   }
 }
-template const Kernels<float>& kernels<float>();
-template const Kernels<double>& kernels<double>();
+template const MicroKernels<float>& micro_kernels<float>();
+template const MicroKernels<double>& micro_kernels<double>();
 
 }  // namespace rollconv::channel_fft

@@ -1,6 +1,6 @@
 // The hot loops of the channel-FFT rolling convolution (see channel_fft.h), written once
-// with GCC vector extensions and compiled per ISA (cpu/isa.h): each fft_<isa>.cpp includes
-// its headers, sets the target ISA (#pragma GCC target) and includes this file.
+// with GCC vector extensions and compiled per ISA (cpu/isa.h): each micro_kernels_<isa>.cpp
+// includes its headers, sets the target ISA (#pragma GCC target) and includes this file.
 //
 // Required macro: ROLLCONV_ISA (a namespace name). Everything here has internal linkage
 // except the kernel tables, so no ISA-specific code can be picked by the linker for
@@ -561,17 +561,17 @@ void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, const T* spec
 }
 
 template <typename T>
-constexpr Kernels<T> make_kernels() {
-  return Kernels<T>{&analyze<T>, &synthesize<T>, &forward_rows<T>, &input_grad_rows<T>,
+constexpr MicroKernels<T> make_micro_kernels() {
+  return MicroKernels<T>{&analyze<T>, &synthesize<T>, &forward_rows<T>, &input_grad_rows<T>,
                     &weight_grad_freq<T>};
 }
 
 }  // namespace
 
-extern const Kernels<float> kernels_f32;  // declared in channel_fft.cpp too: external linkage
-extern const Kernels<double> kernels_f64;
-const Kernels<float> kernels_f32 = make_kernels<float>();
-const Kernels<double> kernels_f64 = make_kernels<double>();
+extern const MicroKernels<float> micro_kernels_f32;  // declared in channel_fft.cpp too: external linkage
+extern const MicroKernels<double> micro_kernels_f64;
+const MicroKernels<float> micro_kernels_f32 = make_micro_kernels<float>();
+const MicroKernels<double> micro_kernels_f64 = make_micro_kernels<double>();
 
 }  // namespace ROLLCONV_ISA
 }  // namespace rollconv::channel_fft

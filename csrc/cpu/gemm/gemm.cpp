@@ -13,37 +13,37 @@
 
 namespace rollconv::gemm {
 
-// The per-ISA tables (micro_<isa>.cpp).
+// The per-ISA tables (micro_kernels_<isa>.cpp).
 namespace portable {
-extern const MicroKernels kernels;
+extern const MicroKernelTable micro_kernels;
 }  // namespace portable
 namespace avx2 {
-extern const MicroKernels kernels;
+extern const MicroKernelTable micro_kernels;
 }  // namespace avx2
 namespace avx512 {
-extern const MicroKernels kernels;
+extern const MicroKernelTable micro_kernels;
 }  // namespace avx512
 
-const MicroKernels& micro_kernels(Isa isa) {
-  return cpu::pick(isa, portable::kernels, avx2::kernels, avx512::kernels);
+const MicroKernelTable& micro_kernel_table(Isa isa) {
+  return cpu::pick(isa, portable::micro_kernels, avx2::micro_kernels, avx512::micro_kernels);
 }
 
 template <>
 const MicroKernel<float>& micro_kernel<float>(Isa isa) {
-  return micro_kernels(isa).f32;
+  return micro_kernel_table(isa).f32;
 }
 template <>
 const MicroKernel<double>& micro_kernel<double>(Isa isa) {
-  return micro_kernels(isa).f64;
+  return micro_kernel_table(isa).f64;
 }
 
 template <>
-const DotKernel<float>& dot_kernel<float>(Isa isa) {
-  return micro_kernels(isa).dot_f32;
+const DotMicroKernel<float>& dot_micro_kernel<float>(Isa isa) {
+  return micro_kernel_table(isa).dot_f32;
 }
 template <>
-const DotKernel<double>& dot_kernel<double>(Isa isa) {
-  return micro_kernels(isa).dot_f64;
+const DotMicroKernel<double>& dot_micro_kernel<double>(Isa isa) {
+  return micro_kernel_table(isa).dot_f64;
 }
 
 // --- blocked loops around the micro-kernels ---------------------------------------------
@@ -125,18 +125,18 @@ void multiply_windows(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSeg
 }
 
 template <typename T>
-void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
+void multiply_dot(const DotMicroKernel<T>& dot, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
                   const T* a, int64_t lda, const T* const* b_rows, T* c, int64_t ldc, DotOrder order) {
   const auto tile = [&](int64_t i, int64_t j) {
-    dk.tile(pieces, num_pieces, a + i * lda, lda, b_rows + j, c + i * ldc + j, ldc,
-            int(std::min<int64_t>(dk.mr, m - i)), int(std::min<int64_t>(dk.nr, n - j)));
+    dot.tile(pieces, num_pieces, a + i * lda, lda, b_rows + j, c + i * ldc + j, ldc,
+            int(std::min<int64_t>(dot.mr, m - i)), int(std::min<int64_t>(dot.nr, n - j)));
   };
   if (order == DotOrder::kBRowsStay) {
-    for (int64_t j = 0; j < n; j += dk.nr)
-      for (int64_t i = 0; i < m; i += dk.mr) tile(i, j);
+    for (int64_t j = 0; j < n; j += dot.nr)
+      for (int64_t i = 0; i < m; i += dot.mr) tile(i, j);
   } else {
-    for (int64_t i = 0; i < m; i += dk.mr)
-      for (int64_t j = 0; j < n; j += dk.nr) tile(i, j);
+    for (int64_t i = 0; i < m; i += dot.mr)
+      for (int64_t j = 0; j < n; j += dot.nr) tile(i, j);
   }
 }
 
@@ -215,7 +215,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
 }
 
 double measure_peak_gflops(bool is_double, int threads) {
-  const auto loop = micro_kernels(cpu::active_isa()).peak_loop;
+  const auto loop = micro_kernel_table(cpu::active_isa()).peak_loop;
   const int64_t iterations = 20'000'000;
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
@@ -242,7 +242,7 @@ double measure_peak_gflops(bool is_double, int threads) {
   template void multiply_windows<T>(const MicroKernel<T>&, int64_t, int64_t, const KSegment*, int, \
                                     const T*, int64_t, const T*, const int64_t*, T*, int64_t,         \
                                     const Epilogue<T>&);                                              \
-  template void multiply_dot<T>(const DotKernel<T>&, int64_t, int64_t, const DotPiece*, int,     \
+  template void multiply_dot<T>(const DotMicroKernel<T>&, int64_t, int64_t, const DotPiece*, int,     \
                                 const T*, int64_t, const T* const*, T*, int64_t, DotOrder);      \
   template void pack_a<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \
   template void pack_b<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \

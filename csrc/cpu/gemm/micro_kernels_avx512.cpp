@@ -8,7 +8,7 @@
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
 #endif
 #define ROLLCONV_ISA avx512
-#include "cpu/gemm/micro_kernel_impl.h"
+#include "cpu/gemm/micro_kernels_impl.h"
 #if defined(__x86_64__)
 #pragma GCC pop_options
 #endif

@@ -1,5 +1,5 @@
 // The register-tiled micro-kernel, written once with GCC vector extensions and compiled
-// once per ISA: each micro_<isa>.cpp sets the target ISA (#pragma GCC target), names it
+// once per ISA: each micro_kernels_<isa>.cpp sets the target ISA (#pragma GCC target), names it
 // (ROLLCONV_ISA: its namespace, and its entry of cpu/blocking.h's register tiles), then
 // includes this file. Only the vector width and the tile shapes differ between ISAs; the
 // code is the same.
@@ -92,7 +92,7 @@ constexpr MicroKernel<T> make_micro_kernel() {
        &tile_kernel<T, MR, NV, (NV >= 3 ? 3 : NV), true>, &tile_kernel<T, MR, NV, NV, true>}};
 }
 
-// --- the dot-product kernel (DotKernel in gemm.h) ---------------------------------------
+// --- the dot-product micro-kernel (DotMicroKernel in gemm.h) ---------------------------------------
 
 // One step of a transposing lane reduction. Vectors a and b each hold W / B partial sums
 // spread over blocks of B lanes; shuffle(a, b, lo) + shuffle(a, b, hi) holds the 2W / B
@@ -166,8 +166,8 @@ void dot_tile(const DotPiece* pieces, int num_pieces, const T* __restrict a, int
 }
 
 template <typename T, int MR, int NR>
-constexpr DotKernel<T> make_dot_kernel() {
-  return DotKernel<T>{MR, NR, int(sizeof(typename VecOf<T>::type) / sizeof(T)), &dot_tile<T, MR, NR>};
+constexpr DotMicroKernel<T> make_dot_micro_kernel() {
+  return DotMicroKernel<T>{MR, NR, int(sizeof(typename VecOf<T>::type) / sizeof(T)), &dot_tile<T, MR, NR>};
 }
 
 // Independent FMA chains on registers only: the ISA's arithmetic peak, for the benchmark.
@@ -203,11 +203,11 @@ double peak_loop(bool is_double, int64_t iterations, int64_t* flops) {
 
 }  // namespace
 
-extern const MicroKernels kernels;  // declared in gemm.cpp too: external linkage
-const MicroKernels kernels{make_micro_kernel<float, kTiles.mr_f32, kTiles.nv_f32>(),
+extern const MicroKernelTable micro_kernels;  // declared in gemm.cpp too: external linkage
+const MicroKernelTable micro_kernels{make_micro_kernel<float, kTiles.mr_f32, kTiles.nv_f32>(),
                            make_micro_kernel<double, kTiles.mr_f64, kTiles.nv_f64>(),
-                           make_dot_kernel<float, kTiles.dot_mr, kTiles.dot_nr>(),
-                           make_dot_kernel<double, kTiles.dot_mr, kTiles.dot_nr>(), &peak_loop};
+                           make_dot_micro_kernel<float, kTiles.dot_mr, kTiles.dot_nr>(),
+                           make_dot_micro_kernel<double, kTiles.dot_mr, kTiles.dot_nr>(), &peak_loop};
 
 }  // namespace ROLLCONV_ISA
 }  // namespace rollconv::gemm

@@ -3,4 +3,4 @@
 #include "cpu/gemm/gemm.h"
 
 #define ROLLCONV_ISA portable
-#include "cpu/gemm/micro_kernel_impl.h"
+#include "cpu/gemm/micro_kernels_impl.h"

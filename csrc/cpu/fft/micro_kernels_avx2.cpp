@@ -1,5 +1,5 @@
 // The channel-FFT kernels for AVX2 + FMA (a lane vector is two ymm registers); see
-// fft_avx512.cpp.
+// micro_kernels_avx512.cpp.
 #include <algorithm>
 #include <cstdint>
 #include <utility>

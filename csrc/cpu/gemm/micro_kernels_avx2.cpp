@@ -7,7 +7,7 @@
 #pragma GCC target("avx2,fma")
 #endif
 #define ROLLCONV_ISA avx2
-#include "cpu/gemm/micro_kernel_impl.h"
+#include "cpu/gemm/micro_kernels_impl.h"
 #if defined(__x86_64__)
 #pragma GCC pop_options
 #endif
