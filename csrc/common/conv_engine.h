@@ -31,7 +31,7 @@ struct ConvEngine {
                           const ColumnLayout& layout, const BlockPlan& plan, const at::Tensor& grad_weight);
 };
 
-// The channel-FFT rolling convolution (rolls == C, index_math.h), fused: the channel
+// The channel-FFT rolling convolution (rolls == C, fft_sums.h), fused: the channel
 // transforms, the per-frequency sums and the inverse transforms run tile by tile, so the
 // spectra never make a full pass through memory in their own layout. On contiguous tensors
 // of one dtype (float32 / float64, see supports); taps = rfft of the weight over its

@@ -8,6 +8,7 @@
 
 #include "common/conv_engine.h"
 #include "common/index_math.h"
+#include "common/lrn_formulas.h"
 
 namespace rollconv {
 
@@ -34,7 +35,7 @@ struct DevicePrimitives {
                        const at::Tensor& own, const at::Tensor& term,
                        const at::Tensor& grad_input, const LrnParams& params);
   // The channel-FFT rolling convolution's per-frequency passes (complex tensors, see
-  // index_math.h): spectrum X (N, H, W, S, K), taps T (F, kh, kw, S, K), Y / dY
+  // fft_sums.h): spectrum X (N, H, W, S, K), taps T (F, kh, kw, S, K), Y / dY
   // (N, oh, ow, F, K), S the shift of a roll.
   void (*fft_forward)(const at::Tensor& spectrum, const at::Tensor& taps, const at::Tensor& out,
                       const Window2d& window);

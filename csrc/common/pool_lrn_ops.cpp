@@ -1,5 +1,5 @@
 // Max pooling and local response normalization: validation and shapes here, the
-// per-element math in index_math.h, the loops in cpu/ and cuda/.
+// per-element math in max_pool_rules.h and lrn_formulas.h, the loops in cpu/ and cuda/.
 #include <ATen/ATen.h>
 #include <c10/util/accumulate.h>
 

@@ -1,7 +1,7 @@
 // roll_conv2d's algorithm 'fft' (rolls == C / shift): the channel-Fourier domain.
 // With rolls of S channels the bank is block-circulant: channel c = g*S + s, and a roll
 // moves the G = C / S blocks g. A real FFT over the block index turns it into G/2 + 1
-// independent S-input, F-output complex convolutions (index_math.h; S = 1: the plain
+// independent S-input, F-output complex convolutions (fft_sums.h; S = 1: the plain
 // channel FFT). A device with a fused engine (CPU: cpu/roll_fft_engine.cpp, S = 1) runs each
 // direction in one call; otherwise (CUDA, and the CPU for S > 1) the transforms go through
 // ATen (cuFFT / pocketfft) around the device's per-frequency primitives.

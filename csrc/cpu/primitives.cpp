@@ -1,4 +1,5 @@
-// CPU primitives: OpenMP loops around the shared index math of common/index_math.h.
+// CPU primitives: OpenMP loops around the math shared with CUDA (common/index_math.h,
+// max_pool_rules.h, lrn_formulas.h, fft_sums.h).
 // (The loops are templates outside the AT_DISPATCH macros: a pragma cannot sit inside a
 // macro argument.)
 #include <ATen/ATen.h>
@@ -15,6 +16,9 @@
 #include <c10/util/complex.h>
 
 #include "common/device_primitives.h"
+#include "common/fft_sums.h"
+#include "common/lrn_formulas.h"
+#include "common/max_pool_rules.h"
 #include "common/register_kernels.h"
 #include "cpu/im2col_span.h"
 #include "cpu/parallel.h"
@@ -138,7 +142,7 @@ void for_each_lrn_element(int64_t n, int64_t c, int64_t s, int64_t work_per_elem
 }
 
 // Channel-FFT per-frequency passes: one output element (all K frequencies) per
-// iteration, the sums in index_math.h's fft_*_span. S = `inputs` (the shift of a roll).
+// iteration, the sums in fft_sums.h's fft_*_span. S = `inputs` (the shift of a roll).
 template <typename Z>
 void fft_forward_loops(const Z* spectrum, const Z* taps, Z* out, int64_t batch, int64_t filters,
                        int64_t inputs, int64_t freqs, const Window2d& w) {

@@ -1,5 +1,5 @@
 // CUDA primitives: one grid-stride loop per primitive, one thread per output element,
-// calling the same index math as the CPU loops (common/index_math.h). Gathers only,
+// calling the same math as the CPU loops (common/index_math.h and beside it). Gathers only,
 // no atomics, so results are deterministic. Launched on the current stream (cuda/launch.h;
 // the emulated CUDA build runs the same launches on the host).
 #include <ATen/Dispatch.h>
@@ -8,6 +8,9 @@
 #include <c10/util/complex.h>
 
 #include "common/device_primitives.h"
+#include "common/fft_sums.h"
+#include "common/lrn_formulas.h"
+#include "common/max_pool_rules.h"
 #include "cuda/launch.h"
 
 namespace rollconv {

@@ -15,6 +15,8 @@
 #include "expect.h"
 
 #include "common/device_primitives.h"
+#include "common/fft_sums.h"
+#include "common/max_pool_rules.h"
 #include "common/ops.h"
 
 using namespace rollconv;
