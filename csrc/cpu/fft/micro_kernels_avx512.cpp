@@ -7,12 +7,8 @@
 
 #include "cpu/fft/channel_fft.h"
 
-#if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
-#endif
 #define ROLLCONV_ISA avx512
+#include "cpu/isa_target.h"
+ROLLCONV_ISA_TARGET_BEGIN
 #include "cpu/fft/kernels_impl.h"
-#if defined(__x86_64__)
-#pragma GCC pop_options
-#endif
+ROLLCONV_ISA_TARGET_END

@@ -7,4 +7,7 @@
 #include "cpu/fft/channel_fft.h"
 
 #define ROLLCONV_ISA portable
+#include "cpu/isa_target.h"
+ROLLCONV_ISA_TARGET_BEGIN
 #include "cpu/fft/kernels_impl.h"
+ROLLCONV_ISA_TARGET_END

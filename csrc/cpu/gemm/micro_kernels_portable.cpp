@@ -3,4 +3,7 @@
 #include "cpu/gemm/gemm.h"
 
 #define ROLLCONV_ISA portable
+#include "cpu/isa_target.h"
+ROLLCONV_ISA_TARGET_BEGIN
 #include "cpu/gemm/micro_kernels_impl.h"
+ROLLCONV_ISA_TARGET_END
