@@ -11,7 +11,8 @@ namespace rollconv {
 // shift of a roll). Rolling by S channels rolls the blocks, so the bank is block-circulant:
 // with an FFT over the block index g, X = rfft_g(x) (N, H, W, S, K) and taps
 // T = rfft_g(w) (F, kh, kw, S, K), K = G/2 + 1, every frequency k is an S-input, F-output
-// complex convolution (DESIGN.md; S = 1 is the plain channel FFT):
+// complex convolution (the convolution theorem for a circulant matrix, applied per block;
+// README, "Choosing the rolling-convolution algorithm"; S = 1 is the plain channel FFT):
 //   forward  Y[n, p, f, k]     = sum_{s, t} X[n, in(p, t), s, k] conj(T[f, t, s, k])   Y: (N, oh, ow, F, K)
 //   dX       G[n, q, s, k]     = sum_{f, (t, p) covering q} dY[n, p, f, k] T[f, t, s, k]
 //   dK       dT[f, t, s, k]    = sum_{n, p} X[n, in(p, t), s, k] conj(dY[n, p, f, k])

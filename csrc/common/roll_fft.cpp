@@ -46,8 +46,8 @@ Tensor block_irfft(const Tensor& spectrum, int64_t blocks) {
 
 // The transforms' temporaries of one sample (real copy, spectrum, result spectrum, result),
 // in real elements; the batch goes through in chunks that fit a quarter of the workspace
-// (4 MiB by default: measured as fast as 16 MiB, and it keeps the peak memory below the
-// seed method's at C = 64 and 256), so peak memory does not grow with N.
+// (4 MiB by default: as fast as larger chunks, and it keeps the peak memory below the
+// filter-bank method's), so peak memory does not grow with N.
 int64_t fft_samples_per_chunk(int64_t batch, int64_t channels, int64_t shift, int64_t filters,
                               const Window2d& w, const Tensor& like) {
   const int64_t blocks = channels / shift, freqs = blocks / 2 + 1;

@@ -30,12 +30,10 @@ constexpr RegisterTiles avx512{64, 8, 3, 8, 3, 4, 6};
 // --- cache blocking (every ISA) ---------------------------------------------------------
 
 // GEMM, depth of one pass: 192 KiB of B micro-panel (KC x NR: KC = 1024 floats at NR = 48), so
-// the panel lives in L2, not L1. Deeper passes won on both machines measured (Zen 5 and a
-// Xeon with AVX-512, 48 KiB L1, 2 MiB L2): C tiles are loaded and stored less often, and
-// the micro-kernel's 3 vector loads of B per 24 FMAs are served from L2 at full speed.
-// On the Xeon, panels of 24 / 48 / 192 KiB gave GEMM 2048 at 55-61 / 69-71 / 74-79% of
-// the peak, and conv2d forward (3x3 at 56, 28, 14) ran 4-6% faster at 192 than at 48.
-constexpr int64_t kGemmDepthBytes = 384 * 1024;
+// the panel lives in L2, not L1. Deeper passes than an L1-sized panel won on every machine
+// measured (README, "Performance"): C tiles are loaded and stored less often, and the
+// micro-kernel's 3 vector loads of B per 24 FMAs are served from L2 at full speed.
+constexpr int64_t kGemmDepthBytes = 192 * 1024;
 // GEMM, A rows of one block: a quarter of a 1 MiB L2, the rest for B panels and C.
 constexpr int64_t kGemmRowBlockBytes = 256 * 1024;
 

@@ -165,7 +165,7 @@ template <typename Z>
 void fft_backward_input_loops(const Z* grad, const Z* taps, Z* grad_spectrum, int64_t batch,
                               int64_t filters, int64_t inputs, int64_t freqs, const Window2d& w) {
   const int64_t out_size = w.out_h * w.out_w * filters * freqs;
-#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.in_h * w.in_w * filters * inputs * freqs * 9))
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.in_h * w.in_w * filters * inputs * freqs * w.kernel_h * w.kernel_w))
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t h = 0; h < w.in_h; ++h) {
       for (int64_t x = 0; x < w.in_w; ++x) {
@@ -241,7 +241,7 @@ void col2im_cpu(const at::Tensor& cols, const at::Tensor& images, const ColumnLa
 
 // float16 goes through float32 copies instead: c10::Half converts in software in this
 // library (built without -mf16c, so that it loads on any x86-64), which made these loops
-// 1.6-2.2x slower than float32, while ATen's conversions use F16C when the CPU has it.
+// slower than float32, while ATen's conversions use F16C when the CPU has it.
 class Float32Copies {
  public:
   at::Tensor read(const at::Tensor& t) { return t.to(at::kFloat); }

@@ -33,7 +33,7 @@ using channel_fft::Plan;
 using gemm::AlignedBuffer;
 
 // The spectra of one chunk of samples (at least one sample; 1 MiB keeps the peak memory
-// below the seed method's, which materializes the bank's output, and costs no speed here:
+// below the filter-bank method's, which materializes the bank's output, and costs no speed here:
 // peak memory does not grow with the batch), and one thread's tile of K x pixels of a row
 // block (L2-sized).
 constexpr int64_t kSpectrumBytes = int64_t(1) << 20;

@@ -55,7 +55,7 @@ inline typename LanesOf<T>::type load_prefix(const T* p, int64_t n) {
 
 // The lanes of a group of 2 * lanes pixels of which `valid` are real: the first half, the
 // second half; the pixels past `valid` read as zero and are not written.
-// (The whole-group case first: it is the transforms' hot path, ~10% of dX and dK.)
+// (The whole-group case first: it is the transforms' hot path.)
 template <typename T>
 inline void load_group(const T* p, int64_t valid, CV<T>* out) {
   using V = typename LanesOf<T>::type;

@@ -75,7 +75,7 @@ void multiply_blocked(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSeg
                       int num_segments, const T* a, int64_t a_depth, const B& b, T* c, int64_t ldc,
                       const Epilogue<T>& ep) {
   const int64_t mr = uk.mr, nr = uk.nr;
-  const int64_t kc_max = std::max<int64_t>(16, cpu::kGemmDepthBytes / 2 / (nr * int64_t(sizeof(T))));
+  const int64_t kc_max = std::max<int64_t>(16, cpu::kGemmDepthBytes / (nr * int64_t(sizeof(T))));
   int64_t total = 0;
   for (int s = 0; s < num_segments; ++s) total += segments[s].len;
   if (total == 0) {  // an empty sum: the epilogue of zero
@@ -185,9 +185,9 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   const MicroKernel<T>& uk = micro_kernel<T>(cpu::active_isa());
   const int nthreads = threads > 0 ? threads : omp_get_max_threads();
   // A is packed once, whole (in parallel, by strips); the columns are split into items of
-  // at most ~8 B strips, as many per thread, the strips spread evenly over the items (with
-  // ceil-sized items, 2048 columns gave one thread 24 strips and the other 19: 90% balance);
-  // each thread packs its items' B panels.
+  // at most ~8 B strips, as many per thread, the strips spread evenly over the items (items
+  // of a fixed ceil-rounded size would leave the last thread short); each thread packs its
+  // items' B panels.
   const int64_t strips = (n + uk.nr - 1) / uk.nr;
   const int64_t items = round_up(std::max<int64_t>(1, (strips + 7) / 8), nthreads);
   const int64_t strips_per_item = (strips + items - 1) / items;  // the most an item gets
