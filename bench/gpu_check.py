@@ -233,7 +233,7 @@ def run_benchmark(device, quick, rounds, sample_s, budget_s, log=print):
                                           autocast, rounds, sample_s)
                 try:
                     with autocast():  # what 'auto' ran: the cached timed choice, or the rule
-                        picked = "ran " + RF._auto_algorithm(x, w, None, [1, 1], [1, 1], [1, 1], c, True)
+                        picked = "ran " + RF._auto_algorithm(x, w, None, [1, 1], [1, 1], [1, 1], c, 1, True)
                 except Exception as error:  # noqa: BLE001
                     picked = f"(its choice is unknown: {type(error).__name__})"
                 record(case, precision, baseline, results, {"roll_conv2d auto": picked})

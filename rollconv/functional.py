@@ -144,7 +144,8 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
             raise TypeError(f"bias must be a Tensor or None, but got {type(bias).__name__}")
         if bias.shape != (out_channels,):
             raise ArgumentError(f"expected bias of shape ({out_channels},), but got {tuple(bias.shape)}")
-        if bias.dtype != x.dtype or bias.device != x.device:
+        # Under autocast both are cast to the autocast dtype (below), as torch casts them.
+        if backends.compute_dtype(bias) != backends.compute_dtype(x) or bias.device != x.device:
             raise ArgumentError(
                 f"expected bias with the input's dtype and device ({x.dtype}, {x.device}), but got ({bias.dtype}, {bias.device})"
             )

@@ -47,7 +47,7 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
     """
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', but got {activation!r}")
+    rolls = weight.shape[1] // shift if rolls is None else rolls
     bank = filter_bank(weight, rolls, shift)
-    rolls = bank.shape[0] // weight.shape[0]
     y = F.conv2d(input, bank, None if bias is None else bias.repeat(rolls), stride, padding, dilation)
     return F.relu(y) if activation == "relu" else y

@@ -25,7 +25,9 @@ ROLLCONV_SANITIZE=1 "$PY" setup.py --quiet build_ext --build-lib "$OUT/lib"
 cp rollconv/*.py "$OUT/lib/rollconv/"
 cd "$OUT"  # so that the source tree's rollconv is not importable
 export PYTHONPATH="$OUT/lib:$ROOT/tests"
-export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
+# libstdc++ is preloaded too: ASan intercepts __cxa_throw only if it is loaded when ASan starts
+# (Python itself does not link it), else the first C++ exception aborts.
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 export ROLLCONV_PROPERTY_EXAMPLES=15
 "$PY" -c 'import rollconv, os; assert rollconv.__file__.startswith(os.environ["PYTHONPATH"].split(":")[0]), rollconv.__file__'
 "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \

@@ -55,8 +55,8 @@ def test_construction_errors_have_torch_conv2d_types(kwargs, match):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(algorithm="fft", rolls=2), ValueError, "algorithm='fft' needs rolls == in_channels \\(3\\)"),
-        (dict(rolls=0), ValueError, "rolls must be in \\[1, in_channels=3\\]"),
+        (dict(algorithm="fft", rolls=2), ValueError, "algorithm='fft' needs rolls == in_channels // shift \\(3\\)"),
+        (dict(rolls=0), ValueError, "rolls must be in \\[1, in_channels // shift = 3\\]"),
         (dict(rolls=2.0), TypeError, "rolls must be an int"),
         (dict(activation="tanh"), ValueError, "activation must be"),
         (dict(algorithm="fast"), ValueError, "algorithm must be one of"),

@@ -218,7 +218,7 @@ def test_auto_rule_shifted():
     def pick(c, f, shift, rolls=None, dtype=torch.float32, device="cpu"):
         return RF.choose_roll_algorithm(torch.empty(8, c, 16, 16, dtype=dtype, device=device),
                                         torch.empty(f, c, 3, 3, dtype=dtype, device=device),
-                                        c // shift if rolls is None else rolls, [1, 1], [1, 1], shift)
+                                        c // shift if rolls is None else rolls, [1, 1], [1, 1], shift=shift)
 
     # CPU: hidden layers of RGB networks (3 rolls) direct; many blocks fft; between, bank.
     assert pick(24, 8, 8) == pick(96, 32, 32) == pick(6, 2, 2) == "direct"
@@ -226,7 +226,9 @@ def test_auto_rule_shifted():
     assert pick(64, 8, 8) == pick(96, 4, 4) == "bank"
     assert pick(64, 2, 2) == pick(128, 4, 4) == "fft"
     assert pick(128, 4, 4, rolls=31) == "bank"  # fft needs every roll
-    assert pick(24, 8, 8, dtype=torch.float16) == pick(128, 4, 4, dtype=torch.float16) == "bank"
+    # CPU float16/bfloat16 compute in float32: the float32 rule.
+    assert pick(24, 8, 8, dtype=torch.float16) == "direct" and pick(128, 4, 4, dtype=torch.float16) == "fft"
+    assert pick(24, 8, 8, dtype=torch.float16, device="meta") == "bank"
     # Off the CPU (meta stands in for CUDA): fft from FFT_MIN_CHANNELS blocks on, else bank.
     assert pick(2 * RF.FFT_MIN_CHANNELS, 2, 2, device="meta") == "fft"
     assert pick(24, 8, 8, device="meta") == pick(2 * RF.FFT_MIN_CHANNELS - 2, 2, 2, device="meta") == "bank"
