@@ -224,6 +224,18 @@ def shown(path):
     return path if relative.startswith("..") else relative
 
 
+def plural(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def load_average():
+    """The 1-minute load average as text ('n/a' where the OS has none)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        return "n/a"
+
+
 def median(values):
     values = sorted(values)
     return values[len(values) // 2]
@@ -311,10 +323,12 @@ def main(argv=None):
     x_train, y_train, tests, y_test = load(args.size, args.samples, args.seed)
     x_train, y_train, y_test = x_train.to(device), y_train.to(device), y_test.to(device)
     tests = {name: x.to(device) for name, x in tests.items()}
-    print(
-        f"digits: {len(x_train)} training / {len(y_test)} test images ({args.size}x{args.size} RGB), "
+    setting = (
+        f"digits: {len(x_train)} training / {len(y_test)} test images ({args.size}x{args.size} RGB), {plural(args.epochs, 'epoch')}, "
         f"device {device}, {torch.get_num_threads()} CPU threads"
     )
+    load_at_start = load_average()
+    print(setting)
 
     nets = {
         "plain CNN (torch.nn)": plain_network(size=args.size).to(device),
@@ -342,7 +356,7 @@ def main(argv=None):
             f"predictions {'identical' if same else 'differ'} across palettes"
         )
     lines.append(
-        "median seconds per training epoch: "
+        "median time per training epoch: "
         + ", ".join(f"{name} {median(t):.3f} s" for name, t in epoch_times.items())
     )
 
@@ -362,11 +376,15 @@ def main(argv=None):
         timing = time_epochs(variants, x_train, y_train, args, device, args.timing_rounds)
         ours, bank = timing.values()
         lines.append(
-            f"time per training epoch of the rollconv network, median of {args.timing_rounds} interleaved epochs "
+            f"time per training epoch of the rollconv network, median of {plural(args.timing_rounds, 'interleaved epoch')} "
             f"({len(x_train)} images, batch {args.batch_size}, forward + backward + Adam):"
         )
         lines += [f"  {name:<62} {t:.3f} s" for name, t in timing.items()]
         lines.append(f"  filter-bank time / rollconv time: {bank / ours:.2f}x")
+    lines.append(
+        f"load average (1 min) at start / end: {load_at_start} / {load_average()} on {os.cpu_count()} CPUs "
+        "(other processes' load slows every time above)"
+    )
     print("\n".join(lines))
 
     os.makedirs(args.out, exist_ok=True)
@@ -374,9 +392,7 @@ def main(argv=None):
     figure(figure_path, {p: x.cpu() for p, x in tests.items()}, y_test.cpu(), rows)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(
-            f"digits: {len(x_train)} training / {len(y_test)} test images ({args.size}x{args.size} RGB), "
-            f"{args.epochs} epochs, device {device}, {torch.get_num_threads()} CPU threads\n\n"
-            + table + "\n\n" + "\n".join(lines) + "\n"
+            setting + "\n\n" + table + "\n\n" + "\n".join(lines) + "\n"
         )
     print(f"\nwrote {shown(figure_path)} and {shown(os.path.join(args.out, 'results.md'))}")
 

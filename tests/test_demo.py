@@ -28,7 +28,7 @@ def keep_threads():
 
 def test_tiny_run_is_invariant_and_writes_its_figure(demo, tmp_path, keep_threads):
     result = demo.main([
-        "--epochs", "1", "--samples", "192", "--size", "8", "--device", "cpu", "--threads", str(keep_threads),
+        "--epochs", "2", "--lr", "0.01", "--samples", "192", "--size", "8", "--device", "cpu", "--threads", str(keep_threads),
         "--timing-rounds", "1", "--out", str(tmp_path),
     ])
     palettes = [name for name, _ in demo.PALETTES]
