@@ -90,7 +90,7 @@ FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides,
 @pytest.mark.parametrize("x_shape, f, kernel, kw", FFT_CONFIGS)
 def test_roll_fft_fused_and_unfused(monkeypatch, x_shape, f, kernel, kw):
     """The fused CPU fft (default) and the composed one CUDA runs (ROLLCONV_CPU_ENGINE=0)
-    against the seed method, with bias and ReLU, forward, dX, dK and the bias gradient."""
+    against the filter-bank method, with bias and ReLU, forward, dX, dK and the bias gradient."""
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(*x_shape, dtype=torch.float64, generator=gen)
     w = torch.randn(f, x_shape[1], *kernel, dtype=torch.float64, generator=gen)

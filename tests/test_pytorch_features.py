@@ -35,7 +35,7 @@ def graphs_compiled(fn, make_inputs, sizes=SIZES):
     return counters["stats"]["unique_graphs"]
 
 
-def seed_roll(x, w):
+def filter_bank_method(x, w):
     """roll_conv2d(x, w, padding=1) in torch ops: the filter-bank method."""
     return reference.roll_conv2d(x, w, padding=1)
 
@@ -61,17 +61,17 @@ CASES = {
     ),
     "roll_conv2d direct": (
         lambda x, w: RF.roll_conv2d(x, w, padding=1, algorithm="direct"),
-        seed_roll,
+        filter_bank_method,
         image_and_weight((2, 3, 3, 3)),
     ),
     "roll_conv2d bank": (
         lambda x, w: RF.roll_conv2d(x, w, padding=1, algorithm="bank"),
-        seed_roll,
+        filter_bank_method,
         image_and_weight((2, 3, 3, 3)),
     ),
     "roll_conv2d fft": (
         lambda x, w: RF.roll_conv2d(x, w, padding=1, algorithm="fft"),
-        seed_roll,
+        filter_bank_method,
         image_and_weight((2, 3, 3, 3)),
     ),
     "conv_transpose2d": (

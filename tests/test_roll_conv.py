@@ -1,5 +1,5 @@
-"""The rolling-filter convolution: seed 000's numbers, the seed's own method as the
-reference, equivariance, gradcheck, opcheck, torch.compile, RollConv2d and bad input."""
+"""The rolling-filter convolution: the golden values of the notebook the project grew from,
+the filter-bank method (rollconv.reference) as the reference, equivariance, gradcheck, opcheck, torch.compile, RollConv2d and bad input."""
 import random
 
 import pytest
@@ -29,7 +29,9 @@ ALGORITHMS = ["direct", "bank", "fft"]  # fft: rolls == C only
 
 
 @pytest.mark.parametrize("call", ["roll", "direct", "bank", "fft"])
-def test_seed_000_example(call):
+def test_golden_values_of_the_rolling_filter_notebook(call):
+    """The toy example of the notebook the project grew from ('Rolling Convolution Filters:
+    Back Propagation Using PyTorch', source 000): its printed out1, w.grad and x.grad."""
     x = torch.tensor(SEED_X, dtype=torch.float32).unsqueeze(0).requires_grad_()
     w = torch.nn.Parameter(torch.tensor(SEED_W, dtype=torch.float32).unsqueeze(0))
     out1 = RF.roll(x, w) if call == "roll" else RF.roll_conv2d(x, w, activation="relu", algorithm=call)
@@ -61,7 +63,7 @@ def _compare_with_seed(x, w, b, atol=1e-10, algorithm="auto", **kw):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("seed", range(60))
-def test_random_configs_match_the_seed_method(seed, algorithm, device):
+def test_random_configs_match_the_filter_bank_method(seed, algorithm, device):
     rng = random.Random(seed)
     c = rng.choice([1, 2, 3, 4, 5, 8, 13, 16, 33, 64])
     f = rng.randint(1, 4)
