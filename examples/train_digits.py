@@ -24,7 +24,17 @@ images per palette and the accuracy bars) to --out.
 """
 import argparse
 import os
+import sys
 import time
+
+# OpenMP threads spin while they wait for the next parallel region. On a machine shared with
+# other processes (more runnable threads than cores) a spinning thread holds a core that the
+# thread it waits for needs, and this small network's thousands of short parallel regions per
+# epoch run many times slower. PASSIVE makes waiting threads sleep. It must be set before torch
+# loads the OpenMP runtime (not when this file is imported after torch); a value already in the
+# environment wins.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import matplotlib
 
@@ -325,7 +335,7 @@ def main(argv=None):
     tests = {name: x.to(device) for name, x in tests.items()}
     setting = (
         f"digits: {len(x_train)} training / {len(y_test)} test images ({args.size}x{args.size} RGB), {plural(args.epochs, 'epoch')}, "
-        f"device {device}, {torch.get_num_threads()} CPU threads"
+        f"device {device}, {torch.get_num_threads()} CPU threads (OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'not set')})"
     )
     load_at_start = load_average()
     print(setting)
