@@ -7,6 +7,7 @@ Markdown report:
 1. each layer's forward and backward time and its share of the epoch (a layer's backward is
    the autograd nodes of the ops its forward recorded, matched by the profiler's sequence
    numbers), the loss, the optimizer step, and the rest (Python, batching, the profiler);
+   for the rolling convolutions also the rate in GFLOP/s (2 flops per multiply-add);
 2. the operators by self time (the time in an operator less that in the operators it calls);
 3. the layers around the convolutions (max pooling, local response normalization, ReLU's
    backward) against the same torch operators on the same tensors, forward+backward,
@@ -83,8 +84,34 @@ def descendants(event):
         yield from descendants(child)
 
 
-def layer_table(events, labels, wall_ms):
-    """Per layer: forward and backward milliseconds (CPU time of the calling thread)."""
+def convolution_flops(net, labels, x):
+    """{label: (forward, backward) multiply-adds times 2 over one epoch of x} for the rolling
+    convolutions: forward 2*H_out*W_out*(rolls*F)*C*kh*kw per image; backward the same for dK,
+    and again for dX except in the first layer (the images need no gradient)."""
+    shapes, hooks = {}, []
+
+    def record(label):
+        def hook(layer, args, out):
+            shapes[label] = (layer, out.shape)
+        return hook
+
+    for label, layer in zip(labels, net):
+        if isinstance(layer, rollconv.nn.RollConv2d):
+            hooks.append(layer.register_forward_hook(record(label)))
+    with torch.no_grad():
+        net(x[:1])
+    for hook in hooks:
+        hook.remove()
+    flops = {}
+    for i, (label, (m, shape)) in enumerate(shapes.items()):
+        forward = 2 * shape[1] * shape[2] * shape[3] * m.weight[0].numel() * len(x)
+        flops[label] = (forward, forward * (1 if i == 0 else 2))
+    return flops
+
+
+def layer_table(events, labels, wall_ms, flops):
+    """Per layer: forward and backward milliseconds (CPU time of the calling thread), and for
+    the convolutions the rate in GFLOP/s."""
     layer_of_sequence, forward = {}, {label: 0.0 for label in labels}
     for e in events:
         if e.name.startswith("forward ") and e.cpu_parent is None:
@@ -113,9 +140,12 @@ def layer_table(events, labels, wall_ms):
     rows.append(("Adam step, zero_grad", step + zero_grad, 0.0))
     counted = sum(f + b for _, f, b in rows)
     rows.append(("the rest: Python, batch indexing, the profiler", wall_ms - counted, 0.0))
-    lines = ["| layer | forward ms | backward ms | share of the epoch |", "|---|---:|---:|---:|"]
+    lines = ["| layer | forward ms | backward ms | share of the epoch | GFLOP/s forward, backward |", "|---|---:|---:|---:|---:|"]
     for label, f, b in rows:
-        lines.append(f"| {label} | {f:.0f} | {b:.0f} | {100 * (f + b) / wall_ms:.0f}% |")
+        rate = ""
+        if label in flops:
+            rate = f"{flops[label][0] / f / 1e6:.0f}, {flops[label][1] / b / 1e6:.0f}"
+        lines.append(f"| {label} | {f:.0f} | {b:.0f} | {100 * (f + b) / wall_ms:.0f}% | {rate} |")
     return "\n".join(lines)
 
 
@@ -199,7 +229,7 @@ def main(argv=None):
         f"(OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'not set')}), {wall_ms:.0f} ms wall-clock; "
         f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs.",
         "",
-        layer_table(events, labels + ["loss"], wall_ms),
+        layer_table(events, labels + ["loss"], wall_ms, convolution_flops(net, labels, x)),
         "",
         operator_table(prof, wall_ms, 15),
         "",
