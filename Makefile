@@ -1,4 +1,5 @@
-# make demo   set up, build, train the digits CNN made of rollconv layers
+# make demo   set up, build, train a colour-equivariant rollconv network against a plain CNN on
+#             digits in rolled colour palettes (examples/train_digits.py)
 # make test   set up, build, run the C++ tests (ctest) and the Python tests (pytest), and
 #             test the CPU-only and the emulated CUDA builds
 # make test-emulated-cuda   build csrc/cuda/primitives.cu for the host into build/emulated-cuda

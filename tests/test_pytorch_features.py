@@ -96,7 +96,10 @@ def test_dynamic_image_sizes_compile_as_often_as_torch(name):
     ours, theirs, make_inputs = CASES[name]
     if theirs not in _TORCH_GRAPHS:
         _TORCH_GRAPHS[theirs] = graphs_compiled(theirs, make_inputs)
-    assert graphs_compiled(ours, make_inputs) == _TORCH_GRAPHS[theirs] == 1
+    # One graph for all sizes; never more than torch needs for the same math (older torch
+    # releases recompile some of their own ops, e.g. max_pool2d on torch 2.11).
+    ours_count = graphs_compiled(ours, make_inputs)
+    assert ours_count == 1 and ours_count <= _TORCH_GRAPHS[theirs], (ours_count, _TORCH_GRAPHS[theirs])
 
 
 def every_layer():

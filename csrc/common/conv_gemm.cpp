@@ -33,20 +33,24 @@ Tensor block_weight(const Tensor& weight_mat, const GemmBlock& blk) {
   return weight_mat.narrow(0, blk.weight_row, blk.rows).narrow(1, 0, blk.inner);
 }
 
-// The batch loop of every pass. Allocates the workspace once: a column matrix
+// The batch loop of every pass. Allocates the workspace once: room for a column matrix
 // (rows, chunk * L) and a matrix (out_channels, chunk * L) in GEMM layout, and runs
-// body(n0, b, cols, outs) for each chunk of samples [n0, n0 + b) with views of both.
+// body(n0, b, cols, outs) for each chunk of samples [n0, n0 + b) with contiguous
+// (rows, b * L) and (out_channels, b * L) views of it: im2col and col2im index the
+// column matrix as a dense array, so a short last chunk must not keep the full
+// chunk's row stride.
 template <typename Body>
 void for_each_chunk(int64_t batch, const ColumnLayout& layout, int64_t out_channels,
                     const Tensor& like, const Body& body) {
   if (batch == 0) return;
-  const int64_t ncols = column_cols(layout);
+  const int64_t ncols = column_cols(layout), rows = column_rows(layout);
   const int64_t chunk = samples_per_chunk(batch, layout, out_channels, like);
-  Tensor cols = at::empty({column_rows(layout), chunk * ncols}, like.options());
-  Tensor outs = at::empty({out_channels, chunk * ncols}, like.options());
+  Tensor cols = at::empty({rows * chunk * ncols}, like.options());
+  Tensor outs = at::empty({out_channels * chunk * ncols}, like.options());
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
-    body(n0, b, cols.narrow(1, 0, b * ncols), outs.narrow(1, 0, b * ncols));
+    body(n0, b, cols.narrow(0, 0, rows * b * ncols).view({rows, b * ncols}),
+         outs.narrow(0, 0, out_channels * b * ncols).view({out_channels, b * ncols}));
   }
 }
 
