@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch._dynamo
 
 import rollconv  # noqa: F401  registers the ops
 
@@ -30,6 +31,14 @@ def device(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compile_caches():
+    """Each test compiles from scratch: torch.compile's caches (and its limit of 8
+    recompilations per function) are per process, and the suite runs in one process."""
+    yield
+    torch._dynamo.reset()
 
 
 @pytest.fixture
