@@ -1,7 +1,8 @@
-# make demo   set up, build, train the digits CNN made of rollconv layers
+# make demo   set up, build, train a colour-equivariant rollconv network against a plain CNN on
+#             digits in rolled colour palettes (examples/train_digits.py)
 # make test   set up, build, run the C++ tests (ctest) and the Python tests (pytest), and
 #             test the CPU-only and the emulated CUDA builds
-# make test-emulated-cuda   build csrc/cuda/kernels.cu for the host into build/emulated-cuda
+# make test-emulated-cuda   build csrc/cuda/primitives.cu for the host into build/emulated-cuda
 #             and run the CUDA tests there on CPU tensors
 # make build  set up and build (incremental: ninja recompiles only what changed)
 # make bench  set up, build, benchmark against torch (writes bench/results/)
@@ -20,7 +21,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu') setup.py pyproject.toml
-CMAKE_DIR := build/cmake
+# DEBUG=1: -O0 -g in every build (setup.py reads it from the environment; CMake: Debug).
+DEBUG ?= 0
+export DEBUG
+CMAKE_BUILD_TYPE := $(if $(filter 1,$(DEBUG)),Debug,Release)
+CMAKE_DIR := build/cmake$(if $(filter 1,$(DEBUG)),-debug)
+# The build's stamp names its kind, so that switching DEBUG rebuilds.
+BUILT := $(VENV)/.built-$(if $(filter 1,$(DEBUG)),debug,release)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
@@ -36,11 +43,12 @@ $(VENV)/.deps: requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-build: $(VENV)/.built
+build: $(BUILT)
 
 # pip install -e re-runs only when a source changed; ninja then recompiles only the
 # changed files (objects are kept in build/cuda or build/cpu, see setup.py).
-$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+$(BUILT): $(VENV)/.deps $(SOURCES)
+	rm -f $(VENV)/.built-*
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -54,7 +62,7 @@ demo: build
 test: cpp-test cpu-only-test test-emulated-cuda sanitizer-test py-test
 
 $(CMAKE_DIR)/build.ninja: CMakeLists.txt $(VENV)/.deps
-	$(VENV)/bin/cmake -S . -B $(CMAKE_DIR) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+	$(VENV)/bin/cmake -S . -B $(CMAKE_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(CMAKE_BUILD_TYPE) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
 		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 
 cpp-test: $(CMAKE_DIR)/build.ninja
@@ -88,4 +96,4 @@ gpu-check:
 	bash tests/gpu_check.sh $(PYTHON)
 
 clean:
-	rm -rf build rollconv/*.so $(VENV)/.built
+	rm -rf build rollconv/*.so $(VENV)/.built-*

@@ -5,7 +5,7 @@ Switches (environment variables):
   FORCE_ONLY_CPU=1      build the CPU kernels only, even if a toolkit is present
   ROLLCONV_SANITIZE=1   CPU-only build with AddressSanitizer + UndefinedBehaviorSanitizer
                         (tests/sanitizer_build.sh; objects in build/sanitize)
-  ROLLCONV_EMULATE_CUDA=1  a test build without nvcc: csrc/cuda/kernels.cu compiled for the
+  ROLLCONV_EMULATE_CUDA=1  a test build without nvcc: csrc/cuda/primitives.cu compiled for the
                         host (launches emulated, see csrc/cuda/host_emulation.h) and its
                         kernels registered for CPU tensors instead of the CPU kernels
   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (default below)
@@ -18,6 +18,7 @@ build/<cpu|cuda>[-debug] for in-place and editable builds (`make build`, `pip in
 """
 import glob
 import os
+import re
 import shutil
 import sys
 
@@ -53,6 +54,13 @@ def find_cuda_home():
             pass
     candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
     return next((c for c in candidates if _is_toolkit(c)), None)
+
+
+def project_version():
+    """The version, written once: pyproject.toml's `version = "..."` line (CMakeLists.txt
+    reads the same line)."""
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        return re.search(r'^version = "([^"]+)"$', f.read(), re.MULTILINE).group(1)
 
 
 def env_flag(name):
@@ -107,7 +115,9 @@ def extension():
     # After Python's own CFLAGS (which hold -g): -g0 drops the debug info from release
     # builds, and the linker strips what objects from elsewhere bring (symbols stay).
     optimize = ["-O0", "-g", "-DROLLCONV_DEBUG"] if debug else ["-O3", "-g0"]
-    cxx_flags = optimize + ["-fopenmp", "-DROLLCONV_VERSION=\"0.1.0\""]
+    # -Wno-psabi: GCC notes that a vector wider than a file's target ISA is passed by another
+    # ABI; such vectors only cross functions inside one per-ISA file, never the library's interface.
+    cxx_flags = optimize + ["-fopenmp", "-Wno-psabi", f"-DROLLCONV_VERSION=\"{project_version()}\""]
     if emulate_cuda:
         cxx_flags.append("-DROLLCONV_EMULATE_CUDA")
     link_flags = ["-fopenmp"] + ([] if debug else ["-Wl,--strip-debug"])

@@ -45,6 +45,10 @@ DEFAULT_OUT = os.path.join(HERE, "results", "gpu_check.md")
 #: The precisions compared: name -> autocast dtype (None: plain float32).
 PRECISIONS = {"float32": None, "amp float16": torch.float16, "amp bfloat16": torch.bfloat16}
 ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
+#: Largest relative error of a candidate's forward against the baseline's that is rounding:
+#: cuDNN's float32 convolutions may run in TF32 (10-bit mantissa); bfloat16 has 8 bits.
+#: Above it the row is marked wrong and the benchmark exits non-zero.
+REL_ERR_LIMIT = {"float32": 1e-2, "amp float16": 1e-2, "amp bfloat16": 5e-2}
 
 
 # --- preflight ----------------------------------------------------------------------------
@@ -205,6 +209,8 @@ def run_benchmark(device, quick, rounds, sample_s, budget_s, log=print):
                     row["rel_err"] = _relative_error(entry["y"], base["y"])
             if extra and name in extra:
                 row["note"] = extra[name]
+            if not row.get("rel_err", 0.0) <= REL_ERR_LIMIT[precision]:  # NaN (a wrong shape) too
+                row["note"] = (row.get("note", "") + f" WRONG: rel. err above {REL_ERR_LIMIT[precision]:.0e}").strip()
             rows.append(row)
 
     jobs = []
@@ -370,7 +376,11 @@ def main(argv=None):
     with open(args.out, "w") as f:
         f.write(report(rows, the_facts, tests_summary(args.tests_log, args.tests_rc)))
     print(f"\nwrote {args.out}")
-    return 0
+    wrong = [row for row in rows if "WRONG" in row.get("note", "")]
+    for row in wrong:
+        print(f"gpu-check: wrong result: {row['case']} | {row['precision']} | {row['candidate']}: "
+              f"rel. err {row['rel_err']:.1e}", file=sys.stderr)
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

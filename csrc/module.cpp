@@ -8,8 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "settings.h"
+
 #ifndef ROLLCONV_EMULATE_CUDA  // the emulated CUDA build has no CPU engine (see setup.py)
 #include "cpu/gemm/gemm.h"
+#include "cpu/isa.h"
 #endif
 
 // The Python module rollconv._C: loading it registers the ops; it also carries the
@@ -37,12 +40,48 @@ bool run_without_gil(const Work& work) {
   return false;
 }
 
+// The run-time switches (settings.h), for rollconv.backends.flags.
+// _C.engines_enabled() -> bool, _C.set_engines_enabled(bool)
+PyObject* engines_enabled(PyObject*, PyObject*) { return PyBool_FromLong(rollconv::settings::engines_enabled()); }
+PyObject* set_engines_enabled(PyObject*, PyObject* args) {
+  int enabled;
+  if (!PyArg_ParseTuple(args, "p", &enabled)) return nullptr;
+  rollconv::settings::set_engines_enabled(enabled);
+  Py_RETURN_NONE;
+}
+
+// _C.workspace_bytes() -> int, _C.set_workspace_bytes(int >= 0)
+PyObject* workspace_bytes(PyObject*, PyObject*) { return PyLong_FromLongLong(rollconv::settings::workspace_bytes()); }
+PyObject* set_workspace_bytes(PyObject*, PyObject* args) {
+  long long bytes;
+  if (!PyArg_ParseTuple(args, "L", &bytes)) return nullptr;
+  if (bytes < 0) {
+    PyErr_SetString(PyExc_ValueError, "the workspace size must be non-negative");
+    return nullptr;
+  }
+  rollconv::settings::set_workspace_bytes(bytes);
+  Py_RETURN_NONE;
+}
+
 #ifndef ROLLCONV_EMULATE_CUDA
-// _C.gemm_isa() -> str: the CPU GEMM engine's micro-kernels in use.
+// _C.gemm_isa() -> str: the CPU engines' micro-kernels in use (GEMM and channel FFT).
 PyObject* gemm_isa(PyObject*, PyObject*) {
   const char* name = nullptr;
-  if (!run_without_gil([&] { name = rollconv::gemm::isa_name(rollconv::gemm::active_isa()); })) return nullptr;
+  if (!run_without_gil([&] { name = rollconv::cpu::isa_name(rollconv::cpu::active_isa()); })) return nullptr;
   return PyUnicode_FromString(name);
+}
+
+// _C.set_gemm_isa(name): force the CPU engines' micro-kernels ('portable', 'avx2', 'avx512').
+PyObject* set_gemm_isa(PyObject*, PyObject* args) {
+  const char* name;
+  if (!PyArg_ParseTuple(args, "s", &name)) return nullptr;
+  rollconv::cpu::Isa isa;
+  if (!rollconv::cpu::parse_isa(name, &isa)) {
+    PyErr_Format(PyExc_ValueError, "the ISA must be portable, avx2 or avx512, not '%s'", name);
+    return nullptr;
+  }
+  if (!run_without_gil([&] { rollconv::cpu::force_isa(isa); })) return nullptr;
+  Py_RETURN_NONE;
 }
 
 // _C.gemm_seconds(m, n, k, double, threads, repeats) -> list of seconds: the engine's
@@ -84,8 +123,13 @@ PyObject* peak_gflops(PyObject*, PyObject* args) {
 #endif
 
 PyMethodDef methods[] = {
+    {"engines_enabled", engines_enabled, METH_NOARGS, "whether the CPU's fused engines run (ROLLCONV_CPU_ENGINE)"},
+    {"set_engines_enabled", set_engines_enabled, METH_VARARGS, "turn the CPU's fused engines on or off"},
+    {"workspace_bytes", workspace_bytes, METH_NOARGS, "the composed path's workspace per call (ROLLCONV_WORKSPACE_MB)"},
+    {"set_workspace_bytes", set_workspace_bytes, METH_VARARGS, "set the composed path's workspace per call, bytes"},
 #ifndef ROLLCONV_EMULATE_CUDA
-    {"gemm_isa", gemm_isa, METH_NOARGS, "ISA of the CPU GEMM engine's micro-kernels"},
+    {"gemm_isa", gemm_isa, METH_NOARGS, "ISA of the CPU engines' micro-kernels (ROLLCONV_GEMM_ISA)"},
+    {"set_gemm_isa", set_gemm_isa, METH_VARARGS, "force the CPU engines' micro-kernels: portable, avx2 or avx512"},
     {"gemm_seconds", gemm_seconds, METH_VARARGS, "time the CPU GEMM engine: (m, n, k, double, threads, repeats)"},
     {"peak_gflops", peak_gflops, METH_VARARGS, "measured FMA peak of the engine's ISA: (double, threads)"},
 #endif

@@ -15,7 +15,7 @@ def build_facts():
         "build": "debug (DEBUG=1: -O0, debug info)" if _C.debug else "release",
         "CUDA kernels compiled": bool(_C.with_cuda),
         "CUDA architectures": _C.cuda_archs or "-",
-        # A test build: csrc/cuda/kernels.cu compiled for the host, its kernels serving CPU
+        # A test build: csrc/cuda/primitives.cu compiled for the host, its kernels serving CPU
         # tensors in place of the CPU kernels (see tests/emulated_cuda_build.sh).
         "emulated CUDA build": bool(_C.emulated_cuda),
         "GPU visible": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no"),

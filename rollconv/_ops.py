@@ -156,25 +156,33 @@ def uses_combined_backward(needs_input_grad):
     return sum(bool(n) for n in needs_input_grad[:3]) >= 2
 
 
-def _register_gemm_conv(fwd, dx, dk, rolling):
+def _by_name(op, inputs):
+    """An op's inputs as {argument name: value}, the names of its schema."""
+    return {argument.name: value for argument, value in zip(op.default._schema.arguments, inputs)}
+
+
+def _register_gemm_conv(fwd, dx, dk):
     fwd, dx, dk = (getattr(ops, name) for name in (fwd, dx, dk))
+    # The geometry every pass shares: stride, padding, dilation and groups (conv2d), or
+    # rolls, shift and algorithm (roll_conv2d): the dX pass's arguments after its operands.
+    geometry_names = [argument.name for argument in dx.default._schema.arguments
+                      if argument.name not in ("grad_output", "weight", "input_size")]
+    fused_relu = "relu" in [argument.name for argument in fwd.default._schema.arguments]
 
     def forward_setup(ctx, inputs, output):
-        input, weight = inputs[:2]
-        relu = rolling and inputs[-1]
-        saved = (input, weight, output if relu else None)
+        args = _by_name(fwd, inputs)
+        saved = (args["input"], args["weight"], output if args.get("relu") else None)
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
-        # stride, padding, dilation, groups | rolls, shift, algorithm: the passes' trailing arguments
-        ctx.geometry = tuple(inputs[3:-1] if rolling else inputs[3:])
+        ctx.geometry = {name: args[name] for name in geometry_names}
         ctx.output_shape = output.shape
 
     def forward_backward(ctx, grad):
         input, weight, output = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        if rolling and uses_combined_backward(needs):
+        if fused_relu and uses_combined_backward(needs):  # roll_conv2d
             # dY read once (masked by ReLU's derivative as it is read) for all the gradients
-            grads = ops.roll_conv2d_backward(grad, input, weight, output, *ctx.geometry, list(needs[:3]))
+            grads = ops.roll_conv2d_backward(grad, input, weight, output, **ctx.geometry, output_mask=list(needs[:3]))
             return tuple(grads) + (None,) * (len(needs) - 3)
         if output is not None:  # ReLU's own backward (differentiable, one pass)
             grad = torch.ops.aten.threshold_backward(grad, output, 0)
@@ -182,15 +190,15 @@ def _register_gemm_conv(fwd, dx, dk, rolling):
         grad = grad.contiguous()
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_input = dx(grad, weight, list(input.shape[2:]), *ctx.geometry)
+            grad_input = dx(grad, weight, list(input.shape[2:]), **ctx.geometry)
         if ctx.needs_input_grad[1]:
-            grad_weight = dk(grad, input, list(weight.shape[2:]), *ctx.geometry)
+            grad_weight = dk(grad, input, list(weight.shape[2:]), **ctx.geometry)
         if ctx.needs_input_grad[2]:
             grad_bias = ops.bias_backward(grad, weight.shape[0])
         return (grad_input, grad_weight, grad_bias) + (None,) * (len(ctx.needs_input_grad) - 3)
 
     def forward_of(ctx, x, w):
-        return fwd(x, w, None, *ctx.geometry, *((False,) if rolling else ()))
+        return fwd(x, w, None, **ctx.geometry, **({"relu": False} if fused_relu else {}))
 
     def forward_jvp(ctx, t_input, t_weight, t_bias, *_):
         input, weight, output = ctx.saved_tensors
@@ -205,46 +213,49 @@ def _register_gemm_conv(fwd, dx, dk, rolling):
             t_output = torch.ops.aten.threshold_backward(t_output, output, 0)
         return t_output
 
-    def pass_setup(ctx, inputs, output):
-        grad_output, other, size = inputs[:3]
-        ctx.save_for_backward(grad_output, other)
-        ctx.save_for_forward(grad_output, other)
-        ctx.size = list(size)
-        ctx.geometry = tuple(inputs[3:])
+    def pass_setup_of(op, other_name, size_name):  # dX: (weight, input_size); dK: (input, kernel_size)
+        def setup(ctx, inputs, output):
+            args = _by_name(op, inputs)
+            ctx.save_for_backward(args["grad_output"], args[other_name])
+            ctx.save_for_forward(args["grad_output"], args[other_name])
+            ctx.size = list(args[size_name])
+            ctx.geometry = {name: args[name] for name in geometry_names}
+
+        return setup
 
     def dx_backward(ctx, gg):  # dX(g, w)
         grad_output, weight = ctx.saved_tensors
         d_grad = forward_of(ctx, gg, weight) if ctx.needs_input_grad[0] else None
-        d_weight = dk(grad_output, gg, list(weight.shape[2:]), *ctx.geometry) if ctx.needs_input_grad[1] else None
+        d_weight = dk(grad_output, gg, list(weight.shape[2:]), **ctx.geometry) if ctx.needs_input_grad[1] else None
         return (d_grad, d_weight) + (None,) * (len(ctx.needs_input_grad) - 2)
 
     def dk_backward(ctx, gg):  # dK(g, x)
         grad_output, input = ctx.saved_tensors
         d_grad = forward_of(ctx, input, gg) if ctx.needs_input_grad[0] else None
-        d_input = dx(grad_output, gg, list(input.shape[2:]), *ctx.geometry) if ctx.needs_input_grad[1] else None
+        d_input = dx(grad_output, gg, list(input.shape[2:]), **ctx.geometry) if ctx.needs_input_grad[1] else None
         return (d_grad, d_input) + (None,) * (len(ctx.needs_input_grad) - 2)
 
     def bilinear_jvp(op):  # the tangent of op(g, other, size, *geometry), bilinear in (g, other)
         def jvp(ctx, t_grad, t_other, *_):
             grad_output, other = ctx.saved_tensors
             return _sum([
-                None if t_grad is None else op(t_grad, other, ctx.size, *ctx.geometry),
-                None if t_other is None else op(grad_output, t_other, ctx.size, *ctx.geometry),
+                None if t_grad is None else op(t_grad, other, ctx.size, **ctx.geometry),
+                None if t_other is None else op(grad_output, t_other, ctx.size, **ctx.geometry),
             ])
 
         return jvp
 
     for op, setup, backward, jvp in (
         (fwd, forward_setup, forward_backward, forward_jvp),
-        (dx, pass_setup, dx_backward, bilinear_jvp(dx)),
-        (dk, pass_setup, dk_backward, bilinear_jvp(dk)),
+        (dx, pass_setup_of(dx, "weight", "input_size"), dx_backward, bilinear_jvp(dx)),
+        (dk, pass_setup_of(dk, "input", "kernel_size"), dk_backward, bilinear_jvp(dk)),
     ):
         name = op.default._opname
         register_derivatives(name, setup_context=setup, backward=backward, jvp=jvp, vmap=getattr(_batching, name))
 
 
-_register_gemm_conv("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", rolling=False)
-_register_gemm_conv("roll_conv2d_forward", "roll_conv2d_backward_input", "roll_conv2d_backward_weight", rolling=True)
+_register_gemm_conv("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight")
+_register_gemm_conv("roll_conv2d_forward", "roll_conv2d_backward_input", "roll_conv2d_backward_weight")
 
 
 # roll_conv2d_backward(g, x, w, y, ...) = (dX(m, w), dK(m, x), bias_backward(m)) with the
@@ -373,9 +384,10 @@ def _max_pool_jvp(ctx, t_input, *_):
 
 
 def _max_pool_backward_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1])
-    ctx.save_for_forward(inputs[1])
-    ctx.args = tuple(inputs[2:])
+    grad_output, indices, *geometry = inputs  # input_size, kernel_size, stride, padding, dilation
+    ctx.save_for_backward(indices)
+    ctx.save_for_forward(indices)
+    ctx.args = tuple(geometry)
 
 
 def _max_pool_backward_backward(ctx, gg):
@@ -503,9 +515,7 @@ _DERIVATIVES = {
 for _name, (_setup, _backward, _jvp) in _DERIVATIVES.items():
     register_derivatives(_name, setup_context=_setup, backward=_backward, jvp=_jvp, vmap=getattr(_batching, _name))
 
-#: Every op of the library, for tests (opcheck) and docs.
+#: Every op of the library (its registered schemas), for tests (opcheck) and docs.
 OP_NAMES = sorted(
-    list(_DERIVATIVES)
-    + [f"{kind}_{part}" for kind in ("conv2d", "roll_conv2d") for part in ("forward", "backward_input", "backward_weight")]
-    + ["roll_conv2d_backward"]
+    schema.name.split("::", 1)[1] for schema in torch._C._jit_get_all_schemas() if schema.name.startswith("rollconv::")
 )

@@ -41,6 +41,14 @@ CUDA graph capture
 (Dynamo) traces, the rule alone decides: a cache lookup there would specialize the graph
 to the traced sizes (a recompilation per batch size). Every algorithm computes the same
 convolution, so the choice changes results only by float rounding.
+
+The CPU engines' switches (``flags``, ``set_flags``, ``get_flags``): ``cpu_engine`` (the
+CPU's fused convolution engines on, or off: then the CPU takes the composed path CUDA
+takes, im2col + ATen GEMMs and ATen FFTs around the per-frequency primitives),
+``workspace_mb`` (that path's workspace per call) and ``gemm_isa`` (the CPU engines' vector
+code). Each starts from its environment variable, read once when rollconv is imported:
+``ROLLCONV_CPU_ENGINE`` (``0``: off), ``ROLLCONV_WORKSPACE_MB`` (default 16) and
+``ROLLCONV_GEMM_ISA`` (``portable``, ``avx2`` or ``avx512``; default the best the CPU has).
 """
 import contextlib
 import logging
@@ -53,7 +61,9 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-__all__ = ["benchmark", "flags", "clear_cache", "cached_algorithms", "Key"]
+from . import _C
+
+__all__ = ["benchmark", "flags", "set_flags", "get_flags", "clear_cache", "cached_algorithms", "Key"]
 
 _log = logging.getLogger(__name__)
 
@@ -122,16 +132,68 @@ def cached_algorithms():
         return dict(_cache)
 
 
+_KEEP = object()  # a switch left as it is
+_GEMM_ISAS = ("portable", "avx2", "avx512")
+
+
+def get_flags():
+    """The run-time switches, as a dict:
+
+    - ``benchmark``: this module's attribute (see the module's doc);
+    - ``cpu_engine`` (bool): whether the CPU's fused engines run;
+    - ``workspace_mb`` (int): the composed path's workspace per call, in MiB;
+    - ``gemm_isa`` (str): the CPU engines' vector code, ``'portable'``, ``'avx2'`` or
+      ``'avx512'``; ``None`` in a build without CPU engines (the emulated CUDA build).
+
+    Raises RuntimeError if ``ROLLCONV_GEMM_ISA`` named an ISA this CPU lacks or none at all.
+    """
+    return {
+        "benchmark": benchmark,
+        "cpu_engine": bool(_C.engines_enabled()),
+        "workspace_mb": _C.workspace_bytes() >> 20,
+        "gemm_isa": _C.gemm_isa() if hasattr(_C, "gemm_isa") else None,
+    }
+
+
+def set_flags(benchmark=_KEEP, *, cpu_engine=_KEEP, workspace_mb=_KEEP, gemm_isa=_KEEP):
+    """Set the switches given (see ``get_flags``); return the previous values of those, as a
+    dict ``set_flags(**previous)`` restores. Raises ValueError for a negative
+    ``workspace_mb`` or an unknown ``gemm_isa``, RuntimeError for an ISA this CPU (or this
+    build) lacks; nothing is changed then."""
+    if workspace_mb is not _KEEP and not (isinstance(workspace_mb, int) and workspace_mb >= 0):
+        raise ValueError(f"workspace_mb must be a non-negative int (MiB), but got {workspace_mb!r}")
+    if gemm_isa is not _KEEP:
+        if gemm_isa not in _GEMM_ISAS:
+            raise ValueError(f"gemm_isa must be one of {_GEMM_ISAS}, but got {gemm_isa!r}")
+        if not hasattr(_C, "set_gemm_isa"):
+            raise RuntimeError("this rollconv build has no CPU engines (emulated CUDA build): gemm_isa cannot be set")
+    current = get_flags()
+    previous = {}
+    if gemm_isa is not _KEEP:
+        _C.set_gemm_isa(gemm_isa)  # first: the one that can still fail (an ISA this CPU lacks)
+        previous["gemm_isa"] = current["gemm_isa"]
+    if benchmark is not _KEEP:
+        globals()["benchmark"] = benchmark
+        previous["benchmark"] = current["benchmark"]
+    if cpu_engine is not _KEEP:
+        _C.set_engines_enabled(bool(cpu_engine))
+        previous["cpu_engine"] = current["cpu_engine"]
+    if workspace_mb is not _KEEP:
+        _C.set_workspace_bytes(workspace_mb << 20)
+        previous["workspace_mb"] = current["workspace_mb"]
+    return previous
+
+
 @contextlib.contextmanager
-def flags(benchmark):
-    """Set ``rollconv.backends.benchmark`` inside a ``with`` block (restored after it)."""
-    global_vars = globals()
-    previous = global_vars["benchmark"]
-    global_vars["benchmark"] = benchmark
+def flags(benchmark=_KEEP, *, cpu_engine=_KEEP, workspace_mb=_KEEP, gemm_isa=_KEEP):
+    """Set the switches given (``set_flags``) inside a ``with`` block; restored after it.
+    E.g. ``with rollconv.backends.flags(cpu_engine=False): ...`` runs the block's CPU
+    convolutions on the composed path CUDA takes."""
+    previous = set_flags(benchmark, cpu_engine=cpu_engine, workspace_mb=workspace_mb, gemm_isa=gemm_isa)
     try:
         yield
     finally:
-        global_vars["benchmark"] = previous
+        set_flags(**previous)
 
 
 def compute_dtype(input):

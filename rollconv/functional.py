@@ -205,34 +205,22 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None, sh
     dtype is the dtype the op computes in (default ``input.dtype``; under ``torch.autocast``
     the autocast dtype, ``rollconv.backends.compute_dtype``).
 
-    On the CPU (float32/float64), measured on the project's 2-core AVX-512 machines (fwd+bwd
-    with ReLU, float32, N=8, 16x16 and 32x32, C 2-32, F 1-64; bench/run.py and the notes of
-    issues 5 and 6):
-    - rolls == C: 'fft' (the fused channel-FFT engine), except 'direct' when
-      C <= DIRECT_ALWAYS_CHANNELS, or C <= DIRECT_MAX_CHANNELS and F >= DIRECT_MIN_FILTERS.
-      With the GEMM engine reading the image in place (issue 6), direct runs 1.1-2.7x fft at
-      C = 2-8 (F >= 4; C <= 4 with any F, within 10%); from C = 16 on fft wins or is within
-      6% of the best but once (C = 16, F = 64 at 16x16: direct 1.3x faster), 1.1-1.7x the
-      bank at C = 32, 10x the seed method at C = 256, F = 1 on the machine of issue 5.
-    - fewer rolls: 'direct' when C <= 4 and F >= 32 (1.6-3.2x the bank; measured before
-      issue 6's engine changes), else 'bank'.
+    On the CPU (float32/float64), a rule measured there (fwd+bwd with ReLU, float32, side by
+    side in one process; the figures and machines are in the README, "Choosing the
+    rolling-convolution algorithm"):
+    - shift == 1, rolls == C: 'fft' (the fused channel-FFT engine), except 'direct' when
+      C <= DIRECT_ALWAYS_CHANNELS, or C <= DIRECT_MAX_CHANNELS and F >= DIRECT_MIN_FILTERS;
+    - shift == 1, fewer rolls: 'direct' when C <= 4 and F >= 32, else 'bank';
     - shift > 1 (G = C // shift blocks): 'fft' when rolls == G >= SHIFTED_FFT_MIN_BLOCKS,
-      else 'direct' for rolls <= SHIFTED_DIRECT_MAX_ROLLS, else 'bank'. Measured on a 2-core
-      AMD EPYC shared with other jobs, one thread (two-thread timings were dominated by the
-      other jobs), fwd+bwd with ReLU, float32, N=8, 3x3: at G = 3-6 (C = 6-96, F = shift,
-      16x16 and 32x32) direct is the fastest or within 5% of the seed method (C=24, shift=8,
-      F=8: direct 3.1 ms, bank 3.2, fft 21); at G = 8-24 direct and bank are within 12% of
-      each other, bank ahead in 5 of 7 cases; fft (the composed path: ATen FFTs around our
-      per-frequency loops, as shift > 1 does not use the fused engine) is 1.3-13x slower up
-      to G = 24 and 1.1-1.3x faster than the others at G = 32 (C = 64 and 128).
+      else 'direct' for rolls <= SHIFTED_DIRECT_MAX_ROLLS, else 'bank'.
     CPU float16/bfloat16 (also under ``torch.autocast``): the same rule, since every
     algorithm then runs the float32 engines on converted operands, a conversion that costs
-    the same whichever algorithm runs.
-    Off the CPU this rule is a fallback, not a measurement (by default CUDA times the
-    candidates instead): 'fft' when rolls == C >= FFT_MIN_CHANNELS, else 'bank';
+    the same whichever algorithm runs. The rule assumes the CPU engines are on (not
+    ROLLCONV_CPU_ENGINE=0).
+    Off the CPU the rule is a fallback, not a measurement (by default CUDA times the
+    candidates instead): 'fft' when rolls == C // shift >= FFT_MIN_CHANNELS, else 'bank';
     float16/bfloat16 (the dtype after autocast's cast): 'bank' (cuDNN in that dtype; 'fft'
-    would compute in float32). The CPU figures assume the CPU engines are on (not
-    ROLLCONV_CPU_ENGINE=0). Override with algorithm='direct' | 'bank' | 'fft'.
+    would compute in float32). Override with algorithm='direct' | 'bank' | 'fft'.
     """
     channels, filters = input.shape[1], weight.shape[0]
     dtype = backends.compute_dtype(input) if dtype is None else dtype
@@ -339,8 +327,9 @@ def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls
 
 
 def roll(input, weight, stride=1, padding=0):
-    """The seed notebook's ``roll(input, weight, stride, padding)``: ReLU of the
-    convolution with all C rolls of ``weight``, as one fused op."""
+    """``roll(input, weight, stride, padding)`` of the notebook the project grew from, kept
+    under its name: ReLU of the convolution with all C rolls of ``weight``, as one fused op
+    (``roll_conv2d(..., activation='relu')``)."""
     return roll_conv2d(input, weight, None, stride, padding, activation="relu")
 
 
@@ -375,7 +364,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """2-D max pooling, same arguments and results as ``torch.nn.functional.max_pool2d``.
 
     Padding counts as -inf, a NaN in a window is its maximum, and the gradient of a window
-    goes to one element: the first maximum in row-major order (PyTorch's rule; the seed's
+    goes to one element: the first maximum in row-major order (PyTorch's rule; the notebook's
     backward instead gave it to every element equal to the maximum). Dtypes: float32,
     float64, float16, bfloat16 (the gradient's sums in float32); under ``torch.autocast``
     it runs in the dtype it receives, as torch's pooling does.

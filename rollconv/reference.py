@@ -1,9 +1,9 @@
 """The filter-bank reference of the rolling-filter convolution, in plain torch ops.
 
-This is the method of the seed notebook (/work/shared/seeds/000_*.txt, "Rolling
+This is the filter-bank method of the notebook the project grew from ("Rolling
 Convolution Filters: Back Propagation Using PyTorch"): roll the base weight along its
 input-channel axis, concatenate the rolled copies along the output axis, and run one
-``torch.nn.functional.conv2d`` (then ReLU). The seed rolls by one channel, ``C`` times;
+``torch.nn.functional.conv2d`` (then ReLU). The notebook rolls by one channel, ``C`` times;
 here roll ``r`` moves the filter by ``r * shift`` channels, for ``r < rolls``::
 
     w: (F, C, kh, kw)      x: (N, C, H, W)      G = C // shift
@@ -39,7 +39,7 @@ def filter_bank(weight, rolls=None, shift=1):
 
 def roll_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, rolls=None, shift=1, activation=None):
     """``conv2d(input, filter_bank(weight, rolls, shift), bias.repeat(rolls))``, then ReLU
-    when activation='relu': the rolling-filter convolution by the seed's method.
+    when activation='relu': the rolling-filter convolution by the filter-bank method.
 
     input (N, C, H, W) or (C, H, W); weight (F, C, kh, kw); bias (F,) or None, shared by
     the rolls; stride, padding, dilation as ``torch.nn.functional.conv2d`` takes them.

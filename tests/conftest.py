@@ -1,12 +1,13 @@
 import pytest
 import torch
+import torch._dynamo
 
 import rollconv  # noqa: F401  registers the ops
 
 HAS_GPU = torch.cuda.is_available()
 requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 
-# The emulated CUDA build (tests/emulated_cuda_build.sh) compiles csrc/cuda/kernels.cu for
+# The emulated CUDA build (tests/emulated_cuda_build.sh) compiles csrc/cuda/primitives.cu for
 # the host and registers its kernels for CPU tensors: there the CUDA test cases run on CPU
 # tensors. CUDA is the device those cases use; requires_cuda_kernels skips them where
 # neither a GPU nor the emulated build is present. (requires_gpu is for what only a GPU
@@ -32,7 +33,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_compile_caches():
+    """Each test compiles from scratch: torch.compile's caches (and its limit of 8
+    recompilations per function) are per process, and the suite runs in one process."""
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture
-def small_workspace(monkeypatch):
+def small_workspace():
     """Force the im2col workspace to 1 MiB so the batch is processed in several chunks."""
-    monkeypatch.setenv("ROLLCONV_WORKSPACE_MB", "1")
+    with rollconv.backends.flags(workspace_mb=1):
+        yield

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the emulated CUDA variant (ROLLCONV_EMULATE_CUDA=1) into build/emulated-cuda and
-# test it there. In it csrc/cuda/kernels.cu is compiled by the host compiler (launches
+# test it there. In it csrc/cuda/primitives.cu is compiled by the host compiler (launches
 # emulated: csrc/cuda/host_emulation.h) and its kernels serve CPU tensors in place of the
 # CPU kernels, so every op on a CPU tensor takes the CUDA code path (CUDA's primitives, no
 # CPU engine, ATen GEMMs and FFTs, float16/bfloat16 with float32 accumulation). The tests

@@ -1,4 +1,4 @@
-"""conv2d by im2col + GEMM: the seeds' cases, torch.nn.functional.conv2d as reference,
+"""conv2d by im2col + GEMM: the source notebooks' cases, torch.nn.functional.conv2d as reference,
 gradcheck, opcheck, torch.compile, modules and bad input."""
 import random
 
@@ -35,11 +35,11 @@ def _assert_close_all(ref, ours, **tol):
             torch.testing.assert_close(o, r, **tol)
 
 
-# --- seeds -------------------------------------------------------------------------------
+# --- the source notebooks' cases ---------------------------------------------------------------------------
 
 
-def test_seed_003_stride2_values():
-    """Seed 003: 5x5 input, 2x2 kernel, stride 2 -> [[176, -34], [8, 66]]."""
+def test_stride2_golden_values():
+    """Source notebook 003 (layer shapes with torch.nn.Conv2d): 5x5 input, 2x2 kernel, stride 2 -> [[176, -34], [8, 66]]."""
     A = torch.tensor(
         [[5, 27, 9, -15, 12], [2, 4, -2, -7, 8], [-8, 16, 5, 23, -6], [-17, 7, 9, -14, 3], [10, -5, 13, 6, -11]],
         dtype=torch.float32,
@@ -53,8 +53,8 @@ def test_seed_003_stride2_values():
     assert A.grad.squeeze().tolist() == expected_dx
 
 
-def test_seed_003_layer_shapes():
-    """Seed 003: C_in=4 -> C_out=5, kernel (3, 2), stride 2 on 14x4x32x35 -> 14x5x15x17."""
+def test_layer_shapes_of_a_strided_rectangular_kernel():
+    """Source notebook 003: C_in=4 -> C_out=5, kernel (3, 2), stride 2 on 14x4x32x35 -> 14x5x15x17."""
     x = torch.randn(14, 4, 32, 35)
     w = torch.randn(5, 4, 3, 2)
     b = torch.randn(5)
@@ -66,14 +66,14 @@ def test_seed_003_layer_shapes():
 @pytest.mark.parametrize(
     "x_shape, stride, padding",
     [
-        ((2, 3, 17, 23), (1, 1), (0, 0)),  # seed 001: stride 1 -> (2, 4, 13, 16)
+        ((2, 3, 17, 23), (1, 1), (0, 0)),  # source notebook 001: stride 1 -> (2, 4, 13, 16)
         ((2, 3, 17, 24), (3, 4), (0, 0)),  # strided complete -> (2, 4, 5, 5)
         ((2, 3, 19, 26), (3, 4), (0, 0)),  # strided partial -> (2, 4, 5, 5)
         ((2, 3, 19, 26), (3, 4), (7, 10)),  # padded -> (2, 4, 10, 10)
         ((2, 3, 17, 24), (3, 4), (6, 8)),  # dK / dX under stride and padding
     ],
 )
-def test_seed_001_cases(x_shape, stride, padding):
+def test_convolutional_layer_notebook_cases(x_shape, stride, padding):
     x = torch.randn(*x_shape, dtype=torch.float64)
     w = torch.randn(4, 3, 5, 8, dtype=torch.float64)
     b = torch.randn(4, dtype=torch.float64)
@@ -81,7 +81,7 @@ def test_seed_001_cases(x_shape, stride, padding):
     _assert_close_all(ref, ours, rtol=1e-10, atol=1e-10)
 
 
-def test_seed_001_output_shapes():
+def test_convolutional_layer_notebook_output_shapes():
     expect = {((17, 23), (1, 1), (0, 0)): (13, 16), ((17, 24), (3, 4), (0, 0)): (5, 5),
               ((19, 26), (3, 4), (0, 0)): (5, 5), ((19, 26), (3, 4), (7, 10)): (10, 10)}
     w = torch.randn(4, 3, 5, 8)
@@ -89,8 +89,8 @@ def test_seed_001_output_shapes():
         assert RF.conv2d(torch.randn(2, 3, *hw), w, stride=stride, padding=padding).shape == (2, 4, *out_hw)
 
 
-def test_seed_001_dk_dx_ops_match_the_seed_formulas():
-    """Seed 001 derives dK and dX as convolutions of padded, stride-dilated tensors;
+def test_dk_dx_ops_match_the_dilated_convolution_formulas():
+    """Source notebook 001 ('Convolutional Layer') derives dK and dX as convolutions of padded, stride-dilated tensors;
     the dedicated ops must give the same numbers (E = sum Y^2, so dY = 2Y)."""
     X = torch.randn(2, 3, 17, 24, dtype=torch.float64)
     K = torch.randn(4, 3, 5, 8, dtype=torch.float64)
@@ -114,14 +114,14 @@ def test_seed_001_dk_dx_ops_match_the_seed_formulas():
     torch.testing.assert_close(dX, dX_seed)
 
 
-def test_seed_002_stride2_bias():
-    """Seed 002: 3x3x4x4 input, 2x2 kernel, stride 2, bias; dX/dW/db with dZ = 1."""
+def test_stride2_with_bias_golden_gradients():
+    """Source notebook 002 ('Forward and Backward with Convolutions'): 3x3x4x4 input, 2x2 kernel, stride 2, bias; dX/dW/db with dZ = 1."""
     x = torch.randn(3, 3, 4, 4, dtype=torch.float64)
     w = torch.randn(3, 3, 2, 2, dtype=torch.float64)
     b = torch.randn(3, dtype=torch.float64)
     ref, ours = _ref_and_ours(x, w, b, stride=2)
     _assert_close_all(ref, ours)
-    # the seed's own loops: dbias is the sum of dZ = number of output pixels times N
+    # the notebook's own loops: dbias is the sum of dZ = number of output pixels times N
     xs = x.clone().requires_grad_()
     bs = b.clone().requires_grad_()
     RF.conv2d(xs, w, bs, stride=2).sum().backward()

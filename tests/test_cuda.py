@@ -49,26 +49,26 @@ def _same_arguments(ours, reference, *args, **kwargs):
     return call(ours), call(reference)
 
 
-def _seed_method(x, w, b, stride, padding, dilation, rolls, activation, algorithm):
+def _filter_bank_method(x, w, b, stride, padding, dilation, rolls, activation, algorithm):
     return reference.roll_conv2d(x, w, b, stride, padding, dilation, rolls, activation=activation)
 
 
 def _cases(dtype):
     """(rollconv op, torch reference) pairs: torch.nn.functional's op, and for roll_conv2d
-    the seed method. The parameters are representable in `dtype`, so the float64 reference
+    the filter-bank method. The parameters are representable in `dtype`, so the float64 reference
     computes on the same numbers."""
     torch.manual_seed(0)
     shapes = ((8, 3, 3, 2), (8,), (2, 6, 3, 3), (2,), (6, 2, 3, 3))
     w, b, rw, rb, tw = (torch.randn(*shape).to(dtype).double() for shape in shapes)
     cases = [
         _same_arguments(RF.conv2d, F.conv2d, w, b, (2, 1), 1, (1, 2), 2),
-        _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 1, 1, 1, None, "relu", "direct"),
-        _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 2, 0, 1, 4, None, "direct"),
-        _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 2, 0, 1, 4, "relu", "bank"),
+        _same_arguments(RF.roll_conv2d, _filter_bank_method, rw, rb, 1, 1, 1, None, "relu", "direct"),
+        _same_arguments(RF.roll_conv2d, _filter_bank_method, rw, rb, 2, 0, 1, 4, None, "direct"),
+        _same_arguments(RF.roll_conv2d, _filter_bank_method, rw, rb, 2, 0, 1, 4, "relu", "bank"),
         _same_arguments(RF.conv_transpose2d, F.conv_transpose2d, tw, None, 2, 1, 1, 1),
         _same_arguments(RF.max_pool2d, F.max_pool2d, 3, 2, 1, ceil_mode=True),
         _same_arguments(RF.local_response_norm, F.local_response_norm, 3, 0.1, 0.75, 1.0),
-        _same_arguments(RF.roll_conv2d, _seed_method, rw, rb, 1, 1, 1, None, "relu", "fft"),
+        _same_arguments(RF.roll_conv2d, _filter_bank_method, rw, rb, 1, 1, 1, None, "relu", "fft"),
     ]
     return cases
 

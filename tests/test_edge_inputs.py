@@ -3,6 +3,9 @@ zero sizes, extreme geometry, argument validation, memory formats, concurrent ca
 int64 index arithmetic. Each test is one member of a kind; tests/test_properties.py sweeps
 the kinds at random against torch."""
 import concurrent.futures
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -308,9 +311,7 @@ def _workload(seed):
     return [o.detach() for o in outs] + [gx, gw]
 
 
-def test_concurrent_calls_match_calls_one_at_a_time():
-    """No shared mutable state in the engines, caches or workspaces: results of ops called
-    from several Python threads at once are bitwise those of the same calls in sequence."""
+def _compare_concurrent_with_sequential():
     seeds = list(range(8))
     alone = [_workload(s) for s in seeds]
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
@@ -318,3 +319,14 @@ def test_concurrent_calls_match_calls_one_at_a_time():
     for i, results in enumerate(together):
         for got, want in zip(results, alone[i % len(seeds)]):
             assert torch.equal(got, want)
+
+
+def test_concurrent_calls_match_calls_one_at_a_time():
+    """No shared mutable state in the engines, caches or workspaces: results of ops called
+    from several Python threads at once are bitwise those of the same calls in sequence.
+    In a process of its own (each Python thread gets its own OpenMP thread pool, which then
+    outlives the test), with a time limit, so that a deadlock fails the test."""
+    code = "import test_edge_inputs as t; t._compare_concurrent_with_sequential(); print('same')"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0 and done.stdout.strip().endswith("same"), done.stderr[-3000:]

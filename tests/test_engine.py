@@ -25,14 +25,14 @@ def _conv_and_grads(fn, x, w, b):
     return y.detach(), x.grad, w.grad, b.grad
 
 
-def _assert_engine_on_and_off_match(monkeypatch, ours, reference, x, w, b):
+def _assert_engine_on_and_off_match(ours, reference, x, w, b):
     """`ours` with the CPU engines (default) and without (ROLLCONV_CPU_ENGINE=0: CUDA's code
     paths) against `reference`, float64: output and the three gradients."""
     ref = _conv_and_grads(reference, x, w, b)
-    for engine_setting in ("1", "0"):
-        monkeypatch.setenv("ROLLCONV_CPU_ENGINE", engine_setting)
-        for got, want in zip(_conv_and_grads(ours, x, w, b), ref):
-            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for engine_setting in (True, False):
+        with rollconv.backends.flags(cpu_engine=engine_setting):
+            for got, want in zip(_conv_and_grads(ours, x, w, b), ref):
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 CONFIGS = [  # (x shape, w shape, kwargs)
@@ -53,28 +53,28 @@ CONFIGS = [  # (x shape, w shape, kwargs)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw", CONFIGS)
-def test_aten_gemm_path_on_cpu(monkeypatch, x_shape, w_shape, kw):
+def test_aten_gemm_path_on_cpu(x_shape, w_shape, kw):
     """ROLLCONV_CPU_ENGINE=0: the same ops through im2col + at::mm (CUDA's code path)."""
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(*x_shape, dtype=torch.float64, generator=gen)
     w = torch.randn(*w_shape, dtype=torch.float64, generator=gen)
     b = torch.randn(w_shape[0], dtype=torch.float64, generator=gen)
     engine = _conv_and_grads(lambda x, w, b: RF.conv2d(x, w, b, **kw), x, w, b)
-    monkeypatch.setenv("ROLLCONV_CPU_ENGINE", "0")
-    fallback = _conv_and_grads(lambda x, w, b: RF.conv2d(x, w, b, **kw), x, w, b)
+    with rollconv.backends.flags(cpu_engine=False):
+        fallback = _conv_and_grads(lambda x, w, b: RF.conv2d(x, w, b, **kw), x, w, b)
     ref = _conv_and_grads(lambda x, w, b: F.conv2d(x, w, b, **kw), x, w, b)
     for e, f, r in zip(engine, fallback, ref):
         torch.testing.assert_close(e, r, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(f, r, rtol=1e-10, atol=1e-10)
 
 
-def test_aten_gemm_path_roll_direct(monkeypatch):
+def test_aten_gemm_path_roll_direct():
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(2, 7, 9, 8, dtype=torch.float64, generator=gen)
     w = torch.randn(3, 7, 3, 2, dtype=torch.float64, generator=gen)
     b = torch.randn(3, dtype=torch.float64, generator=gen)
     ours = lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, rolls=5, activation="relu", algorithm="direct")
-    _assert_engine_on_and_off_match(monkeypatch, ours, lambda x, w, b: reference_roll(x, w, b, padding=1, rolls=5, activation="relu"), x, w, b)
+    _assert_engine_on_and_off_match(ours, lambda x, w, b: reference_roll(x, w, b, padding=1, rolls=5, activation="relu"), x, w, b)
 
 
 FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides, dilation, radices
@@ -88,15 +88,15 @@ FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides,
 
 
 @pytest.mark.parametrize("x_shape, f, kernel, kw", FFT_CONFIGS)
-def test_roll_fft_fused_and_unfused(monkeypatch, x_shape, f, kernel, kw):
+def test_roll_fft_fused_and_unfused(x_shape, f, kernel, kw):
     """The fused CPU fft (default) and the composed one CUDA runs (ROLLCONV_CPU_ENGINE=0)
-    against the seed method, with bias and ReLU, forward, dX, dK and the bias gradient."""
+    against the filter-bank method, with bias and ReLU, forward, dX, dK and the bias gradient."""
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(*x_shape, dtype=torch.float64, generator=gen)
     w = torch.randn(f, x_shape[1], *kernel, dtype=torch.float64, generator=gen)
     b = torch.randn(f, dtype=torch.float64, generator=gen)
     ours = lambda x, w, b: RF.roll_conv2d(x, w, b, activation="relu", algorithm="fft", **kw)
-    _assert_engine_on_and_off_match(monkeypatch, ours, lambda x, w, b: reference_roll(x, w, b, activation="relu", **kw), x, w, b)
+    _assert_engine_on_and_off_match(ours, lambda x, w, b: reference_roll(x, w, b, activation="relu", **kw), x, w, b)
 
 
 def test_roll_fft_many_chunks_float32():
@@ -185,3 +185,36 @@ def test_bench_hooks():
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
     assert rollconv.info.__doc__  # info() prints the engine ISA among the build facts
     assert "CPU GEMM engine ISA" in rollconv._info.build_facts()
+
+
+SWITCHES_FROM_ENVIRONMENT = r"""
+import os, rollconv
+print(rollconv.backends.get_flags())
+os.environ["ROLLCONV_CPU_ENGINE"] = "1"  # read when rollconv was imported, not later
+print(rollconv.backends.get_flags()["cpu_engine"])
+"""
+
+
+def test_switches_read_from_the_environment_at_import():
+    """ROLLCONV_CPU_ENGINE, ROLLCONV_WORKSPACE_MB and ROLLCONV_GEMM_ISA set the switches once,
+    when rollconv is imported."""
+    env = dict(os.environ, ROLLCONV_CPU_ENGINE="0", ROLLCONV_WORKSPACE_MB="3", ROLLCONV_GEMM_ISA="portable")
+    out = subprocess.run([sys.executable, "-c", SWITCHES_FROM_ENVIRONMENT], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    flags, later = out.stdout.strip().splitlines()
+    assert "'cpu_engine': False" in flags and "'workspace_mb': 3" in flags and "'gemm_isa': 'portable'" in flags
+    assert later == "False"
+
+
+def test_flags_switch_and_restore():
+    before = rollconv.backends.get_flags()
+    with rollconv.backends.flags(cpu_engine=not before["cpu_engine"], workspace_mb=2, gemm_isa="portable"):
+        inside = rollconv.backends.get_flags()
+        assert inside["cpu_engine"] is not before["cpu_engine"]
+        assert inside["workspace_mb"] == 2 and inside["gemm_isa"] == _C.gemm_isa() == "portable"
+    assert rollconv.backends.get_flags() == before
+    with pytest.raises(ValueError, match="gemm_isa must be one of"):
+        rollconv.backends.set_flags(gemm_isa="sse9")
+    with pytest.raises(ValueError, match="workspace_mb must be a non-negative int"):
+        rollconv.backends.set_flags(workspace_mb=-1)
+    assert rollconv.backends.get_flags() == before

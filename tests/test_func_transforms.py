@@ -16,6 +16,7 @@ from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 
 import rollconv
 import rollconv.functional as RF
+from rollconv import reference
 
 ops = torch.ops.rollconv
 
@@ -127,7 +128,7 @@ def test_forward_ad_dual_tensors_match_the_reference():
     w, tw = _rand(4, 3, 3, 3), _rand(4, 3, 3, 3)
     with fwAD.dual_level():
         ours = fwAD.unpack_dual(RF.roll_conv2d(fwAD.make_dual(x, tx), fwAD.make_dual(w, tw), padding=1)).tangent
-        ref = fwAD.unpack_dual(F.conv2d(fwAD.make_dual(x, tx), _bank(fwAD.make_dual(w, tw), 3), padding=1)).tangent
+        ref = fwAD.unpack_dual(F.conv2d(fwAD.make_dual(x, tx), reference.filter_bank(fwAD.make_dual(w, tw), 3), padding=1)).tangent
     assert ours is not None and ours.abs().max() > 1
     _close(ours, ref)
 
@@ -135,14 +136,9 @@ def test_forward_ad_dual_tensors_match_the_reference():
 # --- the functional API against torch.nn.functional, transform by transform ------------------
 
 
-def _bank(weight, rolls):
-    return torch.cat([torch.roll(weight, r, dims=1) for r in range(rolls)])
-
-
 def _roll_reference(x, w, b=None, stride=1, padding=0, dilation=1, rolls=None, activation=None, algorithm=None):
-    rolls = x.shape[-3] if rolls is None else rolls
-    y = F.conv2d(x, _bank(w, rolls), None if b is None else b.repeat(rolls), stride, padding, dilation)
-    return y.relu() if activation == "relu" else y
+    """rollconv.reference.roll_conv2d with roll_conv2d's argument order (algorithm ignored)."""
+    return reference.roll_conv2d(x, w, b, stride, padding, dilation, rolls, 1, activation)
 
 
 # (ours, reference, shapes of (input, weight, bias), keyword arguments). The input is

@@ -43,6 +43,17 @@ def test_the_benchmark_runs_on_the_cpu(tmp_path, capsys):
     assert data["facts"]["device"] == "cpu" and data["facts"]["torch"] == torch.__version__
 
 
+def test_a_wrong_result_fails_the_benchmark(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "roll_cases", lambda quick: [(2, 4, 2, 6)])
+    monkeypatch.setattr(gpu_check, "conv_cases", lambda quick: [])
+    # every candidate 50% off its baseline (the baseline itself is exact)
+    monkeypatch.setattr(gpu_check, "_relative_error", lambda y, ref: 0.0 if y is ref else 0.5)
+    out = tmp_path / "results.md"
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(out)]) == 1
+    assert "WRONG: rel. err above" in out.read_text()
+    assert "gpu-check: wrong result: roll_conv2d" in capsys.readouterr().err
+
+
 def test_minimum_torch_is_pyprojects():
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
         assert f'"torch>={gpu_check.minimum_torch()}"' in f.read()

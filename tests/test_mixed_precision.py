@@ -292,8 +292,13 @@ def test_network_trains_under_autocast_like_float32(dtype, device):
     assert all(p.dtype == torch.float32 for p in amp_model.parameters())
     for ours, ref in zip(losses, ref_losses):
         assert abs(ours - ref) <= LOSS_TOL[dtype] * abs(ref)
+    # Each gradient's error relative to the larger of its own size and 1% of the whole
+    # gradient's: a gradient that nearly cancels (a bias summed over many positions) keeps
+    # only rounding noise in float16/bfloat16, whoever computes it.
+    whole = torch.cat([r.flatten() for r in ref_grads]).norm().item()
     for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
-        assert rel_error(g, r) < GRAD_TOL[dtype], name
+        scale = max(r.norm().item(), 0.01 * whole)
+        assert (g - r).double().norm().item() / scale < GRAD_TOL[dtype], name
     for (name, p), r, p0 in zip(amp_model.named_parameters(), model.parameters(), initial):
         assert torch.isfinite(p).all() and rel_error(p - p0, r - p0) < GRAD_TOL[dtype], name  # the steps taken
 

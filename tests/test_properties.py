@@ -104,10 +104,17 @@ def test_conv2d_matches_torch(geo, n, groups, cin_g, cout_g, bias, layout):
     w = torch.randn(groups * cout_g, cin_g, *kernel, dtype=torch.float64)
     b = torch.randn(groups * cout_g, dtype=torch.float64) if bias else None
     args = (stride, padding, dilation, groups)
-    ours = _run(lambda x, w, b: RF.conv2d(x, w, b, *args), (x, w, b))
-    theirs = _run(lambda x, w, b: F.conv2d(x, w, b, *args), (x, w, b))
-    case = f"conv2d x={tuple(x.shape)} w={tuple(w.shape)} {args} {layout}"
-    deliberate = _conv_deliberate(cin_g, cout_g, ours)
+    _compare_convolutions(RF.conv2d, F.conv2d, (x, w, b), args, cin_g, cout_g, f"conv2d {layout}")
+
+
+def _compare_convolutions(ours_fn, torch_fn, tensors, args, cin, cout, name):
+    """ours_fn against torch_fn on (x, w, b) with the trailing arguments `args`; cin and cout
+    are the channels per group (the Deliberate cases)."""
+    ours = _run(lambda x, w, b: ours_fn(x, w, b, *args), tensors)
+    theirs = _run(lambda x, w, b: torch_fn(x, w, b, *args), tensors)
+    x, w, b = tensors
+    case = f"{name} x={tuple(x.shape)} w={tuple(w.shape)} {args}"
+    deliberate = _conv_deliberate(cin, cout, ours)
     if deliberate is Deliberate.NONE:
         _assert_same(ours, theirs, case)
     else:
@@ -175,14 +182,8 @@ def test_conv_transpose2d_matches_torch(geo, n, groups, cin_g, cout_g, bias, dat
     w = torch.randn(groups * cin_g, cout_g, *kernel, dtype=torch.float64)
     b = torch.randn(groups * cout_g, dtype=torch.float64) if bias else None
     args = (stride, padding, output_padding, groups, dilation)
-    ours = _run(lambda x, w, b: RF.conv_transpose2d(x, w, b, *args), (x, w, b))
-    theirs = _run(lambda x, w, b: F.conv_transpose2d(x, w, b, *args), (x, w, b))
-    case = f"conv_transpose2d x={tuple(x.shape)} w={tuple(w.shape)} {args} {layout}"
-    deliberate = _conv_deliberate(cin_g, cout_g, ours)
-    if deliberate is Deliberate.NONE:
-        _assert_same(ours, theirs, case)
-    else:
-        _assert_right_value(ours, deliberate, b, case)
+    _compare_convolutions(RF.conv_transpose2d, F.conv_transpose2d, (x, w, b), args, cin_g, cout_g,
+                          f"conv_transpose2d {layout}")
 
 
 @SETTINGS

@@ -35,7 +35,7 @@ def graphs_compiled(fn, make_inputs, sizes=SIZES):
     return counters["stats"]["unique_graphs"]
 
 
-def seed_roll(x, w):
+def filter_bank_method(x, w):
     """roll_conv2d(x, w, padding=1) in torch ops: the filter-bank method."""
     return reference.roll_conv2d(x, w, padding=1)
 
@@ -61,17 +61,17 @@ CASES = {
     ),
     "roll_conv2d direct": (
         lambda x, w: RF.roll_conv2d(x, w, padding=1, algorithm="direct"),
-        seed_roll,
+        filter_bank_method,
         image_and_weight((2, 3, 3, 3)),
     ),
     "roll_conv2d bank": (
         lambda x, w: RF.roll_conv2d(x, w, padding=1, algorithm="bank"),
-        seed_roll,
+        filter_bank_method,
         image_and_weight((2, 3, 3, 3)),
     ),
     "roll_conv2d fft": (
         lambda x, w: RF.roll_conv2d(x, w, padding=1, algorithm="fft"),
-        seed_roll,
+        filter_bank_method,
         image_and_weight((2, 3, 3, 3)),
     ),
     "conv_transpose2d": (
@@ -96,7 +96,10 @@ def test_dynamic_image_sizes_compile_as_often_as_torch(name):
     ours, theirs, make_inputs = CASES[name]
     if theirs not in _TORCH_GRAPHS:
         _TORCH_GRAPHS[theirs] = graphs_compiled(theirs, make_inputs)
-    assert graphs_compiled(ours, make_inputs) == _TORCH_GRAPHS[theirs] == 1
+    # One graph for all sizes; never more than torch needs for the same math (older torch
+    # releases recompile some of their own ops, e.g. max_pool2d on torch 2.11).
+    ours_count = graphs_compiled(ours, make_inputs)
+    assert ours_count == 1 and ours_count <= _TORCH_GRAPHS[theirs], (ours_count, _TORCH_GRAPHS[theirs])
 
 
 def every_layer():

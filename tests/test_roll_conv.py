@@ -1,5 +1,5 @@
-"""The rolling-filter convolution: seed 000's numbers, the seed's own method as the
-reference, equivariance, gradcheck, opcheck, torch.compile, RollConv2d and bad input."""
+"""The rolling-filter convolution: the golden values of the notebook the project grew from,
+the filter-bank method (rollconv.reference) as the reference, equivariance, gradcheck, opcheck, torch.compile, RollConv2d and bad input."""
 import random
 
 import pytest
@@ -29,7 +29,9 @@ ALGORITHMS = ["direct", "bank", "fft"]  # fft: rolls == C only
 
 
 @pytest.mark.parametrize("call", ["roll", "direct", "bank", "fft"])
-def test_seed_000_example(call):
+def test_golden_values_of_the_rolling_filter_notebook(call):
+    """The toy example of the notebook the project grew from ('Rolling Convolution Filters:
+    Back Propagation Using PyTorch', source 000): its printed out1, w.grad and x.grad."""
     x = torch.tensor(SEED_X, dtype=torch.float32).unsqueeze(0).requires_grad_()
     w = torch.nn.Parameter(torch.tensor(SEED_W, dtype=torch.float32).unsqueeze(0))
     out1 = RF.roll(x, w) if call == "roll" else RF.roll_conv2d(x, w, activation="relu", algorithm=call)
@@ -61,7 +63,7 @@ def _compare_with_seed(x, w, b, atol=1e-10, algorithm="auto", **kw):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("seed", range(60))
-def test_random_configs_match_the_seed_method(seed, algorithm, device):
+def test_random_configs_match_the_filter_bank_method(seed, algorithm, device):
     rng = random.Random(seed)
     c = rng.choice([1, 2, 3, 4, 5, 8, 13, 16, 33, 64])
     f = rng.randint(1, 4)
@@ -295,3 +297,31 @@ def test_torch_export_keeps_the_ops():
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert {"rollconv.roll_conv2d_forward.default", "rollconv.conv2d_forward.default"} <= targets
     torch.testing.assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batch_in_chunks_with_a_short_last_one(device, dtype):
+    """Without a fused engine (the CUDA path) the batch goes through the column-matrix
+    workspace (16 MiB) in chunks of samples: 13 samples of this size make chunks of 12 + 1
+    in float32 and 6 + 6 + 1 in float64. Forward and every gradient, of roll_conv2d,
+    conv2d and conv_transpose2d, against torch's convolution on the filter bank."""
+    torch.manual_seed(0)
+    x = torch.randn(13, 4, 32, 32, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(64, 4, 3, 3, device=device, dtype=dtype, requires_grad=True)
+    b = torch.randn(64, device=device, dtype=dtype, requires_grad=True)
+    bank = torch.randn(256, 4, 3, 3, device=device, dtype=dtype, requires_grad=True)
+    cases = {
+        "roll_conv2d": (lambda: RF.roll_conv2d(x, w, b, padding=1, activation="relu", algorithm="direct"),
+                        lambda: reference.roll_conv2d(x, w, b, padding=1, activation="relu"), (x, w, b)),
+        "conv2d": (lambda: RF.conv2d(x, bank, padding=1), lambda: F.conv2d(x, bank, padding=1), (x, bank)),
+        "conv_transpose2d": (lambda: RF.conv_transpose2d(x, w.transpose(0, 1), padding=1),
+                             lambda: F.conv_transpose2d(x, w.transpose(0, 1), padding=1), (x, w)),
+    }
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for name, (ours, theirs, params) in cases.items():
+        y, r = ours(), theirs()
+        y_, r_ = y.detach(), r.detach()
+        assert float((y_ - r_).abs().max()) <= tol * float(r_.abs().max()), name
+        probe = torch.randn_like(r)
+        for g, g_ref in zip(torch.autograd.grad(y, params, probe), torch.autograd.grad(r, params, probe)):
+            assert float((g - g_ref).abs().max()) <= tol * float(g_ref.abs().max()), name

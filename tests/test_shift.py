@@ -36,11 +36,10 @@ def _assert_matches_reference(x, w, b, algorithm, atol=1e-10, **kw):
 
 
 @pytest.fixture(params=["engine", "no_engine"])
-def cpu_engine(request, monkeypatch):
+def cpu_engine(request):
     """The CPU's fused engines (default), and the composed path CUDA runs (ROLLCONV_CPU_ENGINE=0)."""
-    if request.param == "no_engine":
-        monkeypatch.setenv("ROLLCONV_CPU_ENGINE", "0")
-    return request.param
+    with rollconv.backends.flags(cpu_engine=request.param == "engine"):
+        yield request.param
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

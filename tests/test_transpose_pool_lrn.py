@@ -1,5 +1,5 @@
 """Transposed convolution, max pooling and local response normalization against
-torch.nn.functional and the seed-001 formulas."""
+torch.nn.functional and the formulas of source notebook 001."""
 import random
 
 import numpy as np
@@ -31,8 +31,8 @@ def _check_same(ref_fn, our_fn, tensors, atol=1e-10, **kw):
 # --- transposed convolution -------------------------------------------------------------------
 
 
-def test_seed_001_conv_transpose_stride_3_4_padding_6_8():
-    """Seed 001: conv_transpose2d(X2, K2, stride (3, 4), padding (6, 8)) of the (2, 4, 9, 9)
+def test_conv_transpose_stride_3_4_padding_6_8():
+    """Source notebook 001 ('Convolutional Layer'): conv_transpose2d(X2, K2, stride (3, 4), padding (6, 8)) of the (2, 4, 9, 9)
     convolution output gives the (2, 3, 17, 24) shape of the convolution's input, and its gradients
     are the convolution's forward and weight pass."""
     x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
@@ -41,7 +41,7 @@ def test_seed_001_conv_transpose_stride_3_4_padding_6_8():
     y = RF.conv_transpose2d(x, k, stride=(3, 4), padding=(6, 8))
     assert y.shape == (2, 3, 17, 24)
     _check_same(F.conv_transpose2d, RF.conv_transpose2d, (x, k, b), stride=(3, 4), padding=(6, 8))
-    # the seed's identities: with E = sum Y^2, dX2 = conv2d(2Y, K2) and dK2 = dK(X2 as dY, 2Y as input)
+    # the notebook's identities: with E = sum Y^2, dX2 = conv2d(2Y, K2) and dK2 = dK(X2 as dY, 2Y as input)
     dY = 2 * y
     torch.testing.assert_close(ops.conv2d_forward(dY, k, None, [3, 4], [6, 8], [1, 1], 1),
                                F.conv2d(dY, k, stride=(3, 4), padding=(6, 8)))
@@ -102,8 +102,8 @@ def test_conv_transpose_bad_input(make, match):
 # --- max pooling ------------------------------------------------------------------------------
 
 
-def test_seed_001_maxpool_rectangular():
-    """Seed 001: maxpool(X, 2, 3, 4, 5) on (2, 3, 18, 17) -> (2, 3, 5, 3), equal to torch."""
+def test_maxpool_rectangular_window():
+    """Source notebook 001: maxpool(X, 2, 3, 4, 5) on (2, 3, 18, 17) -> (2, 3, 5, 3), equal to torch."""
     x = torch.randn(2, 3, 18, 17)
     y = RF.max_pool2d(x, (2, 3), (4, 5))
     assert y.shape == (2, 3, 5, 3)
@@ -111,8 +111,8 @@ def test_seed_001_maxpool_rectangular():
 
 
 @pytest.mark.parametrize("shape, k, s", [((1, 1, 6, 6), (2, 2), (2, 2)), ((1, 1, 5, 5), (2, 2), (1, 1)), ((2, 3, 9, 7), (3, 2), (2, 1))])
-def test_seed_001_maxpool_backward(shape, k, s):
-    """Seed 001's maxpool_dk cases with E = sum Y^2 (random data: no ties)."""
+def test_maxpool_backward_cases(shape, k, s):
+    """Source notebook 001's maxpool_dk cases with E = sum Y^2 (random data: no ties)."""
     x = torch.randn(*shape, dtype=torch.float64)
     _check_same(F.max_pool2d, RF.max_pool2d, (x,), kernel_size=k, stride=s)
 
@@ -182,8 +182,8 @@ def test_max_pool_bad_input(make, match):
 # --- local response normalization ---------------------------------------------------------------
 
 
-def seed_local_response_norm(n, alpha, beta, k, X):
-    """Seed 001's formula, vectorized: window [i - n//2, i + n//2) and alpha unscaled."""
+def notebook_local_response_norm(n, alpha, beta, k, X):
+    """Source notebook 001's formula, vectorized: window [i - n//2, i + n//2) and alpha unscaled."""
     Y = np.empty(X.shape)
     for i in range(X.shape[1]):
         lo, hi = max(0, i - n // 2), min(X.shape[1], i + n // 2)
@@ -192,11 +192,11 @@ def seed_local_response_norm(n, alpha, beta, k, X):
     return Y
 
 
-def test_seed_001_lrn_mapping():
-    """The seed compares its formula to LocalResponseNorm(6, 0.0001 * 6, 0.75, 1): for even
+def test_lrn_matches_the_notebook_formula():
+    """Source notebook 001 compares its formula to LocalResponseNorm(6, 0.0001 * 6, 0.75, 1): for even
     sizes its window [i - 3, i + 3) is torch's, and alpha / size undoes the * 6."""
     X = np.random.randn(2, 14, 9, 7)
-    Y = seed_local_response_norm(6, 0.0001, 0.75, 1, X)
+    Y = notebook_local_response_norm(6, 0.0001, 0.75, 1, X)
     ours = rollconv.nn.LocalResponseNorm(6, 0.0001 * 6, 0.75, 1)(torch.tensor(X))
     np.testing.assert_allclose(ours.numpy(), Y, rtol=1e-12, atol=1e-12)
 

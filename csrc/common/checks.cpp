@@ -5,6 +5,8 @@
 
 #include <limits>
 
+#include "common/device_primitives.h"
+
 namespace rollconv {
 
 Pair pair_arg(const char* op, const char* name, at::IntArrayRef values) {
@@ -14,7 +16,7 @@ Pair pair_arg(const char* op, const char* name, at::IntArrayRef values) {
 }
 
 void check_input(const char* op, const char* name, const at::Tensor& t, int64_t ndim,
-                 const DeviceKernels& kernels) {
+                 const DevicePrimitives& prims) {
   TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
   if (ndim >= 0) {
     TORCH_CHECK(t.dim() == ndim, op, ": expected ", name, " to have ", ndim,
@@ -26,9 +28,9 @@ void check_input(const char* op, const char* name, const at::Tensor& t, int64_t 
   const auto dtype = t.scalar_type();
   const bool full = dtype == at::kFloat || dtype == at::kDouble;
   const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
-  TORCH_CHECK(full || (reduced && kernels.supports_reduced_precision), op, ": ", name,
-              " has dtype ", dtype, ", but ", kernels.device_name, " kernels support ",
-              kernels.supports_reduced_precision ? "float32, float64, float16 and bfloat16"
+  TORCH_CHECK(full || (reduced && prims.supports_reduced_precision), op, ": ", name,
+              " has dtype ", dtype, ", but ", prims.device_name, " kernels support ",
+              prims.supports_reduced_precision ? "float32, float64, float16 and bfloat16"
                                                  : "float32 and float64");
 }
 
@@ -41,10 +43,10 @@ void check_same_kind(const char* op, const char* name, const at::Tensor& t, cons
               t.scalar_type());
 }
 
-void check_4d_operands(const char* op, const DeviceKernels& kernels, const char* first_name,
+void check_4d_operands(const char* op, const DevicePrimitives& prims, const char* first_name,
                        const at::Tensor& first, const char* second_name, const at::Tensor& second) {
-  check_input(op, first_name, first, 4, kernels);
-  check_input(op, second_name, second, 4, kernels);
+  check_input(op, first_name, first, 4, prims);
+  check_input(op, second_name, second, 4, prims);
   check_same_kind(op, second_name, second, first_name, first);
 }
 

@@ -7,9 +7,11 @@
 
 #include <initializer_list>
 
-#include "common/device_kernels.h"
+#include "common/index_math.h"
 
 namespace rollconv {
+
+struct DevicePrimitives;
 
 struct Pair {
   int64_t h, w;
@@ -20,13 +22,13 @@ Pair pair_arg(const char* op, const char* name, at::IntArrayRef values);
 
 // Defined, `ndim` dims (or at least -ndim if negative), a floating dtype the device supports.
 void check_input(const char* op, const char* name, const at::Tensor& t, int64_t ndim,
-                 const DeviceKernels& kernels);
+                 const DevicePrimitives& prims);
 // Same dtype and device as the reference tensor.
 void check_same_kind(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
                      const at::Tensor& ref);
 
 // Two 4-D operands of a convolution pass: each checked as above, the second against the first.
-void check_4d_operands(const char* op, const DeviceKernels& kernels, const char* first_name,
+void check_4d_operands(const char* op, const DevicePrimitives& prims, const char* first_name,
                        const at::Tensor& first, const char* second_name, const at::Tensor& second);
 
 // Sliding-window geometry of a convolution; checks stride/dilation > 0, padding >= 0,

@@ -1,34 +1,17 @@
-// The block-GEMM plan of a convolution (shared by every device) and the interfaces of a
-// device's fused engines:
+// The interfaces of a device's fused engines:
 //   ConvEngine: im2col fused into the GEMM's packing, so no column matrix is built;
 //   RollFftEngine: the channel-FFT rolling convolution in one pass per direction.
 // The CPU has both (cpu/conv_engine.cpp, cpu/roll_fft_engine.cpp); a device without one
-// (CUDA) leaves its DeviceKernels pointer null and conv.cpp composes ATen calls and the
-// device's primitive kernels instead.
+// (CUDA) leaves its DevicePrimitives pointer null, and the ops compose ATen calls and the
+// device's primitives instead (conv_gemm.cpp, roll_fft.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
-#include <vector>
-
+#include "common/conv_plan.h"
 #include "common/index_math.h"
 
 namespace rollconv {
-
-// One GEMM of a convolution: output rows [out_row, out_row + rows) = weight-matrix rows
-// [weight_row, + rows), columns [0, inner), times column-matrix rows [col_row, + inner)
-// (rows of the ColumnLayout: virtual channel x tap).
-struct GemmBlock {
-  int64_t out_row, rows, weight_row, col_row, inner;
-};
-
-struct BlockPlan {
-  std::vector<GemmBlock> blocks;
-  int64_t out_channels;
-  int64_t bias_period;  // the bias has this many entries, repeated over the channels
-  int64_t weight_rows, weight_cols;  // shape of the GEMM weight matrix
-  bool shared_columns;  // blocks read overlapping column rows (rolls): dX accumulates
-};
 
 // The three passes, on contiguous tensors of one dtype (float32 / float64, see supports):
 //   forward:         output (N, out_channels, oh, ow) = relu?(W * im2col(input) + bias_rows)
@@ -38,6 +21,7 @@ struct BlockPlan {
 // weight_mat is (weight_rows, weight_cols). Deterministic: the same inputs and thread count
 // give bitwise the same result.
 struct ConvEngine {
+  // The dtypes it computes. (Whether the engines run at all is settings::engines_enabled.)
   bool (*supports)(at::ScalarType dtype);
   void (*forward)(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
                   const ColumnLayout& layout, const BlockPlan& plan, bool relu, const at::Tensor& output);
@@ -47,7 +31,7 @@ struct ConvEngine {
                           const ColumnLayout& layout, const BlockPlan& plan, const at::Tensor& grad_weight);
 };
 
-// The channel-FFT rolling convolution (rolls == C, index_math.h), fused: the channel
+// The channel-FFT rolling convolution (rolls == C, fft_sums.h), fused: the channel
 // transforms, the per-frequency sums and the inverse transforms run tile by tile, so the
 // spectra never make a full pass through memory in their own layout. On contiguous tensors
 // of one dtype (float32 / float64, see supports); taps = rfft of the weight over its
@@ -59,7 +43,7 @@ struct ConvEngine {
 //                    (the caller's irfft over K gives dK).
 // Deterministic: the sums have a fixed order, whatever the thread count.
 struct RollFftEngine {
-  bool (*supports)(at::ScalarType dtype);
+  bool (*supports)(at::ScalarType dtype);  // as ConvEngine's
   // Whether its extra memory for this window stays bounded by the input and output sizes
   // (its zero-padded tiles grow with the stride and dilation; where they would not fit,
   // the composed path runs instead, whose memory does not).

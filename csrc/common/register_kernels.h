@@ -1,5 +1,6 @@
-// Binds every op of common/ops.h to one device's DeviceKernels table. cpu/ and cuda/
-// each call register_device_kernels once, so the op list is written only here.
+// Registers every op of common/ops.h as a dispatcher kernel of one device, bound to that
+// device's DevicePrimitives table. cpu/ and cuda/ each call register_device_kernels once, so
+// the op list is written only here.
 #pragma once
 
 #include <optional>
@@ -21,14 +22,14 @@ enum class ReducedPrecision {
                // run, the result is rounded back (CPU: its engines are float32/float64)
 };
 
-// Turns `R fn(const DeviceKernels&, Args...)` into `R call(Args...)` for one device.
-template <const DeviceKernels& (*Kernels)(), auto Fn>
+// Turns `R fn(const DevicePrimitives&, Args...)` into `R call(Args...)` for one device.
+template <const DevicePrimitives& (*Primitives)(), auto Fn>
 struct OnDevice;
 
-template <const DeviceKernels& (*Kernels)(), typename R, typename... Args,
-          R (*Fn)(const DeviceKernels&, Args...)>
-struct OnDevice<Kernels, Fn> {
-  static R call(Args... args) { return Fn(Kernels(), args...); }
+template <const DevicePrimitives& (*Primitives)(), typename R, typename... Args,
+          R (*Fn)(const DevicePrimitives&, Args...)>
+struct OnDevice<Primitives, Fn> {
+  static R call(Args... args) { return Fn(Primitives(), args...); }
 };
 
 namespace in_float32 {
@@ -85,27 +86,27 @@ std::tuple<Ts...> narrow(const std::tuple<Ts...>& results, at::ScalarType dtype)
 // has the same reduced dtype, they are converted, the op runs, and its results are rounded
 // to that dtype. Anything else (float32, float64, mixed dtypes that the op's checks
 // reject) is passed through unchanged.
-template <const DeviceKernels& (*Kernels)(), auto Fn>
+template <const DevicePrimitives& (*Primitives)(), auto Fn>
 struct InFloat32;
 
-template <const DeviceKernels& (*Kernels)(), typename R, typename... Args,
-          R (*Fn)(const DeviceKernels&, Args...)>
-struct InFloat32<Kernels, Fn> {
+template <const DevicePrimitives& (*Primitives)(), typename R, typename... Args,
+          R (*Fn)(const DevicePrimitives&, Args...)>
+struct InFloat32<Primitives, Fn> {
   static R call(Args... args) {
     in_float32::SharedDtype shared;
     (shared.add(args), ...);
-    if (!shared.reduced()) return Fn(Kernels(), args...);
-    return in_float32::narrow(Fn(Kernels(), in_float32::widen(args)...), *shared.dtype);
+    if (!shared.reduced()) return Fn(Primitives(), args...);
+    return in_float32::narrow(Fn(Primitives(), in_float32::widen(args)...), *shared.dtype);
   }
 };
 
-template <const DeviceKernels& (*Kernels)(), ReducedPrecision Reduced = ReducedPrecision::kNative>
+template <const DevicePrimitives& (*Primitives)(), ReducedPrecision Reduced = ReducedPrecision::kNative>
 void register_device_kernels(torch::Library& m) {
-#define ROLLCONV_IMPL(name) m.impl(#name, TORCH_FN((OnDevice<Kernels, &ops::name>::call)))
+#define ROLLCONV_IMPL(name) m.impl(#name, TORCH_FN((OnDevice<Primitives, &ops::name>::call)))
 // The convolutions: their GEMMs and FFTs run in the device's engines or ATen.
 #define ROLLCONV_CONV_IMPL(name)                                               \
   if constexpr (Reduced == ReducedPrecision::kInFloat32) {                     \
-    m.impl(#name, TORCH_FN((InFloat32<Kernels, &ops::name>::call)));           \
+    m.impl(#name, TORCH_FN((InFloat32<Primitives, &ops::name>::call)));           \
   } else {                                                                     \
     ROLLCONV_IMPL(name);                                                       \
   }

@@ -11,11 +11,11 @@
 //             padded-width positions and their pixels are copied out. Otherwise (strides,
 //             1x1, large images) B panels are packed from the image (im2col), a roll window
 //             that passes the last channel wrapping to the first as a second K segment.
-//   dX:       (stride 1 runs the forward with the flipped weight instead: common/conv.cpp)
+//   dX:       (stride 1 runs the forward with the flipped weight instead: common/dx_by_forward.cpp)
 //             per (sample, range of input channels): B = dY panel, A = W^T rows of those
 //             channels, the product (a few column rows) is added into the input planes at
 //             once (col2im of a tile). Each thread owns whole planes: no races, fixed order.
-//   dK:       dW = dY * im2col(x)^T by the dot-product kernel (both factors run along the
+//   dK:       dW = dY * im2col(x)^T by the dot-product micro-kernel (both factors run along the
 //             pixels, so nothing is transposed): A = dY rows, B = im2col rows (windows of
 //             the padded copy at stride 1, else copied lines), over chunks of positions that
 //             run across samples. Each thread owns a group of samples with its own
@@ -28,14 +28,14 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "common/conv_engine.h"
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
+#include "cpu/blocking.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/im2col_span.h"
+#include "cpu/isa.h"
 #include "cpu/parallel.h"
 
 namespace rollconv {
@@ -46,12 +46,8 @@ using gemm::Epilogue;
 using gemm::KSegment;
 using gemm::MicroKernel;
 using gemm::round_up;
-
-// Per-thread budget of packed panels: about L2-sized, so a panel is still cached when the
-// next GEMM block reads it again.
-constexpr int64_t kPanelBytes = int64_t(1) << 20;
-// dK's image-column lines (the dot-product kernel's NR rows of B): within half of L1.
-constexpr int64_t kDotLinesBytes = int64_t(24) << 10;
+using cpu::kDotLinesBytes;
+using cpu::kPanelBytes;
 
 // The row window of the column matrix a block reads, as K segments of the packed image
 // columns (which hold only the real rows, channel x tap): a rolling window that runs past
@@ -86,8 +82,8 @@ struct PackedBlocks {
       for (int64_t row = 0; row < rows; row += uk.mr) strips.push_back(Strip{&blk, row, offset + row * depth});
       offset += size(uk, blk, transposed);
     }
-    // Strip by strip in parallel: the weights are MBs at 256 channels (3x3), and packing
-    // them took ~5% of such a layer's forward pass on one thread.
+    // Strip by strip in parallel: the weights are MBs at 256 channels (3x3), too much to
+    // pack on one thread while the others wait.
     const int64_t count = int64_t(strips.size());
     const int threads = engine_threads(count, 16 * offset);
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -231,7 +227,7 @@ struct PaddedImage {
 template <typename T>
 void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
                    const ColumnLayout& L, const BlockPlan& plan, bool relu, const at::Tensor& output) {
-  const MicroKernel<T>& uk = gemm::micro_kernel<T>(gemm::active_isa());
+  const MicroKernel<T>& uk = gemm::micro_kernel<T>(cpu::active_isa());
   const Window2d& w = L.win;
   const int64_t batch = input.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
   const int64_t real_rows = L.channels * w.kernel_h * w.kernel_w, cout = plan.out_channels;
@@ -249,8 +245,8 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
   const std::vector<std::vector<int64_t>> offsets =
       windows ? padded_image.block_offsets(L, plan) : std::vector<std::vector<int64_t>>();
   // Items: blocks of B strips (positions), as many as fit the budget of the packed panel (or
-  // of the scratch C: a quarter of it, as the padded image shares L2 with it; measured
-  // best at 64 channels @ 56), fewer when the batch alone does not give every thread two.
+  // of the scratch C: a quarter of it, as the padded image shares L2 with it), fewer when
+  // the batch alone does not give every thread two.
   const int64_t positions = windows ? (w.out_h - 1) * padded_image.pitch + w.out_w : px;
   const int64_t strips = ceil_div(positions, uk.nr);
   const int64_t strip_rows = windows ? cout : real_rows, budget = windows ? kPanelBytes / 4 : kPanelBytes;
@@ -309,7 +305,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
 template <typename T>
 void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weight_mat,
                           const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_input) {
-  const MicroKernel<T>& uk = gemm::micro_kernel<T>(gemm::active_isa());
+  const MicroKernel<T>& uk = gemm::micro_kernel<T>(cpu::active_isa());
   const Window2d& w = L.win;
   const int64_t batch = grad_output.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
   const int64_t kk = w.kernel_h * w.kernel_w, channels = L.channels, cout = plan.out_channels;
@@ -405,7 +401,99 @@ struct DepthStretch {
   int64_t sample, first, count, offset, slot;
 };
 
-// dK: dW += dY * im2col(x)^T. Both factors run along the pixels, so the dot-product kernel
+// dK's depth cut into chunks: consecutive stretches of positions that run across the
+// samples [sample, end) of one group, at most `chunk_depth` positions per chunk.
+struct ChunkWalk {
+  int64_t sample, end, position = 0;
+
+  // The next chunk's stretches into `chunk`; returns its length in positions (0: no more).
+  int64_t next(int64_t depth, int64_t chunk_depth, std::vector<DepthStretch>& chunk) {
+    chunk.clear();
+    int64_t len = 0;
+    while (sample < end && len < chunk_depth) {
+      const int64_t count = std::min(depth - position, chunk_depth - len);
+      chunk.push_back(DepthStretch{sample, position, count, len, int64_t(chunk.size())});
+      len += count;
+      position += count;
+      if (position == depth) ++sample, position = 0;
+    }
+    return len;
+  }
+};
+
+// A of one block over one chunk: row r is dY's plane (out_row + r) along the chunk's
+// stretches, zero past the chunk's `len` positions up to `padded`.
+template <typename T>
+void fill_grad_rows(const T* dy, int64_t cout, int64_t px, const Window2d& w, const DepthLayout& d,
+                    const GemmBlock& blk, const std::vector<DepthStretch>& chunk, int64_t len, int64_t padded,
+                    T* a_panel) {
+  for (int64_t r = 0; r < blk.rows; ++r) {
+    T* row = a_panel + r * padded;
+    for (const DepthStretch& st : chunk) {
+      copy_grad_depth(dy + (st.sample * cout + blk.out_row + r) * px, w, d, st.first, st.first + st.count,
+                      row + st.offset);
+    }
+    std::fill(row + len, row + padded, T(0));
+  }
+}
+
+// B rows, first source (stride 1): windows of the padded copies of the chunk's samples,
+// which live in P slots, one per sample a chunk can touch.
+template <typename T>
+struct WindowRows {
+  const PaddedImage& image;
+  T* slots;                          // P slots of image.size elements
+  std::vector<int64_t> slot_sample;  // the sample each slot holds (-1: none yet)
+
+  WindowRows(const PaddedImage& padded, T* slot_memory, int64_t count)
+      : image(padded), slots(slot_memory), slot_sample(count, -1) {}
+
+  // Copies the chunk's samples that their slots do not hold yet, and gives the dot pieces
+  // that map each stretch's chunk positions to its slot: B's element p of a stretch is
+  // row window + slot image + (first + p - offset).
+  void load(const T* x, const ColumnLayout& L, const std::vector<DepthStretch>& chunk,
+            std::vector<gemm::DotPiece>& pieces) {
+    const Window2d& w = L.win;
+    for (const DepthStretch& st : chunk) {
+      if (slot_sample[st.slot] != st.sample) {
+        image.copy(x + st.sample * L.channels * w.in_h * w.in_w, w, L.channels, slots + st.slot * image.size);
+        slot_sample[st.slot] = st.sample;
+      }
+      pieces.push_back(gemm::DotPiece{st.offset, st.offset + st.count, st.slot * image.size + st.first - st.offset});
+    }
+  }
+
+  // Every column's window at once: rows [0, round_up(cols, nr)) of b_rows for dW's columns
+  // [col0, col0 + cols) of a block; rows past `cols` repeat the last (their results are dropped).
+  void rows(const std::vector<int64_t>& block_offsets, int64_t col0, int64_t cols, int64_t nr,
+            const T** b_rows) const {
+    for (int64_t j = 0; j < round_up(cols, nr); ++j) b_rows[j] = slots + block_offsets[col0 + std::min(j, cols - 1)];
+  }
+};
+
+// B rows, second source (strides, 1x1 kernels, large images): the im2col lines of column
+// rows [first_row, first_row + cols) of the column matrix copied along the chunk into
+// `lines` (nr lines of `padded`); b_rows[j] is line j, those past `cols` stay zero.
+template <typename T>
+void copy_column_lines(const T* x, const ColumnLayout& L, int64_t first_row, int64_t cols, int64_t nr,
+                       const std::vector<DepthStretch>& chunk, int64_t len, int64_t padded, T* lines,
+                       const T** b_rows) {
+  const Window2d& w = L.win;
+  const int64_t plane = w.in_h * w.in_w;
+  for (int64_t j = 0; j < nr; ++j) {
+    T* line = lines + j * padded;
+    b_rows[j] = line;
+    if (j >= cols) continue;
+    const RowSource src = column_row_source(L, first_row + j);
+    for (const DepthStretch& st : chunk) {
+      im2col_span(x + (st.sample * L.channels + src.channel) * plane, w, src.tap_h, src.tap_w, st.first, st.count,
+                  line + st.offset);
+    }
+    std::fill(line + len, line + padded, T(0));
+  }
+}
+
+// dK: dW += dY * im2col(x)^T. Both factors run along the pixels, so the dot-product micro-kernel
 // takes their rows as they are: A = a block's dY rows, B = image-column rows (windows of
 // the padded image at stride 1, else im2col lines), nothing transposed. The depth of one
 // product is a chunk of about `chunk_depth` positions taken across the samples of an
@@ -413,14 +501,14 @@ struct DepthStretch {
 template <typename T>
 void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& input,
                            const ColumnLayout& L, const BlockPlan& plan, const at::Tensor& grad_weight) {
-  const gemm::DotKernel<T>& dk = gemm::dot_kernel<T>(gemm::active_isa());
+  const gemm::DotMicroKernel<T>& dot = gemm::dot_micro_kernel<T>(cpu::active_isa());
   const Window2d& w = L.win;
-  const int64_t batch = input.size(0), px = w.out_h * w.out_w, plane = w.in_h * w.in_w;
+  const int64_t batch = input.size(0), px = w.out_h * w.out_w;
   const int64_t cout = plan.out_channels, wcols = plan.weight_cols, wsize = plan.weight_rows * wcols;
   const T* x = input.const_data_ptr<T>();
   const T* dy = grad_output.const_data_ptr<T>();
   const PaddedImage padded_image(w, L.channels, int64_t(sizeof(T)));
-  const DepthLayout d(w, padded_image, dk.lanes);
+  const DepthLayout d(w, padded_image, dot.lanes);
   const std::vector<std::vector<int64_t>> offsets =
       d.windows ? padded_image.block_offsets(L, plan) : std::vector<std::vector<int64_t>>();
 
@@ -430,18 +518,18 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   // smaller than the thread count.
   const int64_t threads_wanted = at::get_num_threads();
   const int64_t groups = std::clamp<int64_t>(threads_wanted, 1, std::max<int64_t>(1, batch));
-  const int64_t pieces = std::min(ceil_div(threads_wanted, groups), ceil_div(wcols, dk.nr));
-  const int64_t width = round_up(ceil_div(wcols, pieces), dk.nr);
+  const int64_t pieces = std::min(ceil_div(threads_wanted, groups), ceil_div(wcols, dot.nr));
+  const int64_t width = round_up(ceil_div(wcols, pieces), dot.nr);
   const int64_t per_group = ceil_div(batch, groups);
   int64_t max_rows = 0;
   for (const GemmBlock& blk : plan.blocks) max_rows = std::max(max_rows, blk.rows);
-  const int64_t a_rows = round_up(max_rows, dk.mr);
+  const int64_t a_rows = round_up(max_rows, dot.mr);
   // Depth of a chunk: B's NR rows within half of L1, A's rows within L2.
   const int64_t chunk_depth = round_up(
       std::min(per_group * d.depth,
-               std::max<int64_t>(16 * dk.lanes, std::min<int64_t>(kDotLinesBytes / (dk.nr * int64_t(sizeof(T))),
+               std::max<int64_t>(16 * dot.lanes, std::min<int64_t>(kDotLinesBytes / (dot.nr * int64_t(sizeof(T))),
                                                                   kPanelBytes / (a_rows * int64_t(sizeof(T)))))),
-      dk.lanes);
+      dot.lanes);
   // P slots: the samples one chunk can touch (windows only).
   const int64_t slots = d.windows ? std::min(per_group, ceil_div(chunk_depth, d.depth) + 1) : 0;
   // Group 0 accumulates into grad_weight, the others into their own buffers.
@@ -453,86 +541,48 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
     std::vector<const T*> b_rows;
   };
   const auto buffers = [&] {
-    return Buffers{AlignedBuffer<T>(a_rows * chunk_depth), AlignedBuffer<T>(d.windows ? 1 : dk.nr * chunk_depth),
+    return Buffers{AlignedBuffer<T>(a_rows * chunk_depth), AlignedBuffer<T>(d.windows ? 1 : dot.nr * chunk_depth),
                    AlignedBuffer<T>(slots * padded_image.size),
-                   std::vector<const T*>(d.windows ? round_up(wcols, dk.nr) : dk.nr)};
+                   std::vector<const T*>(d.windows ? round_up(wcols, dot.nr) : dot.nr)};
   };
   parallel_with_state(threads, buffers, [&](Buffers& t) {
-    AlignedBuffer<T>& a_panel = t.a_panel;
-    AlignedBuffer<T>& lines = t.lines;
-    AlignedBuffer<T>& images = t.images;
-    std::vector<const T*>& b_rows = t.b_rows;
     // Zero-filled once: the depth past a chunk's pixels must read as zeros in both.
-    std::fill(a_panel.get(), a_panel.get() + a_rows * chunk_depth, T(0));
-    if (!d.windows) std::fill(lines.get(), lines.get() + dk.nr * chunk_depth, T(0));
-    std::vector<int64_t> slot_sample(slots, -1);
+    std::fill(t.a_panel.get(), t.a_panel.get() + a_rows * chunk_depth, T(0));
+    if (!d.windows) std::fill(t.lines.get(), t.lines.get() + dot.nr * chunk_depth, T(0));
+    WindowRows<T> windows(padded_image, t.images.get(), slots);
     std::vector<DepthStretch> chunk;
     std::vector<gemm::DotPiece> dot_pieces;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item / pieces, col0 = (item % pieces) * width;
       T* acc = g == 0 ? grad_weight.data_ptr<T>() : partial.data() + (g - 1) * wsize;
-      const int64_t n_end = std::min(batch, (g + 1) * per_group);
-      int64_t n = g * per_group, q = 0;
-      while (n < n_end) {
-        chunk.clear();
-        int64_t len = 0;
-        while (n < n_end && len < chunk_depth) {
-          const int64_t count = std::min(d.depth - q, chunk_depth - len);
-          chunk.push_back(DepthStretch{n, q, count, len, int64_t(chunk.size())});
-          len += count;
-          q += count;
-          if (q == d.depth) ++n, q = 0;
-        }
-        const int64_t padded = round_up(len, dk.lanes);
+      ChunkWalk walk{g * per_group, std::min(batch, (g + 1) * per_group)};
+      for (int64_t len; (len = walk.next(d.depth, chunk_depth, chunk)) > 0;) {
+        const int64_t padded = round_up(len, dot.lanes);
         dot_pieces.clear();
-        for (const DepthStretch& st : chunk) {
-          if (!d.windows) continue;
-          if (slot_sample[st.slot] != st.sample) {
-            padded_image.copy(x + st.sample * L.channels * plane, w, L.channels,
-                              images.get() + st.slot * padded_image.size);
-            slot_sample[st.slot] = st.sample;
-          }
-          // B's element p of this stretch: row window + (slot image) + (position) - offset.
-          dot_pieces.push_back(gemm::DotPiece{st.offset, st.offset + st.count,
-                                              st.slot * padded_image.size + st.first - st.offset});
+        if (d.windows) {
+          windows.load(x, L, chunk, dot_pieces);
+        } else {
+          dot_pieces.push_back(gemm::DotPiece{0, padded, 0});
         }
-        if (!d.windows) dot_pieces.push_back(gemm::DotPiece{0, padded, 0});
         for (size_t b = 0; b < plan.blocks.size(); ++b) {
           const GemmBlock& blk = plan.blocks[b];
           const int64_t ncols = std::min(blk.inner, col0 + width) - col0;
           if (ncols <= 0) continue;
-          for (int64_t r = 0; r < blk.rows; ++r) {
-            T* row = a_panel.get() + r * padded;
-            for (const DepthStretch& st : chunk) {
-              copy_grad_depth(dy + (st.sample * cout + blk.out_row + r) * px, w, d, st.first, st.first + st.count,
-                              row + st.offset);
-            }
-            std::fill(row + len, row + padded, T(0));
-          }
-          if (d.windows) {  // every column's window at once; rows past ncols repeat the last: dropped
-            for (int64_t j = 0; j < round_up(ncols, dk.nr); ++j) {
-              b_rows[j] = images.get() + offsets[b][col0 + std::min(j, ncols - 1)];
-            }
-            gemm::multiply_dot(dk, blk.rows, ncols, dot_pieces.data(), int(dot_pieces.size()), a_panel.get(), padded,
-                               b_rows.data(), acc + blk.weight_row * wcols + col0, wcols, gemm::DotOrder::kARowsStay);
+          fill_grad_rows(dy, cout, px, w, d, blk, chunk, len, padded, t.a_panel.get());
+          T* dw = acc + blk.weight_row * wcols + col0;
+          if (d.windows) {
+            windows.rows(offsets[b], col0, ncols, dot.nr, t.b_rows.data());
+            gemm::multiply_dot(dot, blk.rows, ncols, dot_pieces.data(), int(dot_pieces.size()), t.a_panel.get(),
+                               padded, t.b_rows.data(), dw, wcols, gemm::DotOrder::kARowsStay);
             continue;
           }
-          for (int64_t j0 = 0; j0 < ncols; j0 += dk.nr) {
-            const int64_t cols = std::min<int64_t>(dk.nr, ncols - j0);
-            for (int64_t j = 0; j < dk.nr; ++j) {
-              T* line = lines.get() + j * padded;
-              b_rows[j] = line;
-              if (j >= cols) continue;
-              const RowSource src = column_row_source(L, blk.col_row + col0 + j0 + j);
-              for (const DepthStretch& st : chunk) {
-                im2col_span(x + (st.sample * L.channels + src.channel) * plane, w, src.tap_h, src.tap_w,
-                            st.first, st.count, line + st.offset);
-              }
-              std::fill(line + len, line + padded, T(0));
-            }
-            gemm::multiply_dot(dk, blk.rows, cols, dot_pieces.data(), int(dot_pieces.size()), a_panel.get(),
-                               padded, b_rows.data(), acc + blk.weight_row * wcols + col0 + j0, wcols);
+          for (int64_t j0 = 0; j0 < ncols; j0 += dot.nr) {
+            const int64_t cols = std::min<int64_t>(dot.nr, ncols - j0);
+            copy_column_lines(x, L, blk.col_row + col0 + j0, cols, dot.nr, chunk, len, padded, t.lines.get(),
+                              t.b_rows.data());
+            gemm::multiply_dot(dot, blk.rows, cols, dot_pieces.data(), int(dot_pieces.size()), t.a_panel.get(),
+                               padded, t.b_rows.data(), dw + j0, wcols);
           }
         }
       }
@@ -545,13 +595,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   }
 }
 
-bool engine_supports(at::ScalarType dtype) {
-  // ROLLCONV_CPU_ENGINE=0 routes the CPU convolutions through im2col + ATen's GEMM (the
-  // path CUDA takes), for comparison and to keep that path tested on CPU.
-  const char* env = std::getenv("ROLLCONV_CPU_ENGINE");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  return dtype == at::kFloat || dtype == at::kDouble;
-}
+bool engine_supports(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kDouble; }
 
 void engine_forward(const at::Tensor& input, const at::Tensor& weight_mat, const at::Tensor& bias_rows,
                     const ColumnLayout& L, const BlockPlan& plan, bool relu, const at::Tensor& output) {

@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "common/conv_engine.h"
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
 #include "cpu/fft/channel_fft.h"
 #include "cpu/gemm/gemm.h"
 #include "cpu/parallel.h"
@@ -29,12 +29,12 @@
 namespace rollconv {
 namespace {
 
-using channel_fft::Kernels;
+using channel_fft::MicroKernels;
 using channel_fft::Plan;
 using gemm::AlignedBuffer;
 
 // The spectra of one chunk of samples (at least one sample; 1 MiB keeps the peak memory
-// below the seed method's, which materializes the bank's output, and costs no speed here:
+// below the filter-bank method's, which materializes the bank's output, and costs no speed here:
 // peak memory does not grow with the batch), and one thread's tile of K x pixels of a row
 // block (L2-sized).
 constexpr int64_t kSpectrumBytes = int64_t(1) << 20;
@@ -78,17 +78,17 @@ int64_t analysis_items(int64_t samples, int64_t planes, int64_t pixels) {
 // One analysis item of the input (over its channels) or of dY (over its rolls: roll r of
 // filter f is channel r * F + f), into the chunk's spectra [sample][plane][K][2][pixels].
 template <typename T>
-void analyze_input(const Kernels<T>& kern, const Plan<T>& plan, const AnalysisItem& it, const T* x_chunk,
+void analyze_input(const MicroKernels<T>& micro, const Plan<T>& plan, const AnalysisItem& it, const T* x_chunk,
                    int64_t pixels, T* spectra, T* scratch) {
   const int64_t channels = plan.n, size = 2 * plan.freqs() * pixels;
-  kern.analyze(plan, x_chunk + it.sample * channels * pixels + it.first, pixels, it.count,
+  micro.analyze(plan, x_chunk + it.sample * channels * pixels + it.first, pixels, it.count,
                spectra + it.sample * size + it.first, pixels, scratch);
 }
 template <typename T>
-void analyze_grad(const Kernels<T>& kern, const Plan<T>& plan, const AnalysisItem& it, const T* dy_chunk,
+void analyze_grad(const MicroKernels<T>& micro, const Plan<T>& plan, const AnalysisItem& it, const T* dy_chunk,
                   int64_t filters, int64_t pixels, T* spectra, T* scratch) {
   const int64_t channels = plan.n, size = 2 * plan.freqs() * pixels;
-  kern.analyze(plan, dy_chunk + (it.sample * channels * filters + it.plane) * pixels + it.first,
+  micro.analyze(plan, dy_chunk + (it.sample * channels * filters + it.plane) * pixels + it.first,
                filters * pixels, it.count, spectra + (it.sample * filters + it.plane) * size + it.first,
                pixels, scratch);
 }
@@ -119,7 +119,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
   const int64_t batch = input.size(0), channels = input.size(1), filters = taps.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
-  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs(), spectrum_size = 2 * freqs * in_px;
   const at::Tensor tap_pairs = scaled_taps(taps, channels);
   const T* tp = tap_pairs.const_data_ptr<T>();
@@ -138,18 +138,18 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
       const int64_t nb = std::min(chunk, batch - n0);
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
-        analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
+        analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
                       spectra.get(), t.scratch.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, oh0 = (item % blocks) * rows;
         const int64_t oh1 = std::min(w.out_h, oh0 + rows), count = (oh1 - oh0) * w.out_w;
-        kern.forward_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
+        micro.forward_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
                           t.sums.get());
         for (int64_t f = 0; f < filters; ++f) {
           // roll r of filter f is output channel r * F + f
-          kern.synthesize(plan, t.sums.get() + f * 2 * freqs * count, count, count,
+          micro.synthesize(plan, t.sums.get() + f * 2 * freqs * count, count, count,
                           y + ((n0 + s) * channels * filters + f) * out_px + oh0 * w.out_w,
                           filters * out_px, b ? b[f] : T(0), relu, t.scratch.get());
         }
@@ -164,7 +164,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
   const int64_t batch = grad_input.size(0), channels = grad_input.size(1), filters = taps.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
-  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs(), spectrum_size = filters * 2 * freqs * out_px;
   const at::Tensor tap_pairs = scaled_taps(taps, channels);
   const T* tp = tap_pairs.const_data_ptr<T>();
@@ -182,16 +182,16 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
       const int64_t nb = std::min(chunk, batch - n0);
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
-        analyze_grad(kern, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
+        analyze_grad(micro, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
                      filters, out_px, spectra.get(), t.scratch.get());
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, h0 = (item % blocks) * rows;
         const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
-        kern.input_grad_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, h0, h1, t.tile.get(),
+        micro.input_grad_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, h0, h1, t.tile.get(),
                              t.sums.get());
-        kern.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w,
+        micro.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w,
                         in_px, T(0), false, t.scratch.get());
       }
     }
@@ -204,7 +204,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   const int64_t batch = input.size(0), channels = input.size(1), filters = grad_taps.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w, kk = w.kernel_h * w.kernel_w;
   const Plan<T> plan(channels);
-  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs();
   const int64_t x_size = 2 * freqs * in_px, dy_size = filters * 2 * freqs * out_px;
   const T* x = input.const_data_ptr<T>();
@@ -223,10 +223,10 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < nx + analysis_items<T>(nb, filters, out_px); ++item) {
         if (item < nx) {
-          analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
+          analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
                         x_spectra.get(), t.scratch.get());
         } else {
-          analyze_grad(kern, plan, analysis_item<T>(item - nx, filters, out_px),
+          analyze_grad(micro, plan, analysis_item<T>(item - nx, filters, out_px),
                        dy + n0 * channels * filters * out_px, filters, out_px, dy_spectra.get(), t.scratch.get());
         }
       }
@@ -234,7 +234,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
       for (int64_t item = 0; item < filters * freqs; ++item) {
         const int64_t f = item / freqs, k = item % freqs;
         for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
-          kern.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
+          micro.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
                                 dy_spectra.get() + s * dy_size + f * 2 * freqs * out_px, t.tile.get(),
                                 acc + 2 * (f * kk * freqs + k));
         }
@@ -255,7 +255,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
   const int64_t batch = input.size(0), channels = input.size(1), filters = taps.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w, kk = w.kernel_h * w.kernel_w;
   const Plan<T> plan(channels);
-  const Kernels<T>& kern = channel_fft::kernels<T>();
+  const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs();
   const int64_t x_size = want_dk ? 2 * freqs * in_px : 0, dy_size = filters * 2 * freqs * out_px;
   const at::Tensor tap_pairs = want_dx ? scaled_taps(taps, channels) : at::Tensor();
@@ -290,17 +290,17 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < nx + analysis_items<T>(nb, filters, out_px); ++item) {
         if (item < nx) {
-          analyze_input(kern, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
+          analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
                         x_spectra.get(), t.scratch.get());
           continue;
         }
         const AnalysisItem it = analysis_item<T>(item - nx, filters, out_px);
         if (mask == nullptr) {
-          analyze_grad(kern, plan, it, dy + dy_offset, filters, out_px, dy_spectra.get(), t.scratch.get());
+          analyze_grad(micro, plan, it, dy + dy_offset, filters, out_px, dy_spectra.get(), t.scratch.get());
           continue;
         }
         const int64_t at = (it.sample * channels * filters + it.plane) * out_px + it.first;
-        kern.analyze_masked(plan, dy + dy_offset + at, mask + dy_offset + at, filters * out_px, it.count,
+        micro.analyze_masked(plan, dy + dy_offset + at, mask + dy_offset + at, filters * out_px, it.count,
                             dy_spectra.get() + (it.sample * filters + it.plane) * 2 * freqs * out_px + it.first,
                             out_px, t.scratch.get());
       }
@@ -321,9 +321,9 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
         for (int64_t item = 0; item < nb * blocks; ++item) {
           const int64_t s = item / blocks, h0 = (item % blocks) * rows;
           const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
-          kern.input_grad_rows(w, freqs, filters, dy_spectra.get() + s * dy_size, tp, h0, h1, t.tile.get(),
+          micro.input_grad_rows(w, freqs, filters, dy_spectra.get() + s * dy_size, tp, h0, h1, t.tile.get(),
                                t.sums.get());
-          kern.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w, in_px,
+          micro.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w, in_px,
                           T(0), false, t.scratch.get());
         }
       }
@@ -332,7 +332,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
         for (int64_t item = 0; item < filters * freqs; ++item) {
           const int64_t f = item / freqs, k = item % freqs;
           for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
-            kern.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
+            micro.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
                                   dy_spectra.get() + s * dy_size + f * 2 * freqs * out_px, t.tile.get(),
                                   acc + 2 * (f * kk * freqs + k));
           }
@@ -346,9 +346,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
   }
 }
 
-bool fft_engine_supports(at::ScalarType dtype) {
-  return cpu_conv_engine().supports(dtype);  // the same switch: ROLLCONV_CPU_ENGINE=0 turns both off
-}
+bool fft_engine_supports(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kDouble; }
 
 bool fft_engine_fits(const Window2d& window, at::ScalarType dtype) {
   return dtype == at::kDouble ? channel_fft::fits_tiles<double>(window) : channel_fft::fits_tiles<float>(window);

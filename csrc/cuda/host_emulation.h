@@ -1,5 +1,5 @@
 // Host emulation of the CUDA launch, for the emulated CUDA build (ROLLCONV_EMULATE_CUDA):
-// kernels.cu compiled by the host compiler, its kernels run on CPU tensors.
+// primitives.cu compiled by the host compiler, its kernels run on CPU tensors.
 //
 // - launch() computes the grid the CUDA launch computes (grid_stride_config) and runs
 //   every thread's grid-stride loop (grid_stride_loop) in turn, blocks spread over

@@ -2,7 +2,7 @@
 //
 // nvcc: a real launch on the current CUDA stream of like's device, with a device guard
 // and a launch check. The emulated CUDA build (ROLLCONV_EMULATE_CUDA, host compiler):
-// the same grid and loop run on the host (cuda/host_emulation.h), so that kernels.cu's
+// the same grid and loop run on the host (cuda/host_emulation.h), so that primitives.cu's
 // kernel bodies execute in CI without a GPU.
 #pragma once
 

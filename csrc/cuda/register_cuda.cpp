@@ -1,7 +1,7 @@
-// CUDA registration, compiled by the host compiler: the kernels are in kernels.cu.
-#include "common/device_kernels.h"
+// CUDA registration, compiled by the host compiler: the primitives are in primitives.cu.
+#include "common/device_primitives.h"
 #include "common/register_kernels.h"
 
 TORCH_LIBRARY_IMPL(rollconv, CUDA, m) {
-  rollconv::register_device_kernels<&rollconv::cuda_kernels>(m);
+  rollconv::register_device_kernels<&rollconv::cuda_primitives>(m);
 }

@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "cpu/fft/channel_fft.h"
-#include "cpu/gemm/gemm.h"
+#include "cpu/isa.h"
 #include "expect.h"
 
 using namespace rollconv::channel_fft;
-using rollconv::gemm::Isa;
+using rollconv::cpu::Isa;
 using rollconv_test::expect;
 using rollconv_test::failures;
 
@@ -41,7 +41,7 @@ template <typename T>
 void test_length(std::mt19937& rng, int64_t n, int64_t count) {
   std::uniform_real_distribution<double> dist(-1, 1);
   const Plan<T> plan(n);
-  const Kernels<T>& kern = kernels<T>();
+  const MicroKernels<T>& micro = micro_kernels<T>();
   const int64_t freqs = plan.freqs(), step = count + 3, plane = count + 5;
   auto scratch_store = aligned_scratch<T>(plan.scratch_size());
   T* scratch = align64(scratch_store);
@@ -52,7 +52,7 @@ void test_length(std::mt19937& rng, int64_t n, int64_t count) {
   std::vector<T> src(n * step);
   for (T& v : src) v = T(dist(rng));
   std::vector<T> spectrum(2 * freqs * plane, T(7));
-  kern.analyze(plan, src.data(), step, count, spectrum.data(), plane, scratch);
+  micro.analyze(plan, src.data(), step, count, spectrum.data(), plane, scratch);
   double worst = 0;
   for (int64_t k = 0; k < freqs; ++k) {
     for (int64_t p = 0; p < count; ++p) {
@@ -77,7 +77,7 @@ void test_length(std::mt19937& rng, int64_t n, int64_t count) {
   const T bias = T(0.25);
   for (bool relu : {false, true}) {
     std::vector<T> dst(n * step, T(7));
-    kern.synthesize(plan, spectrum.data(), plane, count, dst.data(), step, bias, relu, scratch);
+    micro.synthesize(plan, spectrum.data(), plane, count, dst.data(), step, bias, relu, scratch);
     worst = 0;
     for (int64_t r = 0; r < n; ++r) {
       for (int64_t p = 0; p < count; ++p) {
@@ -118,11 +118,11 @@ int main() {
   std::mt19937 rng(11);
   int tested = 0;
   for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
-    if (!rollconv::gemm::cpu_supports(isa)) {
-      std::printf("skip %s: not supported by this CPU\n", rollconv::gemm::isa_name(isa));
+    if (!rollconv::cpu::cpu_supports(isa)) {
+      std::printf("skip %s: not supported by this CPU\n", rollconv::cpu::isa_name(isa));
       continue;
     }
-    rollconv::gemm::force_isa(isa);
+    rollconv::cpu::force_isa(isa);
     test_lengths<float>(rng);
     test_lengths<double>(rng);
     ++tested;

@@ -3,7 +3,7 @@
 //    (beta = 0 must ignore NaN already in C);
 //  - multiply_packed's epilogue (bias per row, ReLU) and a product split into K segments;
 //  - B read in place as windows of a buffer (multiply_windows);
-//  - the dot-product kernel (multiply_dot) against a naive loop;
+//  - the dot-product micro-kernel (multiply_dot) against a naive loop;
 //  - the measured peak is positive (the benchmark divides by it).
 #include <cmath>
 #include <cstdio>
@@ -17,6 +17,7 @@
 #include "cpu/gemm/gemm.h"
 
 using namespace rollconv::gemm;
+using namespace rollconv::cpu;
 
 namespace {
 
@@ -151,8 +152,8 @@ void test_windows(std::mt19937& rng) {
 // tile rows past m and n, are left alone.
 template <typename T>
 void test_dot_against_naive(std::mt19937& rng) {
-  const DotKernel<T>& dk = dot_kernel<T>(active_isa());
-  const int64_t lanes = dk.lanes;
+  const DotMicroKernel<T>& dot = dot_micro_kernel<T>(active_isa());
+  const int64_t lanes = dot.lanes;
   for (int64_t m : {1, 3, 4, 5, 17, 64}) {
     for (int64_t n : {1, 2, 6, 7, 13, 48}) {
       for (int64_t k : {lanes, 7 * lanes, 100 * lanes}) {
@@ -162,10 +163,10 @@ void test_dot_against_naive(std::mt19937& rng) {
           const int64_t half = k / lanes / 2 * lanes, shift = split ? 5 : 0;
           const DotPiece pieces[2] = {{0, half, 0}, {half, k, shift}};
           const int64_t lda = k + 3 * lanes, ldb = k + lanes + shift, ldc = n + 5;
-          const auto a = random_vector<T>(rng, round_up(m, dk.mr) * lda);
-          const auto b = random_vector<T>(rng, round_up(n, dk.nr) * ldb);
+          const auto a = random_vector<T>(rng, round_up(m, dot.mr) * lda);
+          const auto b = random_vector<T>(rng, round_up(n, dot.nr) * ldb);
           std::vector<const T*> b_rows;
-          for (int64_t j = 0; j < round_up(n, dk.nr); ++j) b_rows.push_back(b.data() + j * ldb);
+          for (int64_t j = 0; j < round_up(n, dot.nr); ++j) b_rows.push_back(b.data() + j * ldb);
           auto c = random_vector<T>(rng, m * ldc);
           std::vector<T> expected = c;
           for (int64_t i = 0; i < m; ++i)
@@ -174,7 +175,7 @@ void test_dot_against_naive(std::mt19937& rng) {
               for (int64_t p = 0; p < k; ++p) sum += double(a[i * lda + p]) * double(b[j * ldb + p + (p >= half ? shift : 0)]);
               expected[i * ldc + j] = T(sum);
             }
-          multiply_dot(dk, m, n, pieces, 2, a.data(), lda, b_rows.data(), c.data(), ldc, order);
+          multiply_dot(dot, m, n, pieces, 2, a.data(), lda, b_rows.data(), c.data(), ldc, order);
           double err = 0;
           for (int64_t i = 0; i < m * ldc; ++i) err = std::max(err, std::abs(double(c[i]) - double(expected[i])));
           char what[160];

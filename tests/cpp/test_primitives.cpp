@@ -14,7 +14,9 @@
 
 #include "expect.h"
 
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
+#include "common/fft_sums.h"
+#include "common/max_pool_rules.h"
 #include "common/ops.h"
 
 using namespace rollconv;
@@ -60,7 +62,7 @@ void test_im2col_definition(std::mt19937& rng) {
     const Window2d& w = L.win;
     at::Tensor x = at::randn({2, L.channels, w.in_h, w.in_w}, opts);
     at::Tensor cols = at::empty({column_rows(L), 2 * column_cols(L)}, opts);
-    cpu_kernels().im2col(x, cols, L);
+    cpu_primitives().im2col(x, cols, L);
     auto c = cols.accessor<double, 2>();
     auto xa = x.accessor<double, 4>();
     bool ok = true;
@@ -90,8 +92,8 @@ void test_adjoint(std::mt19937& rng) {
     at::Tensor c = at::randn({column_rows(L), batch * column_cols(L)}, opts);
     at::Tensor cols = at::empty_like(c);
     at::Tensor back = at::empty_like(x);
-    cpu_kernels().im2col(x, cols, L);
-    cpu_kernels().col2im(c, back, L);
+    cpu_primitives().im2col(x, cols, L);
+    cpu_primitives().col2im(c, back, L);
     // The CUDA kernels' per-element functions, evaluated on the host, give the same.
     auto cols_a = cols.accessor<double, 2>();
     auto back_a = back.accessor<double, 4>();
@@ -132,10 +134,10 @@ void test_max_pool_gather(std::mt19937& rng) {
     at::Tensor x = at::randn({3, w.in_h, w.in_w}, opts);
     at::Tensor y = at::empty({3, w.out_h, w.out_w}, opts);
     at::Tensor idx = at::empty({3, w.out_h, w.out_w}, opts.dtype(at::kLong));
-    cpu_kernels().max_pool_forward(x, y, idx, w);
+    cpu_primitives().max_pool_forward(x, y, idx, w);
     at::Tensor g = at::randn({3, w.out_h, w.out_w}, opts);
     at::Tensor gathered = at::empty_like(x);
-    cpu_kernels().max_pool_backward(g, idx, gathered, w);
+    cpu_primitives().max_pool_backward(g, idx, gathered, w);
     at::Tensor scattered = at::zeros({3, w.in_h * w.in_w}, opts)
                                .scatter_add_(1, idx.view({3, -1}), g.view({3, -1}))
                                .view_as(x);
@@ -169,9 +171,9 @@ void test_fft_spans(std::mt19937& rng) {
     at::Tensor y = at::empty({batch, w.out_h, w.out_w, filters, freqs}, opts);
     at::Tensor gx = at::empty({batch, w.in_h, w.in_w, inputs, freqs}, opts);
     at::Tensor gt = at::empty({filters, w.kernel_h, w.kernel_w, inputs, freqs}, opts);
-    cpu_kernels().fft_forward(x, taps, y, w);
-    cpu_kernels().fft_backward_input(dy, taps, gx, w);
-    cpu_kernels().fft_backward_weight(x, dy, gt, w);
+    cpu_primitives().fft_forward(x, taps, y, w);
+    cpu_primitives().fft_backward_input(dy, taps, gx, w);
+    cpu_primitives().fft_backward_weight(x, dy, gt, w);
     const Z *xp = x.data_ptr<Z>(), *tp = taps.data_ptr<Z>(), *dyp = dy.data_ptr<Z>();
     bool same = true;
     auto close = [](Z a, Z b) { return std::abs(a.real() - b.real()) + std::abs(a.imag() - b.imag()) < 1e-10; };
@@ -226,7 +228,7 @@ void test_conv2d_op() {
   at::Tensor x = at::randn({3, 4, 11, 9}, opts);
   at::Tensor w = at::randn({6, 2, 3, 2}, opts);
   at::Tensor b = at::randn({6}, opts);
-  at::Tensor ours = ops::conv2d_forward(cpu_kernels(), x, w, b, {2, 1}, {1, 2}, {1, 2}, 2);
+  at::Tensor ours = ops::conv2d_forward(cpu_primitives(), x, w, b, {2, 1}, {1, 2}, {1, 2}, 2);
   at::Tensor ref = at::conv2d(x, w, b, {2, 1}, {1, 2}, {1, 2}, 2);
   expect(at::allclose(ours, ref, 1e-10, 1e-10), "conv2d_forward == at::conv2d");
 }

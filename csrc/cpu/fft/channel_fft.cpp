@@ -4,26 +4,25 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
-#include "cpu/gemm/gemm.h"
+#include "cpu/isa.h"
 
 namespace rollconv::channel_fft {
 
-// The per-ISA tables (fft_<isa>.cpp).
+// The per-ISA tables (micro_kernels_<isa>.cpp).
 namespace portable {
-extern const Kernels<float> kernels_f32;
-extern const Kernels<double> kernels_f64;
+extern const MicroKernels<float> micro_kernels_f32;
+extern const MicroKernels<double> micro_kernels_f64;
 }  // namespace portable
-#if defined(__x86_64__)
 namespace avx2 {
-extern const Kernels<float> kernels_f32;
-extern const Kernels<double> kernels_f64;
+extern const MicroKernels<float> micro_kernels_f32;
+extern const MicroKernels<double> micro_kernels_f64;
 }  // namespace avx2
 namespace avx512 {
-extern const Kernels<float> kernels_f32;
-extern const Kernels<double> kernels_f64;
+extern const MicroKernels<float> micro_kernels_f32;
+extern const MicroKernels<double> micro_kernels_f64;
 }  // namespace avx512
-#endif
 
 namespace {
 
@@ -81,28 +80,17 @@ Plan<T>::Plan(int64_t n_) : n(n_) {
 template struct Plan<float>;
 template struct Plan<double>;
 
-template <>
-const Kernels<float>& kernels<float>() {
-#if defined(__x86_64__)
-  switch (gemm::active_isa()) {
-    case gemm::Isa::kAvx512: return avx512::kernels_f32;
-    case gemm::Isa::kAvx2: return avx2::kernels_f32;
-    default: break;
+template <typename T>
+const MicroKernels<T>& micro_kernels() {
+  if constexpr (std::is_same_v<T, float>) {
+    return cpu::pick(cpu::active_isa(), portable::micro_kernels_f32, avx2::micro_kernels_f32,
+                     avx512::micro_kernels_f32);
+  } else {
+    return cpu::pick(cpu::active_isa(), portable::micro_kernels_f64, avx2::micro_kernels_f64,
+                     avx512::micro_kernels_f64);
   }
-#endif
-  return portable::kernels_f32;
 }
-
-template <>
-const Kernels<double>& kernels<double>() {
-#if defined(__x86_64__)
-  switch (gemm::active_isa()) {
-    case gemm::Isa::kAvx512: return avx512::kernels_f64;
-    case gemm::Isa::kAvx2: return avx2::kernels_f64;
-    default: break;
-  }
-#endif
-  return portable::kernels_f64;
-}
+template const MicroKernels<float>& micro_kernels<float>();
+template const MicroKernels<double>& micro_kernels<double>();
 
 }  // namespace rollconv::channel_fft

@@ -10,8 +10,8 @@
 // for any n (Stockham stages of radix 4, 2, 3, 5 and a plain DFT for other primes).
 //
 // The hot loops (transforms and the per-frequency convolution sums) are written once in
-// kernels_impl.h and compiled per ISA like the GEMM's micro-kernels; gemm::active_isa()
-// (ROLLCONV_GEMM_ISA) picks the table for both.
+// kernels_impl.h and compiled per ISA like the GEMM's micro-kernels; cpu::active_isa()
+// (cpu/isa.h) picks the table for both.
 #pragma once
 
 #include <algorithm>
@@ -52,12 +52,13 @@ struct Plan {
   int64_t scratch_size() const { return ((kStagedGroups + 1) * n + max_radix) * group_pixels<T>(); }
 };
 
-// Per-frequency convolution sums over a sample, for the frequencies [0, freqs):
+// One ISA's micro-kernels (kernels_impl.h): the transforms, and the per-frequency
+// convolution sums over a sample for the frequencies [0, freqs), where
 //   spectrum planes of one sample: X [freqs][2][in_h * in_w], dY [filters][freqs][2][out px],
 //   taps: complex (re, im) [filters][kh * kw][freqs], already scaled by 1 / n,
 //   tile: scratch of tile_size() elements.
 template <typename T>
-struct Kernels {
+struct MicroKernels {
   // spectrum[., p] for pixels p < count of the n real rows src[c * step + p].
   void (*analyze)(const Plan<T>& plan, const T* src, int64_t step, int64_t count, T* spectrum,
                   int64_t plane, T* scratch);
@@ -111,6 +112,6 @@ bool fits_tiles(const Window2d& w) {
 }
 
 template <typename T>
-const Kernels<T>& kernels();  // the active ISA's (gemm::active_isa())
+const MicroKernels<T>& micro_kernels();  // the active ISA's (cpu::active_isa())
 
 }  // namespace rollconv::channel_fft

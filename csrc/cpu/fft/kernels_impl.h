@@ -1,6 +1,6 @@
 // The hot loops of the channel-FFT rolling convolution (see channel_fft.h), written once
-// with GCC vector extensions and compiled per ISA: each fft_<isa>.cpp includes its
-// headers, sets the target ISA (#pragma GCC target) and includes this file.
+// with GCC vector extensions and compiled per ISA (cpu/isa.h): each micro_kernels_<isa>.cpp
+// includes its headers, sets the target ISA (#pragma GCC target) and includes this file.
 //
 // Required macros: ROLLCONV_ISA (a namespace name) and ROLLCONV_NATIVE_VECTOR_BYTES (the
 // width of the target's vector registers: 64, 32 or 16). Everything here has internal linkage
@@ -136,7 +136,7 @@ inline typename LanesOf<T>::type load_prefix(const T* p, int64_t n) {
 
 // The lanes of a group of 2 * lanes pixels of which `valid` are real: the first half, the
 // second half; the pixels past `valid` read as zero and are not written.
-// (The whole-group case first: it is the transforms' hot path, ~10% of dX and dK.)
+// (The whole-group case first: it is the transforms' hot path.)
 template <typename T>
 inline void load_group(const T* p, int64_t valid, CV<T>* out) {
   using V = typename LanesOf<T>::type;
@@ -720,17 +720,17 @@ void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, const T* spec
 }
 
 template <typename T>
-constexpr Kernels<T> make_kernels() {
-  return Kernels<T>{&analyze<T>, &synthesize<T>, &forward_rows<T>, &input_grad_rows<T>,
-                    &weight_grad_freq<T>, &analyze_masked<T>};
+constexpr MicroKernels<T> make_micro_kernels() {
+  return MicroKernels<T>{&analyze<T>, &synthesize<T>, &forward_rows<T>, &input_grad_rows<T>,
+                         &weight_grad_freq<T>, &analyze_masked<T>};
 }
 
 }  // namespace
 
-extern const Kernels<float> kernels_f32;  // declared in channel_fft.cpp too: external linkage
-extern const Kernels<double> kernels_f64;
-const Kernels<float> kernels_f32 = make_kernels<float>();
-const Kernels<double> kernels_f64 = make_kernels<double>();
+extern const MicroKernels<float> micro_kernels_f32;  // declared in channel_fft.cpp too: external linkage
+extern const MicroKernels<double> micro_kernels_f64;
+const MicroKernels<float> micro_kernels_f32 = make_micro_kernels<float>();
+const MicroKernels<double> micro_kernels_f64 = make_micro_kernels<double>();
 
 }  // namespace ROLLCONV_ISA
 }  // namespace rollconv::channel_fft

@@ -1,144 +1,52 @@
-// The ISA-independent layers of the GEMM engine: run-time ISA choice, packing, the
-// blocked loops around the micro-kernel, the parallel plain GEMM, the peak measurement.
+// The ISA-independent layers of the GEMM engine: packing, the blocked loops around the
+// micro-kernel, the parallel plain GEMM, the peak measurement.
 #include "cpu/gemm/gemm.h"
+
+#include "cpu/blocking.h"
 #include "cpu/parallel.h"
 
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
-#include <stdexcept>
-#include <string>
 
 namespace rollconv::gemm {
 
-// The per-ISA tables (micro_<isa>.cpp).
+// The per-ISA tables (micro_kernels_<isa>.cpp).
 namespace portable {
-extern const MicroKernels kernels;
-double peak_loop(bool is_double, int64_t iterations, int64_t* flops);
+extern const MicroKernelTable micro_kernels;
 }  // namespace portable
-#if defined(__x86_64__)
 namespace avx2 {
-extern const MicroKernels kernels;
-double peak_loop(bool is_double, int64_t iterations, int64_t* flops);
+extern const MicroKernelTable micro_kernels;
 }  // namespace avx2
 namespace avx512 {
-extern const MicroKernels kernels;
-double peak_loop(bool is_double, int64_t iterations, int64_t* flops);
+extern const MicroKernelTable micro_kernels;
 }  // namespace avx512
-#endif
 
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "portable";
-  }
-}
-
-bool parse_isa(const char* name, Isa* isa) {
-  for (Isa candidate : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
-    if (std::strcmp(name, isa_name(candidate)) == 0) {
-      *isa = candidate;
-      return true;
-    }
-  }
-  return false;
-}
-
-bool cpu_supports(Isa isa) {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  switch (isa) {
-    case Isa::kAvx512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
-    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    default: return true;
-  }
-#else
-  return isa == Isa::kPortable;
-#endif
-}
-
-namespace {
-
-Isa best_isa() {
-  for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
-    if (cpu_supports(isa)) return isa;
-  }
-  return Isa::kPortable;
-}
-
-Isa initial_isa() {
-  const char* env = std::getenv("ROLLCONV_GEMM_ISA");
-  if (env == nullptr || *env == 0) return best_isa();
-  Isa isa;
-  if (!parse_isa(env, &isa)) {
-    throw std::runtime_error(std::string("ROLLCONV_GEMM_ISA must be portable, avx2 or avx512, not '") + env + "'");
-  }
-  if (!cpu_supports(isa)) {
-    throw std::runtime_error(std::string("ROLLCONV_GEMM_ISA=") + env + ": this CPU does not support it");
-  }
-  return isa;
-}
-
-std::atomic<int>& isa_setting() {
-  static std::atomic<int> setting{static_cast<int>(initial_isa())};
-  return setting;
-}
-
-}  // namespace
-
-Isa active_isa() { return static_cast<Isa>(isa_setting().load(std::memory_order_relaxed)); }
-
-void force_isa(Isa isa) {
-  if (!cpu_supports(isa)) throw std::runtime_error(std::string("this CPU does not support ") + isa_name(isa));
-  isa_setting().store(static_cast<int>(isa));
-}
-
-const MicroKernels& micro_kernels(Isa isa) {
-#if defined(__x86_64__)
-  if (isa == Isa::kAvx512) return avx512::kernels;
-  if (isa == Isa::kAvx2) return avx2::kernels;
-#endif
-  return portable::kernels;
+const MicroKernelTable& micro_kernel_table(Isa isa) {
+  return cpu::pick(isa, portable::micro_kernels, avx2::micro_kernels, avx512::micro_kernels);
 }
 
 template <>
 const MicroKernel<float>& micro_kernel<float>(Isa isa) {
-  return micro_kernels(isa).f32;
+  return micro_kernel_table(isa).f32;
 }
 template <>
 const MicroKernel<double>& micro_kernel<double>(Isa isa) {
-  return micro_kernels(isa).f64;
+  return micro_kernel_table(isa).f64;
 }
 
 template <>
-const DotKernel<float>& dot_kernel<float>(Isa isa) {
-  return micro_kernels(isa).dot_f32;
+const DotMicroKernel<float>& dot_micro_kernel<float>(Isa isa) {
+  return micro_kernel_table(isa).dot_f32;
 }
 template <>
-const DotKernel<double>& dot_kernel<double>(Isa isa) {
-  return micro_kernels(isa).dot_f64;
+const DotMicroKernel<double>& dot_micro_kernel<double>(Isa isa) {
+  return micro_kernel_table(isa).dot_f64;
 }
 
 // --- blocked loops around the micro-kernels ---------------------------------------------
-
-namespace {
-// Depth of one pass: 192 KiB of B micro-panel (KC x NR: KC = 1024 floats at NR = 48), so
-// the panel lives in L2, not L1. Deeper passes won on both machines measured (Zen 5 and a
-// Xeon with AVX-512, 48 KiB L1, 2 MiB L2): C tiles are loaded and stored less often, and
-// the micro-kernel's 3 vector loads of B per 24 FMAs are served from L2 at full speed.
-// On the Xeon, panels of 24 / 48 / 192 KiB gave GEMM 2048 at 55-61 / 69-71 / 74-79% of
-// the peak, and conv2d forward (3x3 at 56, 28, 14) ran 4-6% faster at 192 than at 48.
-constexpr int64_t kDepthBytes = 384 * 1024;
-// A rows of one block: a quarter of a 1 MiB L2, the rest for B panels and C.
-constexpr int64_t kRowBlockBytes = 256 * 1024;
-}  // namespace
 
 // Where a tile's B comes from: packed strips of `depth` rows, or windows of an image.
 template <typename T>
@@ -167,7 +75,7 @@ void multiply_blocked(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSeg
                       int num_segments, const T* a, int64_t a_depth, const B& b, T* c, int64_t ldc,
                       const Epilogue<T>& ep) {
   const int64_t mr = uk.mr, nr = uk.nr;
-  const int64_t kc_max = std::max<int64_t>(16, kDepthBytes / 2 / (nr * int64_t(sizeof(T))));
+  const int64_t kc_max = std::max<int64_t>(16, cpu::kGemmDepthBytes / (nr * int64_t(sizeof(T))));
   int64_t total = 0;
   for (int s = 0; s < num_segments; ++s) total += segments[s].len;
   if (total == 0) {  // an empty sum: the epilogue of zero
@@ -187,7 +95,7 @@ void multiply_blocked(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSeg
       done += kc;
       Epilogue<T> pass{ep.alpha, first ? ep.beta : T(1), nullptr, last && ep.relu};
       // Rows in blocks whose A strips stay in L2 while every B micro-panel passes by.
-      const int64_t mc = std::max<int64_t>(1, kRowBlockBytes / (kc * mr * int64_t(sizeof(T)))) * mr;
+      const int64_t mc = std::max<int64_t>(1, cpu::kGemmRowBlockBytes / (kc * mr * int64_t(sizeof(T)))) * mr;
       for (int64_t i0 = 0; i0 < m; i0 += mc) {
         const int64_t i1 = std::min(m, i0 + mc);
         for (int64_t j = 0; j < n; j += nr) {
@@ -217,18 +125,18 @@ void multiply_windows(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSeg
 }
 
 template <typename T>
-void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
+void multiply_dot(const DotMicroKernel<T>& dot, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
                   const T* a, int64_t lda, const T* const* b_rows, T* c, int64_t ldc, DotOrder order) {
   const auto tile = [&](int64_t i, int64_t j) {
-    dk.tile(pieces, num_pieces, a + i * lda, lda, b_rows + j, c + i * ldc + j, ldc,
-            int(std::min<int64_t>(dk.mr, m - i)), int(std::min<int64_t>(dk.nr, n - j)));
+    dot.tile(pieces, num_pieces, a + i * lda, lda, b_rows + j, c + i * ldc + j, ldc,
+            int(std::min<int64_t>(dot.mr, m - i)), int(std::min<int64_t>(dot.nr, n - j)));
   };
   if (order == DotOrder::kBRowsStay) {
-    for (int64_t j = 0; j < n; j += dk.nr)
-      for (int64_t i = 0; i < m; i += dk.mr) tile(i, j);
+    for (int64_t j = 0; j < n; j += dot.nr)
+      for (int64_t i = 0; i < m; i += dot.mr) tile(i, j);
   } else {
-    for (int64_t i = 0; i < m; i += dk.mr)
-      for (int64_t j = 0; j < n; j += dk.nr) tile(i, j);
+    for (int64_t i = 0; i < m; i += dot.mr)
+      for (int64_t j = 0; j < n; j += dot.nr) tile(i, j);
   }
 }
 
@@ -274,12 +182,12 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
           int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc, int threads) {
   if (m <= 0 || n <= 0) return;
-  const MicroKernel<T>& uk = micro_kernel<T>(active_isa());
+  const MicroKernel<T>& uk = micro_kernel<T>(cpu::active_isa());
   const int nthreads = threads > 0 ? threads : omp_get_max_threads();
   // A is packed once, whole (in parallel, by strips); the columns are split into items of
-  // at most ~8 B strips, as many per thread, the strips spread evenly over the items (with
-  // ceil-sized items, 2048 columns gave one thread 24 strips and the other 19: 90% balance);
-  // each thread packs its items' B panels.
+  // at most ~8 B strips, as many per thread, the strips spread evenly over the items (items
+  // of a fixed ceil-rounded size would leave the last thread short); each thread packs its
+  // items' B panels.
   const int64_t strips = (n + uk.nr - 1) / uk.nr;
   const int64_t items = round_up(std::max<int64_t>(1, (strips + 7) / 8), nthreads);
   const int64_t strips_per_item = (strips + items - 1) / items;  // the most an item gets
@@ -307,12 +215,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
 }
 
 double measure_peak_gflops(bool is_double, int threads) {
-  const Isa isa = active_isa();
-  auto loop = &portable::peak_loop;
-#if defined(__x86_64__)
-  if (isa == Isa::kAvx512) loop = &avx512::peak_loop;
-  if (isa == Isa::kAvx2) loop = &avx2::peak_loop;
-#endif
+  const auto loop = micro_kernel_table(cpu::active_isa()).peak_loop;
   const int64_t iterations = 20'000'000;
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
@@ -339,7 +242,7 @@ double measure_peak_gflops(bool is_double, int threads) {
   template void multiply_windows<T>(const MicroKernel<T>&, int64_t, int64_t, const KSegment*, int, \
                                     const T*, int64_t, const T*, const int64_t*, T*, int64_t,         \
                                     const Epilogue<T>&);                                              \
-  template void multiply_dot<T>(const DotKernel<T>&, int64_t, int64_t, const DotPiece*, int,     \
+  template void multiply_dot<T>(const DotMicroKernel<T>&, int64_t, int64_t, const DotPiece*, int,     \
                                 const T*, int64_t, const T* const*, T*, int64_t, DotOrder);      \
   template void pack_a<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \
   template void pack_b<T>(const MicroKernel<T>&, const T*, int64_t, int64_t, int64_t, int64_t, T*); \

@@ -1,5 +1,6 @@
 // rollconv's CPU GEMM engine: packed panels, a register-tiled micro-kernel per ISA
-// (AVX-512, AVX2+FMA, portable), picked at run time from the CPU's features.
+// (AVX-512, AVX2+FMA, portable), picked at run time from the CPU's features (cpu/isa.h);
+// the tile shapes and cache blocking are in cpu/blocking.h.
 //
 // The classic layered design (Goto / BLIS): C (m x n, row-major, ldc) += A (m x k) B (k x n)
 // where A is packed in strips of MR rows ([strip][k][MR]) and B in strips of NR columns
@@ -13,19 +14,13 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
-#include <utility>  // std::integer_sequence, for micro_kernel_impl.h (included after a target pragma)
+#include <utility>  // std::integer_sequence, for micro_kernels_impl.h (included after a target pragma)
+
+#include "cpu/isa.h"
 
 namespace rollconv::gemm {
 
-enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
-
-const char* isa_name(Isa isa);
-bool parse_isa(const char* name, Isa* isa);  // "portable" | "avx2" | "avx512"
-bool cpu_supports(Isa isa);
-// The micro-kernels in use: the best the CPU supports, unless ROLLCONV_GEMM_ISA (read at
-// first use) or force_isa() asked for another; asking for one the CPU lacks is an error.
-Isa active_isa();
-void force_isa(Isa isa);  // throws std::runtime_error if the CPU does not support it
+using cpu::Isa;
 
 // What the micro-kernel does with a tile on its way to memory:
 //   C = alpha * AB + (beta != 0 ? beta * C : 0) + bias[row], then max(., 0) if relu.
@@ -73,25 +68,29 @@ struct DotPiece {
 };
 
 template <typename T>
-struct DotKernel {
+struct DotMicroKernel {
   int mr, nr, lanes;
   using Fn = void (*)(const DotPiece* pieces, int num_pieces, const T* a, int64_t lda,
                       const T* const* b_rows, T* c, int64_t ldc, int m, int n);
   Fn tile;
 };
 
-struct MicroKernels {
+// One ISA's micro-kernels (micro_kernels_<isa>.cpp).
+struct MicroKernelTable {
   MicroKernel<float> f32;
   MicroKernel<double> f64;
-  DotKernel<float> dot_f32;
-  DotKernel<double> dot_f64;
+  DotMicroKernel<float> dot_f32;
+  DotMicroKernel<double> dot_f64;
+  // Independent FMA chains on registers only, `iterations` long: the ISA's arithmetic peak
+  // (*flops: the flops done). Returns the chains' sum, so that the work cannot be dropped.
+  double (*peak_loop)(bool is_double, int64_t iterations, int64_t* flops);
 };
 
-const MicroKernels& micro_kernels(Isa isa);
+const MicroKernelTable& micro_kernel_table(Isa isa);
 template <typename T>
 const MicroKernel<T>& micro_kernel(Isa isa);
 template <typename T>
-const DotKernel<T>& dot_kernel(Isa isa);
+const DotMicroKernel<T>& dot_micro_kernel(Isa isa);
 
 // Pairs A's columns [a_k, a_k + len) with B's rows [b_k, b_k + len): a product may be a
 // sum of such segments (the rolling convolution's wrap-around), all in packed form.
@@ -116,14 +115,14 @@ void multiply_windows(const MicroKernel<T>& uk, int64_t m, int64_t n, const KSeg
                       int num_segments, const T* a, int64_t a_depth, const T* b, const int64_t* b_offsets,
                       T* c, int64_t ldc, const Epilogue<T>& ep);
 
-// C (m x n) += the DotKernel's sum for every tile. Single-threaded; b_rows holds
+// C (m x n) += the DotMicroKernel's sum for every tile. Single-threaded; b_rows holds
 // round_up(n, nr) readable row pointers. The tile order keeps one operand's rows in L1:
 //   kBRowsStay: B's NR rows while A's rows stream past (B rows built per tile column);
 //   kARowsStay: A's MR rows while B's rows stream past (B rows read in place as windows of
 //               an image: neighbouring windows overlap, so they bring few new cache lines).
 enum class DotOrder { kBRowsStay, kARowsStay };
 template <typename T>
-void multiply_dot(const DotKernel<T>& dk, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
+void multiply_dot(const DotMicroKernel<T>& dot, int64_t m, int64_t n, const DotPiece* pieces, int num_pieces,
                   const T* a, int64_t lda, const T* const* b_rows, T* c, int64_t ldc,
                   DotOrder order = DotOrder::kBRowsStay);
 

@@ -1,16 +1,14 @@
 // The channel-FFT kernels for AVX2 + FMA (a lane vector is two ymm registers); see
-// fft_avx512.cpp.
+// micro_kernels_avx512.cpp.
 #include <algorithm>
 #include <cstdint>
 #include <utility>
 
 #include "cpu/fft/channel_fft.h"
 
-#if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
 #define ROLLCONV_NATIVE_VECTOR_BYTES 32
 #define ROLLCONV_ISA avx2
+#include "cpu/isa_target.h"
+ROLLCONV_ISA_TARGET_BEGIN
 #include "cpu/fft/kernels_impl.h"
-#pragma GCC pop_options
-#endif  // __x86_64__
+ROLLCONV_ISA_TARGET_END

@@ -8,14 +8,15 @@
 
 #include "common/conv_engine.h"
 #include "common/index_math.h"
+#include "common/lrn_formulas.h"
 
 namespace rollconv {
 
-struct DeviceKernels {
+struct DevicePrimitives {
   const char* device_name;
   bool supports_reduced_precision;  // float16 / bfloat16 inputs
-  const ConvEngine* engine;          // null: im2col + ATen GEMMs (see conv_engine.h)
-  const RollFftEngine* roll_fft_engine;  // null: ATen FFTs + the fft_* passes below
+  const ConvEngine* conv_engine;          // null: im2col + ATen GEMMs (see conv_engine.h)
+  const RollFftEngine* roll_fft_engine;  // null: ATen FFTs + the fft_* primitives below
 
   // images (B, C, H, W) contiguous  ->  cols (column_rows, B * column_cols) contiguous
   void (*im2col)(const at::Tensor& images, const at::Tensor& cols, const ColumnLayout& layout);
@@ -34,7 +35,7 @@ struct DeviceKernels {
                        const at::Tensor& own, const at::Tensor& term,
                        const at::Tensor& grad_input, const LrnParams& params);
   // The channel-FFT rolling convolution's per-frequency passes (complex tensors, see
-  // index_math.h): spectrum X (N, H, W, S, K), taps T (F, kh, kw, S, K), Y / dY
+  // fft_sums.h): spectrum X (N, H, W, S, K), taps T (F, kh, kw, S, K), Y / dY
   // (N, oh, ow, F, K), S the shift of a roll.
   void (*fft_forward)(const at::Tensor& spectrum, const at::Tensor& taps, const at::Tensor& out,
                       const Window2d& window);
@@ -44,12 +45,12 @@ struct DeviceKernels {
                               const at::Tensor& grad_taps, const Window2d& window);
 };
 
-const DeviceKernels& cpu_kernels();
+const DevicePrimitives& cpu_primitives();
 const ConvEngine& cpu_conv_engine();
 const RollFftEngine& cpu_roll_fft_engine();
-// cuda/kernels.cu: in a CUDA build, and in the emulated CUDA build (compiled for the host).
+// cuda/primitives.cu: in a CUDA build, and in the emulated CUDA build (compiled for the host).
 #if defined(ROLLCONV_WITH_CUDA) || defined(ROLLCONV_EMULATE_CUDA)
-const DeviceKernels& cuda_kernels();
+const DevicePrimitives& cuda_primitives();
 #endif
 
 }  // namespace rollconv

@@ -1,5 +1,5 @@
 // CUDA primitives: one grid-stride loop per primitive, one thread per output element,
-// calling the same index math as the CPU loops (common/index_math.h). Gathers only,
+// calling the same math as the CPU loops (common/index_math.h and beside it). Gathers only,
 // no atomics, so results are deterministic. Launched on the current stream (cuda/launch.h;
 // the emulated CUDA build runs the same launches on the host).
 #include <ATen/Dispatch.h>
@@ -7,7 +7,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/complex.h>
 
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
+#include "common/fft_sums.h"
+#include "common/lrn_formulas.h"
+#include "common/max_pool_rules.h"
 #include "cuda/launch.h"
 
 namespace rollconv {
@@ -181,12 +184,12 @@ void fft_backward_weight_cuda(const at::Tensor& spectrum, const at::Tensor& grad
 
 }  // namespace
 
-const DeviceKernels& cuda_kernels() {
-  static const DeviceKernels kernels{
+const DevicePrimitives& cuda_primitives() {
+  static const DevicePrimitives primitives{
       "CUDA",
       /*supports_reduced_precision=*/true,
-      /*engine=*/nullptr,  // convolutions: im2col + cuBLAS through ATen
-      /*roll_fft_engine=*/nullptr,  // channel FFTs through cuFFT (ATen) + the fft_* kernels
+      /*conv_engine=*/nullptr,  // convolutions: im2col + cuBLAS through ATen
+      /*roll_fft_engine=*/nullptr,  // channel FFTs through cuFFT (ATen) + the fft_* primitives
       im2col_cuda,
       col2im_cuda,
       max_pool_forward_cuda,
@@ -197,7 +200,7 @@ const DeviceKernels& cuda_kernels() {
       fft_backward_input_cuda,
       fft_backward_weight_cuda,
   };
-  return kernels;
+  return primitives;
 }
 
 }  // namespace rollconv

@@ -1,4 +1,5 @@
-// CPU primitives: OpenMP loops around the shared index math of common/index_math.h.
+// CPU primitives: OpenMP loops around the math shared with CUDA (common/index_math.h,
+// max_pool_rules.h, lrn_formulas.h, fft_sums.h).
 // (The loops are templates outside the AT_DISPATCH macros: a pragma cannot sit inside a
 // macro argument.)
 #include <ATen/ATen.h>
@@ -14,7 +15,10 @@
 
 #include <c10/util/complex.h>
 
-#include "common/device_kernels.h"
+#include "common/device_primitives.h"
+#include "common/fft_sums.h"
+#include "common/lrn_formulas.h"
+#include "common/max_pool_rules.h"
 #include "common/register_kernels.h"
 #include "cpu/im2col_span.h"
 #include "cpu/parallel.h"
@@ -138,7 +142,7 @@ void for_each_lrn_element(int64_t n, int64_t c, int64_t s, int64_t work_per_elem
 }
 
 // Channel-FFT per-frequency passes: one output element (all K frequencies) per
-// iteration, the sums in index_math.h's fft_*_span. S = `inputs` (the shift of a roll).
+// iteration, the sums in fft_sums.h's fft_*_span. S = `inputs` (the shift of a roll).
 template <typename Z>
 void fft_forward_loops(const Z* spectrum, const Z* taps, Z* out, int64_t batch, int64_t filters,
                        int64_t inputs, int64_t freqs, const Window2d& w) {
@@ -161,7 +165,7 @@ template <typename Z>
 void fft_backward_input_loops(const Z* grad, const Z* taps, Z* grad_spectrum, int64_t batch,
                               int64_t filters, int64_t inputs, int64_t freqs, const Window2d& w) {
   const int64_t out_size = w.out_h * w.out_w * filters * freqs;
-#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.in_h * w.in_w * filters * inputs * freqs * 9))
+#pragma omp parallel for collapse(2) num_threads(threads_for(batch * w.in_h * w.in_w * filters * inputs * freqs * w.kernel_h * w.kernel_w))
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t h = 0; h < w.in_h; ++h) {
       for (int64_t x = 0; x < w.in_w; ++x) {
@@ -237,7 +241,7 @@ void col2im_cpu(const at::Tensor& cols, const at::Tensor& images, const ColumnLa
 
 // float16 goes through float32 copies instead: c10::Half converts in software in this
 // library (built without -mf16c, so that it loads on any x86-64), which made these loops
-// 1.6-2.2x slower than float32, while ATen's conversions use F16C when the CPU has it.
+// slower than float32, while ATen's conversions use F16C when the CPU has it.
 class Float32Copies {
  public:
   at::Tensor read(const at::Tensor& t) { return t.to(at::kFloat); }
@@ -327,8 +331,8 @@ void lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, co
 
 }  // namespace
 
-const DeviceKernels& cpu_kernels() {
-  static const DeviceKernels kernels{
+const DevicePrimitives& cpu_primitives() {
+  static const DevicePrimitives primitives{
       "CPU",
       /*supports_reduced_precision=*/true,
       &cpu_conv_engine(),
@@ -343,12 +347,12 @@ const DeviceKernels& cpu_kernels() {
       fft_backward_input_cpu,
       fft_backward_weight_cpu,
   };
-  return kernels;
+  return primitives;
 }
 
 }  // namespace rollconv
 
 TORCH_LIBRARY_IMPL(rollconv, CPU, m) {
   // The engines are float32/float64: float16/bfloat16 convolutions run them in float32.
-  rollconv::register_device_kernels<&rollconv::cpu_kernels, rollconv::ReducedPrecision::kInFloat32>(m);
+  rollconv::register_device_kernels<&rollconv::cpu_primitives, rollconv::ReducedPrecision::kInFloat32>(m);
 }

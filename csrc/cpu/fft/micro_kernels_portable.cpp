@@ -8,4 +8,7 @@
 
 #define ROLLCONV_NATIVE_VECTOR_BYTES 16
 #define ROLLCONV_ISA portable
+#include "cpu/isa_target.h"
+ROLLCONV_ISA_TARGET_BEGIN
 #include "cpu/fft/kernels_impl.h"
+ROLLCONV_ISA_TARGET_END

@@ -1,17 +1,15 @@
 // The channel-FFT kernels for AVX-512 (a lane vector is one zmm register). The target is
 // set for this file only and after every header, so the library still loads on CPUs
-// without AVX-512: this code runs only when gemm::active_isa() says so.
+// without AVX-512: this code runs only when cpu::active_isa() says so.
 #include <algorithm>
 #include <cstdint>
 #include <utility>
 
 #include "cpu/fft/channel_fft.h"
 
-#if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
 #define ROLLCONV_NATIVE_VECTOR_BYTES 64
 #define ROLLCONV_ISA avx512
+#include "cpu/isa_target.h"
+ROLLCONV_ISA_TARGET_BEGIN
 #include "cpu/fft/kernels_impl.h"
-#pragma GCC pop_options
-#endif  // __x86_64__
+ROLLCONV_ISA_TARGET_END

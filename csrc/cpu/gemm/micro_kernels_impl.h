@@ -1,42 +1,25 @@
 // The register-tiled micro-kernel, written once with GCC vector extensions and compiled
-// once per ISA: each micro_<isa>.cpp sets the target ISA (#pragma GCC target), the vector
-// width and the tile shapes, then includes this file. Only the vector width and the
-// tile shape differ between ISAs; the code is the same.
+// once per ISA: each micro_kernels_<isa>.cpp sets the target ISA (#pragma GCC target), names it
+// (ROLLCONV_ISA: its namespace, and its entry of cpu/blocking.h's register tiles), then
+// includes this file. Only the vector width and the tile shapes differ between ISAs; the
+// code is the same.
 //
-// Required macros: ROLLCONV_ISA (a namespace name), ROLLCONV_VECTOR_BYTES,
-// ROLLCONV_MR_F32, ROLLCONV_NV_F32, ROLLCONV_MR_F64, ROLLCONV_NV_F64 (NV: vectors per row),
-// ROLLCONV_DOT_MR, ROLLCONV_DOT_NR (the dot-product kernel's tile, in vectors).
-// Everything here has internal linkage, so no ISA-specific code can be picked by the
-// linker for another translation unit.
+// Everything here has internal linkage, except the table `kernels`, so no ISA-specific code
+// can be picked by the linker for another translation unit.
+#include "cpu/blocking.h"
+#include "cpu/simd.h"
 
 namespace rollconv::gemm {
 namespace ROLLCONV_ISA {
 namespace {
 
-// type: the vector of T; lane_index: integer lanes as wide as T's (__builtin_shuffle's masks).
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
-  typedef int32_t lane_index __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
-  typedef int64_t lane_index __attribute__((vector_size(ROLLCONV_VECTOR_BYTES)));
-};
+constexpr cpu::RegisterTiles kTiles = cpu::tiles::ROLLCONV_ISA;
 
-template <typename V, typename T>
-inline V load(const T* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V, typename T>
-inline void store(T* p, const V& v) {
-  __builtin_memcpy(p, &v, sizeof(V));
-}
+// This ISA's vector of T (simd.h).
+template <typename T>
+using VecOf = simd::VecOf<T, kTiles.vector_bytes>;
+using simd::load;
+using simd::store;
 
 // One MR x (NV * lanes) tile of C from an A strip ([k][MR]) and a B strip ([k][NV_FULL *
 // lanes]); NV < NV_FULL for the narrow last strip of a row. Partial tiles (m < MR or
@@ -109,7 +92,7 @@ constexpr MicroKernel<T> make_micro_kernel() {
        &tile_kernel<T, MR, NV, (NV >= 3 ? 3 : NV), true>, &tile_kernel<T, MR, NV, NV, true>}};
 }
 
-// --- the dot-product kernel (DotKernel in gemm.h) ---------------------------------------
+// --- the dot-product micro-kernel (DotMicroKernel in gemm.h) ---------------------------------------
 
 // One step of a transposing lane reduction. Vectors a and b each hold W / B partial sums
 // spread over blocks of B lanes; shuffle(a, b, lo) + shuffle(a, b, hi) holds the 2W / B
@@ -183,8 +166,8 @@ void dot_tile(const DotPiece* pieces, int num_pieces, const T* __restrict a, int
 }
 
 template <typename T, int MR, int NR>
-constexpr DotKernel<T> make_dot_kernel() {
-  return DotKernel<T>{MR, NR, int(sizeof(typename VecOf<T>::type) / sizeof(T)), &dot_tile<T, MR, NR>};
+constexpr DotMicroKernel<T> make_dot_micro_kernel() {
+  return DotMicroKernel<T>{MR, NR, int(sizeof(typename VecOf<T>::type) / sizeof(T)), &dot_tile<T, MR, NR>};
 }
 
 // Independent FMA chains on registers only: the ISA's arithmetic peak, for the benchmark.
@@ -208,14 +191,6 @@ T fma_chains(int64_t iterations, T seed) {
   return total;
 }
 
-}  // namespace
-
-extern const MicroKernels kernels;  // declared in gemm.cpp too: external linkage
-const MicroKernels kernels{make_micro_kernel<float, ROLLCONV_MR_F32, ROLLCONV_NV_F32>(),
-                           make_micro_kernel<double, ROLLCONV_MR_F64, ROLLCONV_NV_F64>(),
-                           make_dot_kernel<float, ROLLCONV_DOT_MR, ROLLCONV_DOT_NR>(),
-                           make_dot_kernel<double, ROLLCONV_DOT_MR, ROLLCONV_DOT_NR>()};
-
 // flops per call: iterations * chains * lanes * 2.
 double peak_loop(bool is_double, int64_t iterations, int64_t* flops) {
   if (is_double) {
@@ -225,6 +200,14 @@ double peak_loop(bool is_double, int64_t iterations, int64_t* flops) {
   *flops = iterations * kChains * int64_t(sizeof(VecOf<float>::type) / sizeof(float)) * 2;
   return fma_chains<float>(iterations, 1e-3f);
 }
+
+}  // namespace
+
+extern const MicroKernelTable micro_kernels;  // declared in gemm.cpp too: external linkage
+const MicroKernelTable micro_kernels{make_micro_kernel<float, kTiles.mr_f32, kTiles.nv_f32>(),
+                           make_micro_kernel<double, kTiles.mr_f64, kTiles.nv_f64>(),
+                           make_dot_micro_kernel<float, kTiles.dot_mr, kTiles.dot_nr>(),
+                           make_dot_micro_kernel<double, kTiles.dot_mr, kTiles.dot_nr>(), &peak_loop};
 
 }  // namespace ROLLCONV_ISA
 }  // namespace rollconv::gemm
