@@ -119,8 +119,8 @@ def _baseline_name(device, what):
     return f"{what} (cuDNN)" if device.type == "cuda" else f"{what} (torch, {device.type})"
 
 
-def _candidates_roll(RF, seed_roll, algorithms, baseline):
-    cands = {baseline: lambda x, w: seed_roll(x, w, 1)}
+def _candidates_roll(RF, filter_bank_method, algorithms, baseline):
+    cands = {baseline: lambda x, w: filter_bank_method(x, w, 1)}
     for algorithm in algorithms:
         cands[f"roll_conv2d {algorithm}"] = (
             lambda x, w, algorithm=algorithm: RF.roll_conv2d(x, w, padding=1, activation="relu", algorithm=algorithm))
@@ -192,7 +192,7 @@ def run_benchmark(device, quick, rounds, sample_s, budget_s, log=print):
     sys.path.insert(0, HERE)
     import rollconv.functional as RF
     from rollconv import backends
-    from rollconv.benchmark import filter_bank_method as seed_roll
+    from rollconv.benchmark import filter_bank_method
 
     rows, start = [], time.perf_counter()
 
@@ -235,7 +235,7 @@ def run_benchmark(device, quick, rounds, sample_s, budget_s, log=print):
                 inputs = (x, w)
                 backends.clear_cache()
                 baseline = _baseline_name(device, "filter bank")
-                results = time_candidates(_candidates_roll(RF, seed_roll, ROLL_ALGORITHMS, baseline), inputs, device,
+                results = time_candidates(_candidates_roll(RF, filter_bank_method, ROLL_ALGORITHMS, baseline), inputs, device,
                                           autocast, rounds, sample_s)
                 try:
                     with autocast():  # what 'auto' ran: the cached timed choice, or the rule
