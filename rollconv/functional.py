@@ -138,6 +138,11 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         )
     if weight.shape[0] % groups != 0:
         raise ArgumentError(f"groups={groups} must divide weight.shape[0] = {weight.shape[0]}")
+    if x.shape[0] > 0 and x.shape[1] > 0 and min(x.shape[2:]) == 0:  # as conv2d and torch
+        raise ArgumentError(
+            f"expected input with non-zero height and width (only a zero batch or zero channels may leave "
+            f"it empty), but got shape {tuple(x.shape)}"
+        )
     out_channels = weight.shape[1] * groups
     if bias is not None:
         if not isinstance(bias, torch.Tensor):

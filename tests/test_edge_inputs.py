@@ -64,6 +64,17 @@ def test_zero_input_channels_of_a_transposed_convolution():
     torch.testing.assert_close(y, b.view(1, 3, 1, 1).expand_as(y))
 
 
+@pytest.mark.parametrize("call", [
+    lambda x: RF.conv2d(x, torch.randn(1, 1, 1, 1)),
+    lambda x: RF.conv_transpose2d(x, torch.randn(1, 1, 1, 1)),
+    lambda x: F.conv2d(x, torch.randn(1, 1, 1, 1)),
+    lambda x: F.conv_transpose2d(x, torch.randn(1, 1, 1, 1)),
+])
+def test_images_of_no_pixels_with_a_batch_and_channels_are_an_error_as_in_torch(call):
+    with pytest.raises(RuntimeError):
+        call(torch.randn(1, 1, 0, 0))
+
+
 def test_the_rolling_convolution_needs_a_channel():
     with pytest.raises(RuntimeError, match="at least one input channel"):
         RF.roll_conv2d(torch.randn(1, 0, 5, 5), torch.randn(2, 0, 3, 3), rolls=1)
