@@ -9,10 +9,15 @@
 namespace rollconv::settings {
 namespace {
 
-// ROLLCONV_CPU_ENGINE=0 turns the engines off; anything else (or unset) leaves them on.
+// ROLLCONV_CPU_ENGINE=0 (or false, off, no) turns the engines off; anything else (or unset)
+// leaves them on.
 bool engines_from_environment() {
   const char* env = std::getenv("ROLLCONV_CPU_ENGINE");
-  return !(env != nullptr && std::strcmp(env, "0") == 0);
+  if (env == nullptr) return true;
+  for (const char* off : {"0", "false", "off", "no", "FALSE", "OFF", "NO", "False", "Off", "No"}) {
+    if (std::strcmp(env, off) == 0) return false;
+  }
+  return true;
 }
 
 // 16 MiB unless ROLLCONV_WORKSPACE_MB says otherwise. Small on purpose: glibc serves blocks

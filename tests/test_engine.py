@@ -195,10 +195,11 @@ print(rollconv.backends.get_flags()["cpu_engine"])
 """
 
 
-def test_switches_read_from_the_environment_at_import():
+@pytest.mark.parametrize("off", ["0", "false", "off"])
+def test_switches_read_from_the_environment_at_import(off):
     """ROLLCONV_CPU_ENGINE, ROLLCONV_WORKSPACE_MB and ROLLCONV_GEMM_ISA set the switches once,
     when rollconv is imported."""
-    env = dict(os.environ, ROLLCONV_CPU_ENGINE="0", ROLLCONV_WORKSPACE_MB="3", ROLLCONV_GEMM_ISA="portable")
+    env = dict(os.environ, ROLLCONV_CPU_ENGINE=off, ROLLCONV_WORKSPACE_MB="3", ROLLCONV_GEMM_ISA="portable")
     out = subprocess.run([sys.executable, "-c", SWITCHES_FROM_ENVIRONMENT], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     flags, later = out.stdout.strip().splitlines()

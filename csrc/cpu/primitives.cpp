@@ -94,14 +94,15 @@ void max_pool_forward_loops(const T* x, T* y, int64_t* idx, int64_t planes, cons
 // windows add into one element, so a bfloat16 plane is summed in a per-thread Acc plane
 // and rounded once. An index outside the plane (indices not made by max_pool2d_forward
 // for this input size) is skipped and reported: returns false.
+// An index outside the input plane addresses no input element and gets no gradient: that
+// is a window lying entirely in padding (its max is -inf and torch's index points past
+// the plane), as CUDA's gather, which matches positions, leaves it.
 template <typename T, typename Acc>
-bool max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t planes, const Window2d& w) {
+void max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t planes, const Window2d& w) {
   constexpr bool in_place = std::is_same_v<T, Acc>;
   const int64_t out_plane = w.out_h * w.out_w, in_plane = w.in_h * w.in_w;
-  bool in_range = true;
   const auto scratch_plane = [&] { return std::vector<Acc>(in_place ? 0 : in_plane); };
   parallel_with_state(threads_for(planes * (in_plane + out_plane)), scratch_plane, [&](std::vector<Acc>& scratch) {
-    bool thread_in_range = true;
 #pragma omp for
     for (int64_t p = 0; p < planes; ++p) {
       Acc* sums;
@@ -113,20 +114,11 @@ bool max_pool_backward_loops(const T* gy, const int64_t* idx, T* gx, int64_t pla
       std::fill(sums, sums + in_plane, Acc(0));
       for (int64_t o = 0; o < out_plane; ++o) {
         const int64_t i = idx[p * out_plane + o];
-        if (i < 0 || i >= in_plane) {
-          thread_in_range = false;
-          continue;
-        }
-        sums[i] += static_cast<Acc>(gy[p * out_plane + o]);
+        if (i >= 0 && i < in_plane) sums[i] += static_cast<Acc>(gy[p * out_plane + o]);
       }
       if constexpr (!in_place) std::copy(sums, sums + in_plane, gx + p * in_plane);
     }
-    if (!thread_in_range) {
-#pragma omp critical(rollconv_max_pool_indices)
-      in_range = false;
-    }
   });
-  return in_range;
 }
 
 // LRN: body(column, c, element) for every element (n, c, s) of an (N, C, S) tensor,
@@ -278,14 +270,11 @@ void max_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indi
     max_pool_backward_cpu(f.read(grad_output), indices, f.write(grad_input), w);
     return f.copy_back();
   }
-  bool in_range = true;
   ROLLCONV_DISPATCH_CPU(grad_output.scalar_type(), "rollconv_max_pool_backward_cpu", [&] {
-    in_range = max_pool_backward_loops<scalar_t, at::opmath_type<scalar_t>>(
+    max_pool_backward_loops<scalar_t, at::opmath_type<scalar_t>>(
         grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
         grad_input.data_ptr<scalar_t>(), grad_input.size(0), w);
   });
-  TORCH_CHECK(in_range, "rollconv.max_pool2d_backward: indices must lie in [0, ", w.in_h * w.in_w,
-              ") (positions in an input plane of ", w.in_h, " x ", w.in_w, ")");
 }
 
 void lrn_forward_cpu(const at::Tensor& input, const at::Tensor& output, const LrnParams& p) {
