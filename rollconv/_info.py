@@ -7,6 +7,15 @@ import torch
 from . import _C
 
 
+def _gemm_isa():
+    if not hasattr(_C, "gemm_isa"):
+        return "none (emulated CUDA build)"
+    try:
+        return _C.gemm_isa()
+    except RuntimeError as error:  # a bad ROLLCONV_GEMM_ISA: info reports it, ops raise it
+        return f"error: {error}"
+
+
 def build_facts():
     return {
         "rollconv": _C.version,
@@ -20,7 +29,7 @@ def build_facts():
         "emulated CUDA build": bool(_C.emulated_cuda),
         "GPU visible": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no"),
         "CPU threads (torch / OpenMP)": torch.get_num_threads(),
-        "CPU GEMM engine ISA": _C.gemm_isa() if hasattr(_C, "gemm_isa") else "none (emulated CUDA build)",
+        "CPU GEMM engine ISA": _gemm_isa(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }

@@ -219,3 +219,12 @@ def test_flags_switch_and_restore():
     with pytest.raises(ValueError, match="workspace_mb must be a non-negative int"):
         rollconv.backends.set_flags(workspace_mb=-1)
     assert rollconv.backends.get_flags() == before
+
+
+def test_info_reports_a_bad_isa_setting_and_ops_raise_it():
+    env = dict(os.environ, ROLLCONV_GEMM_ISA="bogus")
+    info = subprocess.run([sys.executable, "-m", "rollconv", "info"], env=env, capture_output=True, text=True)
+    assert info.returncode == 0 and "error: ROLLCONV_GEMM_ISA must be portable, avx2 or avx512, not 'bogus'" in info.stdout
+    call = "import torch, rollconv.functional as RF; RF.conv2d(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3))"
+    op = subprocess.run([sys.executable, "-c", call], env=env, capture_output=True, text=True)
+    assert op.returncode != 0 and "ROLLCONV_GEMM_ISA must be portable, avx2 or avx512" in op.stderr
