@@ -198,11 +198,29 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
   });
 }
 
+// dK's sums over a chunk's nb samples, one (filter, frequency) per item, added into acc
+// ((re, im) pairs [F][kh * kw][K]). Called inside a parallel region: its threads share the
+// items.
+template <typename T>
+void weight_grad_items(const MicroKernels<T>& micro, const Window2d& w, int64_t filters, int64_t freqs,
+                       int64_t nb, const T* x_spectra, int64_t x_size, const T* dy_spectra, int64_t dy_size,
+                       T* tile, T* acc) {
+  const int64_t kk = w.kernel_h * w.kernel_w, out_px = w.out_h * w.out_w;
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t item = 0; item < filters * freqs; ++item) {
+    const int64_t f = item / freqs, k = item % freqs;
+    for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
+      micro.weight_grad_freq(w, freqs, k, x_spectra + s * x_size, dy_spectra + s * dy_size + f * 2 * freqs * out_px,
+                             tile, acc + 2 * (f * kk * freqs + k));
+    }
+  }
+}
+
 template <typename T>
 void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& input, const Window2d& w,
                            const at::Tensor& grad_taps) {
   const int64_t batch = input.size(0), channels = input.size(1), filters = grad_taps.size(0);
-  const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w, kk = w.kernel_h * w.kernel_w;
+  const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs();
@@ -230,15 +248,8 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
                        dy + n0 * channels * filters * out_px, filters, out_px, dy_spectra.get(), t.scratch.get());
         }
       }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t item = 0; item < filters * freqs; ++item) {
-        const int64_t f = item / freqs, k = item % freqs;
-        for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
-          micro.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
-                                dy_spectra.get() + s * dy_size + f * 2 * freqs * out_px, t.tile.get(),
-                                acc + 2 * (f * kk * freqs + k));
-        }
-      }
+      weight_grad_items(micro, w, filters, freqs, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
+                        t.tile.get(), acc);
     }
   });
 }
@@ -253,7 +264,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
                     const at::Tensor& grad_taps, const at::Tensor& grad_bias) {
   const bool want_dx = grad_input.defined(), want_dk = grad_taps.defined(), want_db = grad_bias.defined();
   const int64_t batch = input.size(0), channels = input.size(1), filters = taps.size(0);
-  const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w, kk = w.kernel_h * w.kernel_w;
+  const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs();
@@ -328,15 +339,8 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
         }
       }
       if (want_dk) {
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < filters * freqs; ++item) {
-          const int64_t f = item / freqs, k = item % freqs;
-          for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
-            micro.weight_grad_freq(w, freqs, k, x_spectra.get() + s * x_size,
-                                  dy_spectra.get() + s * dy_size + f * 2 * freqs * out_px, t.tile.get(),
-                                  acc + 2 * (f * kk * freqs + k));
-          }
-        }
+        weight_grad_items(micro, w, filters, freqs, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
+                          t.tile.get(), acc);
       }
     }
   });
