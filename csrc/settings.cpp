@@ -4,18 +4,18 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <cstring>
+#include <strings.h>  // strcasecmp (POSIX)
 
 namespace rollconv::settings {
 namespace {
 
-// ROLLCONV_CPU_ENGINE=0 (or false, off, no) turns the engines off; anything else (or unset)
+// ROLLCONV_CPU_ENGINE=0 (or false, off, no, in any case) turns the engines off; anything else (or unset)
 // leaves them on.
 bool engines_from_environment() {
   const char* env = std::getenv("ROLLCONV_CPU_ENGINE");
   if (env == nullptr) return true;
-  for (const char* off : {"0", "false", "off", "no", "FALSE", "OFF", "NO", "False", "Off", "No"}) {
-    if (std::strcmp(env, off) == 0) return false;
+  for (const char* off : {"0", "false", "off", "no"}) {
+    if (strcasecmp(env, off) == 0) return false;
   }
   return true;
 }

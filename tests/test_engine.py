@@ -195,7 +195,7 @@ print(rollconv.backends.get_flags()["cpu_engine"])
 """
 
 
-@pytest.mark.parametrize("off", ["0", "false", "off"])
+@pytest.mark.parametrize("off", ["0", "false", "OFF"])
 def test_switches_read_from_the_environment_at_import(off):
     """ROLLCONV_CPU_ENGINE, ROLLCONV_WORKSPACE_MB and ROLLCONV_GEMM_ISA set the switches once,
     when rollconv is imported."""
