@@ -210,6 +210,7 @@ def run_benchmark(device, quick, rounds, sample_s, budget_s, log=print):
             if extra and name in extra:
                 row["note"] = extra[name]
             if not row.get("rel_err", 0.0) <= REL_ERR_LIMIT[precision]:  # NaN (a wrong shape) too
+                row["wrong"] = True
                 row["note"] = (row.get("note", "") + f" WRONG: rel. err above {REL_ERR_LIMIT[precision]:.0e}").strip()
             rows.append(row)
 
@@ -376,7 +377,7 @@ def main(argv=None):
     with open(args.out, "w") as f:
         f.write(report(rows, the_facts, tests_summary(args.tests_log, args.tests_rc)))
     print(f"\nwrote {args.out}")
-    wrong = [row for row in rows if "WRONG" in row.get("note", "")]
+    wrong = [row for row in rows if row.get("wrong")]
     for row in wrong:
         print(f"gpu-check: wrong result: {row['case']} | {row['precision']} | {row['candidate']}: "
               f"rel. err {row['rel_err']:.1e}", file=sys.stderr)
