@@ -198,20 +198,26 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
   });
 }
 
-// dK's sums over a chunk's nb samples, one (filter, frequency) per item, added into acc
-// ((re, im) pairs [F][kh * kw][K]). Called inside a parallel region: its threads share the
-// items.
+// dK's sums over a chunk's nb samples, added into acc ((re, im) pairs [F][kh * kw][K]). One
+// item per (frequency, group of filters): the group shares the tile of X's spectrum. Called
+// inside a parallel region: its threads share the items. Each sum runs over the samples in
+// order, whatever the groups: the result does not depend on the thread count.
+constexpr int64_t kItemsPerThread = 4;
 template <typename T>
 void weight_grad_items(const MicroKernels<T>& micro, const Window2d& w, int64_t filters, int64_t freqs,
                        int64_t nb, const T* x_spectra, int64_t x_size, const T* dy_spectra, int64_t dy_size,
                        T* tile, T* acc) {
   const int64_t kk = w.kernel_h * w.kernel_w, out_px = w.out_h * w.out_w;
+  const int64_t threads = omp_get_num_threads();
+  const int64_t group = std::clamp<int64_t>(filters * freqs / (kItemsPerThread * threads), 1, filters);
+  const int64_t groups = ceil_div(filters, group);
 #pragma omp for schedule(dynamic, 1)
-  for (int64_t item = 0; item < filters * freqs; ++item) {
-    const int64_t f = item / freqs, k = item % freqs;
-    for (int64_t s = 0; s < nb; ++s) {  // samples in order: deterministic
-      micro.weight_grad_freq(w, freqs, k, x_spectra + s * x_size, dy_spectra + s * dy_size + f * 2 * freqs * out_px,
-                             tile, acc + 2 * (f * kk * freqs + k));
+  for (int64_t item = 0; item < groups * freqs; ++item) {
+    const int64_t f0 = (item / freqs) * group, k = item % freqs, count = std::min(group, filters - f0);
+    for (int64_t s = 0; s < nb; ++s) {
+      micro.weight_grad_freq(w, freqs, k, count, x_spectra + s * x_size,
+                             dy_spectra + s * dy_size + f0 * 2 * freqs * out_px, 2 * freqs * out_px, tile,
+                             acc + 2 * (f0 * kk * freqs + k), 2 * kk * freqs);
     }
   }
 }

@@ -74,10 +74,11 @@ struct MicroKernels {
   // the input rows [h0, h1).
   void (*input_grad_rows)(const Window2d& w, int64_t freqs, int64_t filters, const T* grad,
                           const T* taps, int64_t h0, int64_t h1, T* tile, T* out);
-  // acc[t * freqs] (complex, per tap t) += sum over pixels of X(tap-shifted) * conj(dY), at
-  // frequency k, for one sample and filter (grad: that filter's planes).
-  void (*weight_grad_freq)(const Window2d& w, int64_t freqs, int64_t k, const T* spectrum,
-                           const T* grad, T* tile, T* acc);
+  // acc[f * acc_step + t * freqs] (complex, per tap t) += sum over pixels of X(tap-shifted)
+  // * conj(dY of filter f), at frequency k, for one sample and the filters f < filters
+  // (dY's planes of filter f at grad + f * grad_step).
+  void (*weight_grad_freq)(const Window2d& w, int64_t freqs, int64_t k, int64_t filters, const T* spectrum,
+                           const T* grad, int64_t grad_step, T* tile, T* acc, int64_t acc_step);
   // analyze of src zeroed where mask[c * step + p] <= 0 (ReLU's derivative, as
   // threshold_backward(src, mask, 0)).
   void (*analyze_masked)(const Plan<T>& plan, const T* src, const T* mask, int64_t step, int64_t count,

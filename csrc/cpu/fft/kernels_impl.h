@@ -411,10 +411,6 @@ void fill_tile(const T* plane_re, const T* plane_im, int64_t height, int64_t wid
 // `lanes` pixels `step` apart; Unit: step is 1. (A compile-time Unit keeps the common case a
 // plain load: with a run-time test in the loop the compiler joins both cases' lane vectors
 // through memory.)
-template <bool Unit>
-struct UnitStride {
-  static constexpr bool value = Unit;
-};
 template <bool Unit, typename T>
 inline typename LanesOf<T>::type load_lanes(const T* p, int64_t step) {
   using V = typename LanesOf<T>::type;
@@ -657,64 +653,92 @@ void input_grad_rows(const Window2d& w, int64_t freqs, int64_t filters, const T*
   }
 }
 
-// dK at frequency k for one sample and filter: acc[t] += sum over pixels of X * conj(dY),
-// from a tile of X (as the forward's, whole plane) and one of dY (rows padded to whole
-// chunks with zeros). kSums sets of lane sums in turn hide the FMA latency; they are added
-// up in a fixed order.
-template <typename T>
-void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, const T* spectrum, const T* grad,
-                      T* tile, T* acc) {
+// dK at frequency k for one sample and a group of filters: acc[t] += sum over pixels of
+// X * conj(dY), from a tile of X (as the forward's, whole plane; filled once for the
+// group) and dY's planes, read in place when their rows are whole chunks (else from a tile
+// whose rows are padded with zeros).
+struct WeightGradTiles {
+  int64_t x_pitch, x_plane, g_pitch, g_plane, chunks;
+};
+
+// The sums of G taps (t0, t0 + 1, ...) over every position: each chunk of dY is loaded
+// once for the G taps, whose lane sums stay in registers (G = kSums: as many as the
+// registers hold). Each lane sums its pixels in row order; the lanes are added up in order.
+template <typename T, int G, bool Unit>
+void weight_grad_taps(const Window2d& w, const WeightGradTiles& at, const T* x_tile, const T* g_tile,
+                      int64_t t0, int64_t freqs, T* acc) {
   using V = typename LanesOf<T>::type;
   constexpr int64_t L = lanes_of<T>();
-  constexpr int kSets = kSums<T>;
+  V sum_re[G], sum_im[G];  // (zeroed one by one: see forward_chunks)
+  int64_t off[G];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) {
+    sum_re[g] = sum_im[g] = V{};
+    const int64_t i = (t0 + g) / w.kernel_w, j = (t0 + g) % w.kernel_w;
+    off[g] = i * w.dil_h * at.x_pitch + j * w.dil_w;
+  }
+  for (int64_t ro = 0; ro < w.out_h; ++ro) {
+    const T* x_row = x_tile + ro * w.stride_h * at.x_pitch;
+    const T* g_row = g_tile + ro * at.g_pitch;
+    for (int64_t ch = 0; ch < at.chunks; ++ch) {
+      const T* x = x_row + ch * L * w.stride_w;
+      const V c = load<V>(g_row + ch * L), d = load<V>(g_row + at.g_plane + ch * L);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) {
+        const V a = load_lanes<Unit>(x + off[g], w.stride_w), b = load_lanes<Unit>(x + at.x_plane + off[g], w.stride_w);
+        sum_re[g] += a * c + b * d;
+        sum_im[g] += b * c - a * d;
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    T total_re = 0, total_im = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      total_re += sum_re[g][l];
+      total_im += sum_im[g][l];
+    }
+    T* a = acc + 2 * (t0 + g) * freqs;
+    a[0] += total_re;
+    a[1] += total_im;
+  }
+}
+
+template <typename T, bool Unit>
+void weight_grad_all_taps(const Window2d& w, const WeightGradTiles& at, const T* x_tile, const T* g_tile,
+                          int64_t freqs, T* acc) {
+  constexpr int G = kSums<T>;
+  const int64_t taps = w.kernel_h * w.kernel_w;
+  int64_t t = 0;
+  for (; t + G <= taps; t += G) weight_grad_taps<T, G, Unit>(w, at, x_tile, g_tile, t, freqs, acc);
+  if constexpr (G > 2) {
+    for (; t + 2 <= taps; t += 2) weight_grad_taps<T, 2, Unit>(w, at, x_tile, g_tile, t, freqs, acc);
+  }
+  for (; t < taps; ++t) weight_grad_taps<T, 1, Unit>(w, at, x_tile, g_tile, t, freqs, acc);
+}
+
+template <typename T>
+void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, int64_t filters, const T* spectrum,
+                      const T* grad, int64_t grad_step, T* tile, T* acc, int64_t acc_step) {
+  constexpr int64_t L = lanes_of<T>();
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
-  const int64_t chunks = ceil_div(w.out_w, L), positions = w.out_h * chunks;
+  const int64_t chunks = ceil_div(w.out_w, L);
   const int64_t x_rows = (w.out_h - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1;
   const int64_t x_pitch = (chunks * L - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1;
-  const int64_t x_plane = x_rows * x_pitch, g_pitch = chunks * L, g_plane = w.out_h * g_pitch;
+  const WeightGradTiles at{x_pitch, x_rows * x_pitch, chunks * L, w.out_h * chunks * L, chunks};
   T* x_tile = tile;
-  T* g_tile = tile + 2 * x_plane;
+  T* g_tile = tile + 2 * at.x_plane;
   fill_tile(spectrum + 2 * k * in_px, spectrum + (2 * k + 1) * in_px, w.in_h, w.in_w, -w.pad_h,
             -w.pad_w, x_rows, x_pitch, x_tile);
-  fill_tile(grad + 2 * k * out_px, grad + (2 * k + 1) * out_px, w.out_h, w.out_w, 0, 0, w.out_h,
-            g_pitch, g_tile);
-  for (int64_t i = 0; i < w.kernel_h; ++i) {
-    for (int64_t j = 0; j < w.kernel_w; ++j) {
-      const int64_t off = i * w.dil_h * x_pitch + j * w.dil_w;
-      V sum_re[kSets], sum_im[kSets];  // (zeroed one by one: see forward_chunks)
-#pragma GCC unroll 4
-      for (int q = 0; q < kSets; ++q) sum_re[q] = sum_im[q] = V{};
-      const auto sum_positions = [&](auto unit) {
-        for (int64_t p = 0; p < positions; ++p) {
-          const int64_t ro = p / chunks, ch = p % chunks;
-          const T* x = x_tile + ro * w.stride_h * x_pitch + ch * L * w.stride_w + off;
-          const V a = load_lanes<unit.value>(x, w.stride_w), b = load_lanes<unit.value>(x + x_plane, w.stride_w);
-          const V c = load<V>(g_tile + ro * g_pitch + ch * L), d = load<V>(g_tile + g_plane + ro * g_pitch + ch * L);
-          sum_re[p % kSets] += a * c + b * d;
-          sum_im[p % kSets] += b * c - a * d;
-        }
-      };
-      if (w.stride_w == 1) {
-        sum_positions(UnitStride<true>{});
-      } else {
-        sum_positions(UnitStride<false>{});
-      }
-      V re = sum_re[0], im = sum_im[0];  // in pairs, in a fixed order
-      if constexpr (kSets == 4) {
-        re = (sum_re[0] + sum_re[1]) + (sum_re[2] + sum_re[3]);
-        im = (sum_im[0] + sum_im[1]) + (sum_im[2] + sum_im[3]);
-      } else if constexpr (kSets == 2) {
-        re = sum_re[0] + sum_re[1];
-        im = sum_im[0] + sum_im[1];
-      }
-      T total_re = 0, total_im = 0;
-      for (int64_t l = 0; l < L; ++l) {
-        total_re += re[l];
-        total_im += im[l];
-      }
-      T* a = acc + 2 * (i * w.kernel_w + j) * freqs;
-      a[0] += total_re;
-      a[1] += total_im;
+  for (int64_t f = 0; f < filters; ++f) {
+    const T* g = grad + f * grad_step + 2 * k * out_px;
+    if (w.out_w % L != 0) {
+      fill_tile(g, g + out_px, w.out_h, w.out_w, 0, 0, w.out_h, at.g_pitch, g_tile);
+      g = g_tile;
+    }
+    if (w.stride_w == 1) {
+      weight_grad_all_taps<T, true>(w, at, x_tile, g, freqs, acc + f * acc_step);
+    } else {
+      weight_grad_all_taps<T, false>(w, at, x_tile, g, freqs, acc + f * acc_step);
     }
   }
 }
