@@ -537,12 +537,13 @@ void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* sp
   }
 }
 
-// dX (stride 1): out[k] += sum over the taps of dY(f) * taps[f][t][k], as a gather from a
-// tile of dY whose rows and columns run backwards over the taps.
+// dX (stride 1): out[k] += sum over the filters and taps of dY(f) * taps[f][t][k], as a
+// gather from tiles of dY (one per filter, `tile_step` apart) whose rows and columns run
+// backwards over the taps. The lane sums stay in registers over the filters of the group.
 template <typename T, int NC>
-void input_grad_chunks(const Window2d& w, const Positions& at, const T* tile, int64_t tile_plane,
-                       int64_t pitch, const T* taps, int64_t tap_step, int64_t pos0, bool first,
-                       T* out, int64_t px) {
+void input_grad_chunks(const Window2d& w, const Positions& at, const T* tiles, int64_t tile_step,
+                       int64_t tile_plane, int64_t pitch, int64_t filters, const T* taps, int64_t filter_step,
+                       int64_t tap_step, int64_t pos0, bool first, T* out, int64_t px) {
   using V = typename LanesOf<T>::type;
   constexpr int64_t L = lanes_of<T>();
   V sum_re[NC], sum_im[NC];
@@ -555,16 +556,19 @@ void input_grad_chunks(const Window2d& w, const Positions& at, const T* tile, in
     sum_re[n] = first ? V{} : load_prefix(out + dst[n], valid[n]);
     sum_im[n] = first ? V{} : load_prefix(out + px + dst[n], valid[n]);
   }
-  for (int64_t i = 0; i < w.kernel_h; ++i) {
-    for (int64_t j = 0; j < w.kernel_w; ++j) {
-      const int64_t off = (w.kernel_h - 1 - i) * w.dil_h * pitch + (w.kernel_w - 1 - j) * w.dil_w;
-      const T* t = taps + (i * w.kernel_w + j) * tap_step;
-      const T tr = t[0], ti = t[1];
+  for (int64_t f = 0; f < filters; ++f) {
+    const T* tile = tiles + f * tile_step;
+    for (int64_t i = 0; i < w.kernel_h; ++i) {
+      for (int64_t j = 0; j < w.kernel_w; ++j) {
+        const int64_t off = (w.kernel_h - 1 - i) * w.dil_h * pitch + (w.kernel_w - 1 - j) * w.dil_w;
+        const T* t = taps + f * filter_step + (i * w.kernel_w + j) * tap_step;
+        const T tr = t[0], ti = t[1];
 #pragma GCC unroll 4
-      for (int n = 0; n < NC; ++n) {
-        const V gr = load<V>(tile + src[n] + off), gi = load<V>(tile + tile_plane + src[n] + off);
-        sum_re[n] += gr * tr - gi * ti;
-        sum_im[n] += gr * ti + gi * tr;
+        for (int n = 0; n < NC; ++n) {
+          const V gr = load<V>(tile + src[n] + off), gi = load<V>(tile + tile_plane + src[n] + off);
+          sum_re[n] += gr * tr - gi * ti;
+          sum_im[n] += gr * ti + gi * tr;
+        }
       }
     }
   }
@@ -621,7 +625,9 @@ void input_grad_rows_strided(const Window2d& w, int64_t freqs, int64_t filters, 
 }
 
 
-// Sums over filters and taps for the input rows [h0, h1): out [freqs][2][px].
+// Sums over filters and taps for the input rows [h0, h1): out [freqs][2][px]. The filters
+// go in groups whose tiles fit the scratch; each sum adds the filters in order, so the
+// grouping does not change the result.
 template <typename T>
 void input_grad_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* grad, const T* taps,
                      int64_t h0, int64_t h1, T* tile, T* out) {
@@ -636,19 +642,26 @@ void input_grad_rows(const Window2d& w, int64_t freqs, int64_t filters, const T*
   const int64_t pitch = chunks * L + (w.kernel_w - 1) * w.dil_w;
   const Positions at{chunks, pitch, L, w.in_w};
   const int64_t kk = w.kernel_h * w.kernel_w, plane = tile_rows * pitch;
+  const int64_t group = std::clamp<int64_t>(tile_size<T>(w, rows) / (2 * plane), 1, filters);
+  constexpr int S = kSums<T>;
   for (int64_t k = 0; k < freqs; ++k) {
     T* g = out + 2 * k * px;
-    for (int64_t f = 0; f < filters; ++f) {
-      const T* dy = grad + (f * freqs + k) * 2 * out_px;
-      fill_tile(dy, dy + out_px, w.out_h, w.out_w, h0 + w.pad_h - (w.kernel_h - 1) * w.dil_h,
-                w.pad_w - (w.kernel_w - 1) * w.dil_w, tile_rows, pitch, tile);
-      const T* t = taps + 2 * (f * kk * freqs + k);
+    for (int64_t f0 = 0; f0 < filters; f0 += group) {
+      const int64_t count = std::min(group, filters - f0);
+      for (int64_t f = 0; f < count; ++f) {
+        const T* dy = grad + ((f0 + f) * freqs + k) * 2 * out_px;
+        fill_tile(dy, dy + out_px, w.out_h, w.out_w, h0 + w.pad_h - (w.kernel_h - 1) * w.dil_h,
+                  w.pad_w - (w.kernel_w - 1) * w.dil_w, tile_rows, pitch, tile + f * 2 * plane);
+      }
+      const T* t = taps + 2 * (f0 * kk * freqs + k);
+      const int64_t filter_step = 2 * kk * freqs;
       int64_t p = 0;
-      constexpr int S = kSums<T>;
       for (; p + S <= positions; p += S)
-        input_grad_chunks<T, S>(w, at, tile, plane, pitch, t, 2 * freqs, p, f == 0, g, px);
+        input_grad_chunks<T, S>(w, at, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs, p, f0 == 0,
+                                g, px);
       for (; p < positions; ++p)
-        input_grad_chunks<T, 1>(w, at, tile, plane, pitch, t, 2 * freqs, p, f == 0, g, px);
+        input_grad_chunks<T, 1>(w, at, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs, p, f0 == 0,
+                                g, px);
     }
   }
 }
