@@ -37,6 +37,7 @@
 #include "cpu/im2col_span.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
+#include "cpu/streaming_store.h"
 
 namespace rollconv {
 namespace {
@@ -283,7 +284,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
         // The pixels among the positions, into the output planes.
         padded_image.for_each_run(w, first, first + count, [&](int64_t q, int64_t, int64_t pixel, int64_t valid) {
           for (int64_t r = 0; valid > 0 && r < cout; ++r) {
-            copy_span(y + (n * cout + r) * px + pixel, scratch.get() + r * count + q - first, valid);
+            stream_span(y + (n * cout + r) * px + pixel, scratch.get() + r * count + q - first, valid);
           }
         });
         continue;
@@ -299,6 +300,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight_mat, const 
                               Epilogue<T>{T(1), T(0), bias ? bias + blk.out_row : nullptr, relu});
       }
     }
+    streaming_store_fence();
   });
 }
 

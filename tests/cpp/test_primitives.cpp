@@ -4,7 +4,8 @@
 //    including the rolling convolution's wrapped virtual channels;
 //  - max-pool backward (a gather) against the scatter of the forward's indices;
 //  - the channel-FFT passes as the CPU calls them against the CUDA kernels' calls;
-//  - the conv2d op through the dispatcher against at::conv2d.
+//  - the conv2d op through the dispatcher against at::conv2d;
+//  - the streaming copy (cpu/streaming_store.h) at every alignment and length.
 #include <ATen/ATen.h>
 #include <c10/util/complex.h>
 
@@ -18,6 +19,7 @@
 #include "common/fft_sums.h"
 #include "common/max_pool_rules.h"
 #include "common/ops.h"
+#include "cpu/streaming_store.h"
 
 using namespace rollconv;
 
@@ -233,6 +235,29 @@ void test_conv2d_op() {
   expect(at::allclose(ours, ref, 1e-10, 1e-10), "conv2d_forward == at::conv2d");
 }
 
+// stream_span copies exactly [0, len) whatever the alignment: whole lines streamed, the
+// head and tail as ordinary stores; nothing around the span is written.
+template <typename T>
+void test_stream_span() {
+  constexpr int64_t kMax = 200, kPad = 32;
+  alignas(64) T src[kMax + kPad], dst[kMax + 2 * kPad];
+  for (int64_t i = 0; i < kMax + kPad; ++i) src[i] = T(i + 1);
+  for (int64_t offset = 0; offset < 16; ++offset) {
+    for (int64_t len = 0; len <= kMax; ++len) {
+      for (T& v : dst) v = T(-1);
+      stream_span(dst + kPad + offset, src + (offset * 3) % 7, len);
+      streaming_store_fence();
+      bool ok = true;
+      for (int64_t i = 0; i < kMax + 2 * kPad; ++i) {
+        const int64_t j = i - kPad - offset;
+        ok = ok && dst[i] == (j >= 0 && j < len ? src[(offset * 3) % 7 + j] : T(-1));
+      }
+      expect(ok, "stream_span<" + std::to_string(sizeof(T)) + "> offset " + std::to_string(offset) +
+                     " len " + std::to_string(len));
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -242,6 +267,8 @@ int main() {
   test_max_pool_gather(rng);
   test_fft_spans(rng);
   test_conv2d_op();
+  test_stream_span<float>();
+  test_stream_span<double>();
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
   return failures ? 1 : 0;
 }
