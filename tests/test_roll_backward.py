@@ -41,6 +41,28 @@ def _separate(g, x, w, y, geometry, algorithm):
             ops.bias_backward(masked, g.shape[1] // rolls))
 
 
+@pytest.mark.parametrize("algorithm", ["direct", "bank"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_relu_mask_in_chunks_of_samples(algorithm, dtype, cpu_engine):
+    # 256 output channels of 32x32: one sample's grad_output is 1 MiB in float32 and 2 MiB in
+    # float64, so the separate passes run on chunks of 2 and 1 samples (csrc/common/conv_ops.cpp,
+    # kMaskedChunkBytes): dX fills each chunk's rows, dK and db add the chunks up.
+    x, w, geometry = _problem(5, 4, 64, 32, dtype=dtype)
+    y = ops.roll_conv2d_forward(x, w, None, *geometry, algorithm, True)
+    g = torch.randn_like(y)
+    expected = _separate(g, x, w, y, geometry, algorithm)
+    got = ops.roll_conv2d_backward(g, x, w, y, *geometry, algorithm, [True, True, True])
+    tol = dict(atol=1e-11, rtol=1e-11) if dtype == F64 else dict(atol=1e-3, rtol=1e-4)
+    for actual, reference_grad in zip(got, expected):
+        torch.testing.assert_close(actual, reference_grad, **tol)
+    # and against the filter-bank reference through autograd
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    yr = reference.roll_conv2d(xr, wr, None, 1, 1, activation="relu")
+    yr.backward(g)
+    torch.testing.assert_close(got[0], xr.grad, **tol)
+    torch.testing.assert_close(got[1], wr.grad, **tol)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("shift", [1, 2])
 @pytest.mark.parametrize("relu", [True, False])

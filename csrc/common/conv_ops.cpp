@@ -11,6 +11,7 @@
 
 #include <c10/util/accumulate.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/checks.h"
@@ -234,6 +235,24 @@ Tensor roll_conv2d_backward_weight(const DevicePrimitives& prims, const Tensor& 
   return in_memory_format_of(grad_weight, {grad_output, input});
 }
 
+namespace {
+
+// Samples per chunk of the separate passes of roll_conv2d_backward with ReLU: its mask is
+// applied a chunk at a time (kMaskedChunkBytes of grad_output, at least one sample), so that
+// the masked copy of grad_output never exists whole, next to the saved output the mask reads
+// (the filter-bank method's autograd holds both whole: this keeps the op's peak memory
+// below it). float32/float64 only: dK and db add up the chunks in the op's dtype.
+constexpr int64_t kMaskedChunkBytes = int64_t(2) << 20;
+int64_t masked_chunk_samples(const Tensor& grad_output, bool relu) {
+  const int64_t batch = grad_output.size(0);
+  const bool wide = grad_output.scalar_type() == at::kFloat || grad_output.scalar_type() == at::kDouble;
+  if (!relu || !wide || batch <= 1) return batch;
+  const int64_t per_sample = (grad_output.numel() / batch) * int64_t(grad_output.element_size());
+  return std::clamp<int64_t>(kMaskedChunkBytes / std::max<int64_t>(1, per_sample), 1, batch);
+}
+
+}  // namespace
+
 std::tuple<Tensor, Tensor, Tensor> roll_conv2d_backward(
     const DevicePrimitives& prims, const Tensor& grad_output, const Tensor& input, const Tensor& weight,
     const std::optional<Tensor>& output, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
@@ -263,16 +282,36 @@ std::tuple<Tensor, Tensor, Tensor> roll_conv2d_backward(
                      roll_fft_backward_fused(prims, grad_output, output, input, weight, shift, w, output_mask,
                                              grad_input, grad_weight, grad_bias);
   if (!fused) {
-    const Tensor grad = (relu ? at::threshold_backward(grad_output, *output, 0) : grad_output).contiguous();
-    if (want_dx) {
-      grad_input = roll_conv2d_backward_input(prims, grad, weight, {w.in_h, w.in_w}, stride, padding, dilation,
-                                              rolls, shift, algorithm);
+    // The separate passes on the masked grad_output of samples [n0, n0 + nb).
+    const auto passes = [&](int64_t n0, int64_t nb, Tensor& dx, Tensor& dk, Tensor& db) {
+      const Tensor dy = grad_output.narrow(0, n0, nb);
+      const Tensor grad = (relu ? at::threshold_backward(dy, output->narrow(0, n0, nb), 0) : dy).contiguous();
+      if (want_dx) {
+        dx = roll_conv2d_backward_input(prims, grad, weight, {w.in_h, w.in_w}, stride, padding, dilation, rolls,
+                                        shift, algorithm);
+      }
+      if (want_dk) {
+        dk = roll_conv2d_backward_weight(prims, grad, input.narrow(0, n0, nb), {w.kernel_h, w.kernel_w}, stride,
+                                         padding, dilation, rolls, shift, algorithm);
+      }
+      if (want_db) db = bias_backward(prims, grad, filters);
+    };
+    const int64_t chunk = masked_chunk_samples(grad_output, relu);
+    if (chunk >= batch) {
+      passes(0, batch, grad_input, grad_weight, grad_bias);
+    } else {
+      // A chunk's dX fills its rows of grad_input; dK and db add up the chunks in order.
+      for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
+        Tensor dx, dk, db;
+        passes(n0, std::min(chunk, batch - n0), dx, dk, db);
+        if (want_dx) {
+          if (!grad_input.defined()) grad_input = at::empty({batch, channels, w.in_h, w.in_w}, dx.options());
+          grad_input.narrow(0, n0, dx.size(0)).copy_(dx);
+        }
+        if (want_dk) grad_weight = grad_weight.defined() ? grad_weight.add_(dk) : dk;
+        if (want_db) grad_bias = grad_bias.defined() ? grad_bias.add_(db) : db;
+      }
     }
-    if (want_dk) {
-      grad_weight = roll_conv2d_backward_weight(prims, grad, input, {w.kernel_h, w.kernel_w}, stride, padding,
-                                                dilation, rolls, shift, algorithm);
-    }
-    if (want_db) grad_bias = bias_backward(prims, grad, filters);
   }
   // The separate passes' memory-format rule, on this op's operands.
   if (want_dx) grad_input = in_memory_format_of(grad_input, {grad_output, weight});
