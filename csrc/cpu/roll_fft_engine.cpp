@@ -145,7 +145,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, oh0 = (item % blocks) * rows;
         const int64_t oh1 = std::min(w.out_h, oh0 + rows), count = (oh1 - oh0) * w.out_w;
-        micro.forward_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
+        micro.forward_rows(w, freqs, plan.n % 2 == 0, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
                           t.sums.get());
         for (int64_t f = 0; f < filters; ++f) {
           // roll r of filter f is output channel r * F + f
@@ -189,7 +189,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, h0 = (item % blocks) * rows;
         const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
-        micro.input_grad_rows(w, freqs, filters, spectra.get() + s * spectrum_size, tp, h0, h1, t.tile.get(),
+        micro.input_grad_rows(w, freqs, plan.n % 2 == 0, filters, spectra.get() + s * spectrum_size, tp, h0, h1, t.tile.get(),
                              t.sums.get());
         micro.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w,
                         in_px, T(0), false, t.scratch.get());
@@ -204,7 +204,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
 // order, whatever the groups: the result does not depend on the thread count.
 constexpr int64_t kItemsPerThread = 4;
 template <typename T>
-void weight_grad_items(const MicroKernels<T>& micro, const Window2d& w, int64_t filters, int64_t freqs,
+void weight_grad_items(const MicroKernels<T>& micro, const Window2d& w, int64_t filters, int64_t freqs, bool even,
                        int64_t nb, const T* x_spectra, int64_t x_size, const T* dy_spectra, int64_t dy_size,
                        T* tile, T* acc) {
   const int64_t kk = w.kernel_h * w.kernel_w, out_px = w.out_h * w.out_w;
@@ -215,7 +215,7 @@ void weight_grad_items(const MicroKernels<T>& micro, const Window2d& w, int64_t 
   for (int64_t item = 0; item < groups * freqs; ++item) {
     const int64_t f0 = (item / freqs) * group, k = item % freqs, count = std::min(group, filters - f0);
     for (int64_t s = 0; s < nb; ++s) {
-      micro.weight_grad_freq(w, freqs, k, count, x_spectra + s * x_size,
+      micro.weight_grad_freq(w, freqs, even, k, count, x_spectra + s * x_size,
                              dy_spectra + s * dy_size + f0 * 2 * freqs * out_px, 2 * freqs * out_px, tile,
                              acc + 2 * (f0 * kk * freqs + k), 2 * kk * freqs);
     }
@@ -254,7 +254,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
                        dy + n0 * channels * filters * out_px, filters, out_px, dy_spectra.get(), t.scratch.get());
         }
       }
-      weight_grad_items(micro, w, filters, freqs, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
+      weight_grad_items(micro, w, filters, freqs, plan.n % 2 == 0, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
                         t.tile.get(), acc);
     }
   });
@@ -338,14 +338,14 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
         for (int64_t item = 0; item < nb * blocks; ++item) {
           const int64_t s = item / blocks, h0 = (item % blocks) * rows;
           const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
-          micro.input_grad_rows(w, freqs, filters, dy_spectra.get() + s * dy_size, tp, h0, h1, t.tile.get(),
+          micro.input_grad_rows(w, freqs, plan.n % 2 == 0, filters, dy_spectra.get() + s * dy_size, tp, h0, h1, t.tile.get(),
                                t.sums.get());
           micro.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w, in_px,
                           T(0), false, t.scratch.get());
         }
       }
       if (want_dk) {
-        weight_grad_items(micro, w, filters, freqs, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
+        weight_grad_items(micro, w, filters, freqs, plan.n % 2 == 0, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
                           t.tile.get(), acc);
       }
     }

@@ -56,7 +56,10 @@ struct Plan {
 // convolution sums over a sample for the frequencies [0, freqs), where
 //   spectrum planes of one sample: X [freqs][2][in_h * in_w], dY [filters][freqs][2][out px],
 //   taps: complex (re, im) [filters][kh * kw][freqs], already scaled by 1 / n,
-//   tile: scratch of tile_size() elements.
+//   tile: scratch of tile_size() elements,
+//   even: n is even. At the real frequencies (0, and n / 2 when n is even: the spectra and
+//   the taps are real there) the sums compute and write real parts only; the imaginary
+//   planes of out and acc there are left as they are (synthesize does not read them).
 template <typename T>
 struct MicroKernels {
   // spectrum[., p] for pixels p < count of the n real rows src[c * step + p].
@@ -68,16 +71,16 @@ struct MicroKernels {
                      int64_t step, T bias, bool relu, T* scratch);
   // out [filters][freqs][2][(oh1 - oh0) * out_w] = sum over taps of X(tap-shifted) *
   // conj(taps[f]) for the output rows [oh0, oh1).
-  void (*forward_rows)(const Window2d& w, int64_t freqs, int64_t filters, const T* spectrum,
+  void (*forward_rows)(const Window2d& w, int64_t freqs, bool even, int64_t filters, const T* spectrum,
                        const T* taps, int64_t oh0, int64_t oh1, T* tile, T* out);
   // out [freqs][2][(h1 - h0) * in_w] = sum over filters and covering taps of dY * taps, for
   // the input rows [h0, h1).
-  void (*input_grad_rows)(const Window2d& w, int64_t freqs, int64_t filters, const T* grad,
+  void (*input_grad_rows)(const Window2d& w, int64_t freqs, bool even, int64_t filters, const T* grad,
                           const T* taps, int64_t h0, int64_t h1, T* tile, T* out);
   // acc[f * acc_step + t * freqs] (complex, per tap t) += sum over pixels of X(tap-shifted)
   // * conj(dY of filter f), at frequency k, for one sample and the filters f < filters
   // (dY's planes of filter f at grad + f * grad_step).
-  void (*weight_grad_freq)(const Window2d& w, int64_t freqs, int64_t k, int64_t filters, const T* spectrum,
+  void (*weight_grad_freq)(const Window2d& w, int64_t freqs, bool even, int64_t k, int64_t filters, const T* spectrum,
                            const T* grad, int64_t grad_step, T* tile, T* acc, int64_t acc_step);
   // analyze of src zeroed where mask[c * step + p] <= 0 (ReLU's derivative, as
   // threshold_backward(src, mask, 0)).

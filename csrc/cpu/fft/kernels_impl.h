@@ -369,10 +369,9 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
     // The inverse as conj(FFT(conj Z)), Z = A + iB over the whole circle (A, B Hermitian);
     // the imaginary parts at frequency 0 and n/2 are dropped, as irfft does.
     for (int64_t k = 0; k < freqs; ++k) {
-      CV<T> re, im;  // A.re | B.re, A.im | B.im
+      CV<T> re, im{V{}, V{}};  // A.re | B.re, A.im | B.im
       load_group(spectrum + 2 * k * plane + p0, valid, &re);
-      load_group(spectrum + (2 * k + 1) * plane + p0, valid, &im);
-      if (k == 0 || 2 * k == n) im = CV<T>{V{}, V{}};
+      if (k != 0 && 2 * k != n) load_group(spectrum + (2 * k + 1) * plane + p0, valid, &im);
       a[k] = CV<T>{re.re - im.im, -(im.re + re.im)};
       if (k != 0 && 2 * k != n) a[n - k] = CV<T>{re.re + im.im, im.re - re.im};
     }
@@ -396,12 +395,13 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
 // chunks of a row are `lanes` pixels wide, the last one possibly cut short.
 
 // tile[r * pitch + q] = plane[(row0 + r) * width + col0 + q], 0 outside the plane; the
-// imaginary tile follows the real one (at + rows * pitch).
+// imaginary tile follows the real one (at + rows * pitch), unless plane_im is null (a real
+// frequency: only the real tile is read).
 template <typename T>
 void fill_tile(const T* plane_re, const T* plane_im, int64_t height, int64_t width, int64_t row0,
                int64_t col0, int64_t rows, int64_t pitch, T* tile) {
   const int64_t q0 = std::clamp<int64_t>(-col0, 0, pitch), q1 = std::clamp<int64_t>(width - col0, q0, pitch);
-  for (int part = 0; part < 2; ++part) {
+  for (int part = 0; part < (plane_im ? 2 : 1); ++part) {
     const T* plane = part == 0 ? plane_re : plane_im;
     T* dst = tile + part * rows * pitch;
     for (int64_t r = 0; r < rows; ++r, dst += pitch) {
@@ -449,7 +449,7 @@ struct ForwardBlock {
   int64_t out_step, px;
 };
 
-template <typename T, int NF, int NC, bool Unit>
+template <typename T, int NF, int NC, bool Unit, bool Real>
 void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
   using V = typename LanesOf<T>::type;
   constexpr int64_t L = lanes_of<T>();
@@ -480,11 +480,16 @@ void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
 #pragma GCC unroll 4
       for (int n = 0; n < NC; ++n) {
         const V xr = load_lanes<Unit>(b.tile + src[n] + off, w.stride_w);
-        const V xi = load_lanes<Unit>(b.tile + b.tile_plane + src[n] + off, w.stride_w);
+        if constexpr (Real) {
+#pragma GCC unroll 8
+          for (int f = 0; f < NF; ++f) sum_re[f][n] += xr * tr[f];
+        } else {
+          const V xi = load_lanes<Unit>(b.tile + b.tile_plane + src[n] + off, w.stride_w);
 #pragma GCC unroll 4
-        for (int f = 0; f < NF; ++f) {
-          sum_re[f][n] += xr * tr[f] + xi * ti[f];
-          sum_im[f][n] += xi * tr[f] - xr * ti[f];
+          for (int f = 0; f < NF; ++f) {
+            sum_re[f][n] += xr * tr[f] + xi * ti[f];
+            sum_im[f][n] += xi * tr[f] - xr * ti[f];
+          }
         }
       }
     }
@@ -495,37 +500,42 @@ void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
     for (int f = 0; f < NF; ++f) {
       T* out = b.out + (f0 + f) * b.out_step;
       store_prefix(out + dst, sum_re[f][n], valid);
-      store_prefix(out + b.px + dst, sum_im[f][n], valid);
+      if constexpr (!Real) store_prefix(out + b.px + dst, sum_im[f][n], valid);
     }
   }
 }
 
 // Filters [f0, f0 + NF) over every position: NC positions at a time, then one by one.
-template <typename T, int NF, int NC, bool Unit>
+template <typename T, int NF, int NC, bool Unit, bool Real>
 void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
   int64_t p = 0;
-  for (; p + NC <= positions; p += NC) forward_chunks<T, NF, NC, Unit>(b, f0, p);
-  for (; p < positions; ++p) forward_chunks<T, NF, 1, Unit>(b, f0, p);
+  for (; p + NC <= positions; p += NC) forward_chunks<T, NF, NC, Unit, Real>(b, f0, p);
+  for (; p < positions; ++p) forward_chunks<T, NF, 1, Unit, Real>(b, f0, p);
 }
 
-// Every filter: up to four at a time share each tap's loads; a lone filter takes kSums
-// positions at a time.
-template <typename T, bool Unit>
+// Every filter: up to four at a time share each tap's loads; a lone filter takes S
+// positions at a time. Real (frequency 0, and n/2 for an even n, where X and the taps are
+// real): a quarter of the multiplies and no imaginary sums, so twice as many sums in flight.
+template <typename T, bool Unit, bool Real>
 void forward_all_filters(const ForwardBlock<T>& b, int64_t filters, int64_t positions) {
-  constexpr int S = kSums<T>;
+  constexpr int S = Real ? 2 * kSums<T> : kSums<T>;
   int64_t f = 0;
   if constexpr (S >= 4) {
-    for (; f + 4 <= filters; f += 4) forward_filters<T, 4, S / 4, Unit>(b, f, positions);
+    for (; f + 4 <= filters; f += 4) forward_filters<T, 4, S / 4, Unit, Real>(b, f, positions);
   }
   if constexpr (S >= 2) {
-    for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2, Unit>(b, f, positions);
+    for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2, Unit, Real>(b, f, positions);
   }
-  for (; f < filters; ++f) forward_filters<T, 1, S, Unit>(b, f, positions);
+  for (; f < filters; ++f) forward_filters<T, 1, S, Unit, Real>(b, f, positions);
 }
+
+// Whether frequency k of a real transform over n = 2 (freqs - 1) + (odd ? 1 : 0) points is
+// real: k = 0, and k = n / 2 when n is even.
+inline bool real_frequency(int64_t k, int64_t freqs, bool even) { return k == 0 || (even && k == freqs - 1); }
 
 // All filters' sums for the output rows [oh0, oh1): out [filters][freqs][2][px].
 template <typename T>
-void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* spectrum, const T* taps,
+void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, const T* spectrum, const T* taps,
                   int64_t oh0, int64_t oh1, T* tile, T* out) {
   constexpr int64_t L = lanes_of<T>();
   const int64_t in_px = w.in_h * w.in_w, rows = oh1 - oh0, px = rows * w.out_w;
@@ -534,14 +544,17 @@ void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* sp
   const int64_t pitch = (chunks * L - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1;
   const Positions at{chunks, w.stride_h * pitch, L * w.stride_w, w.out_w};
   for (int64_t k = 0; k < freqs; ++k) {
-    fill_tile(spectrum + 2 * k * in_px, spectrum + (2 * k + 1) * in_px, w.in_h, w.in_w,
+    const bool real = real_frequency(k, freqs, even);
+    fill_tile(spectrum + 2 * k * in_px, real ? nullptr : spectrum + (2 * k + 1) * in_px, w.in_h, w.in_w,
               oh0 * w.stride_h - w.pad_h, -w.pad_w, tile_rows, pitch, tile);
     const ForwardBlock<T> b{w, at, tile, tile_rows * pitch, pitch, taps + 2 * k, 2 * freqs,
                             2 * w.kernel_h * w.kernel_w * freqs, out + 2 * k * px, 2 * freqs * px, px};
     if (w.stride_w == 1) {
-      forward_all_filters<T, true>(b, filters, positions);
+      real ? forward_all_filters<T, true, true>(b, filters, positions)
+           : forward_all_filters<T, true, false>(b, filters, positions);
     } else {
-      forward_all_filters<T, false>(b, filters, positions);
+      real ? forward_all_filters<T, false, true>(b, filters, positions)
+           : forward_all_filters<T, false, false>(b, filters, positions);
     }
   }
 }
@@ -549,7 +562,7 @@ void forward_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* sp
 // dX (stride 1): out[k] += sum over the filters and taps of dY(f) * taps[f][t][k], as a
 // gather from tiles of dY (one per filter, `tile_step` apart) whose rows and columns run
 // backwards over the taps. The lane sums stay in registers over the filters of the group.
-template <typename T, int NC>
+template <typename T, int NC, bool Real>
 void input_grad_chunks(const Window2d& w, const Positions& at, const T* tiles, int64_t tile_step,
                        int64_t tile_plane, int64_t pitch, int64_t filters, const T* taps, int64_t filter_step,
                        int64_t tap_step, int64_t pos0, bool first, T* out, int64_t px) {
@@ -563,7 +576,7 @@ void input_grad_chunks(const Window2d& w, const Positions& at, const T* tiles, i
     dst[n] = ro * at.width + ch * L;
     valid[n] = std::min(L, at.width - ch * L);
     sum_re[n] = first ? V{} : load_prefix(out + dst[n], valid[n]);
-    sum_im[n] = first ? V{} : load_prefix(out + px + dst[n], valid[n]);
+    sum_im[n] = first || Real ? V{} : load_prefix(out + px + dst[n], valid[n]);
   }
   for (int64_t f = 0; f < filters; ++f) {
     const T* tile = tiles + f * tile_step;
@@ -571,19 +584,24 @@ void input_grad_chunks(const Window2d& w, const Positions& at, const T* tiles, i
       for (int64_t j = 0; j < w.kernel_w; ++j) {
         const int64_t off = (w.kernel_h - 1 - i) * w.dil_h * pitch + (w.kernel_w - 1 - j) * w.dil_w;
         const T* t = taps + f * filter_step + (i * w.kernel_w + j) * tap_step;
-        const T tr = t[0], ti = t[1];
-#pragma GCC unroll 4
+        [[maybe_unused]] const T tr = t[0], ti = t[1];
+#pragma GCC unroll 8
         for (int n = 0; n < NC; ++n) {
-          const V gr = load<V>(tile + src[n] + off), gi = load<V>(tile + tile_plane + src[n] + off);
-          sum_re[n] += gr * tr - gi * ti;
-          sum_im[n] += gr * ti + gi * tr;
+          const V gr = load<V>(tile + src[n] + off);
+          if constexpr (Real) {
+            sum_re[n] += gr * tr;
+          } else {
+            const V gi = load<V>(tile + tile_plane + src[n] + off);
+            sum_re[n] += gr * tr - gi * ti;
+            sum_im[n] += gr * ti + gi * tr;
+          }
         }
       }
     }
   }
   for (int n = 0; n < NC; ++n) {
     store_prefix(out + dst[n], sum_re[n], valid[n]);
-    store_prefix(out + px + dst[n], sum_im[n], valid[n]);
+    if constexpr (!Real) store_prefix(out + px + dst[n], sum_im[n], valid[n]);
   }
 }
 
@@ -638,7 +656,7 @@ void input_grad_rows_strided(const Window2d& w, int64_t freqs, int64_t filters, 
 // go in groups whose tiles fit the scratch; each sum adds the filters in order, so the
 // grouping does not change the result.
 template <typename T>
-void input_grad_rows(const Window2d& w, int64_t freqs, int64_t filters, const T* grad, const T* taps,
+void input_grad_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, const T* grad, const T* taps,
                      int64_t h0, int64_t h1, T* tile, T* out) {
   if (w.stride_h != 1 || w.stride_w != 1) {
     input_grad_rows_strided(w, freqs, filters, grad, taps, h0, h1, out);
@@ -652,25 +670,30 @@ void input_grad_rows(const Window2d& w, int64_t freqs, int64_t filters, const T*
   const Positions at{chunks, pitch, L, w.in_w};
   const int64_t kk = w.kernel_h * w.kernel_w, plane = tile_rows * pitch;
   const int64_t group = std::clamp<int64_t>(tile_size<T>(w, rows) / (2 * plane), 1, filters);
-  constexpr int S = kSums<T>;
   for (int64_t k = 0; k < freqs; ++k) {
     T* g = out + 2 * k * px;
+    const bool real = real_frequency(k, freqs, even);  // (see forward_all_filters)
     for (int64_t f0 = 0; f0 < filters; f0 += group) {
       const int64_t count = std::min(group, filters - f0);
       for (int64_t f = 0; f < count; ++f) {
         const T* dy = grad + ((f0 + f) * freqs + k) * 2 * out_px;
-        fill_tile(dy, dy + out_px, w.out_h, w.out_w, h0 + w.pad_h - (w.kernel_h - 1) * w.dil_h,
+        fill_tile(dy, real ? nullptr : dy + out_px, w.out_h, w.out_w, h0 + w.pad_h - (w.kernel_h - 1) * w.dil_h,
                   w.pad_w - (w.kernel_w - 1) * w.dil_w, tile_rows, pitch, tile + f * 2 * plane);
       }
       const T* t = taps + 2 * (f0 * kk * freqs + k);
       const int64_t filter_step = 2 * kk * freqs;
-      int64_t p = 0;
-      for (; p + S <= positions; p += S)
-        input_grad_chunks<T, S>(w, at, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs, p, f0 == 0,
-                                g, px);
-      for (; p < positions; ++p)
-        input_grad_chunks<T, 1>(w, at, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs, p, f0 == 0,
-                                g, px);
+      const auto all_positions = [&](auto is_real) {
+        constexpr bool Real = decltype(is_real)::value;
+        constexpr int S = Real ? 2 * kSums<T> : kSums<T>;
+        int64_t p = 0;
+        for (; p + S <= positions; p += S)
+          input_grad_chunks<T, S, Real>(w, at, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs, p,
+                                        f0 == 0, g, px);
+        for (; p < positions; ++p)
+          input_grad_chunks<T, 1, Real>(w, at, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs, p,
+                                        f0 == 0, g, px);
+      };
+      real ? all_positions(std::true_type{}) : all_positions(std::false_type{});
     }
   }
 }
@@ -686,7 +709,7 @@ struct WeightGradTiles {
 // The sums of G taps (t0, t0 + 1, ...) over every position: each chunk of dY is loaded
 // once for the G taps, whose lane sums stay in registers (G = kSums: as many as the
 // registers hold). Each lane sums its pixels in row order; the lanes are added up in order.
-template <typename T, int G, bool Unit>
+template <typename T, int G, bool Unit, bool Real>
 void weight_grad_taps(const Window2d& w, const WeightGradTiles& at, const T* x_tile, const T* g_tile,
                       int64_t t0, int64_t freqs, T* acc) {
   using V = typename LanesOf<T>::type;
@@ -704,12 +727,18 @@ void weight_grad_taps(const Window2d& w, const WeightGradTiles& at, const T* x_t
     const T* g_row = g_tile + ro * at.g_pitch;
     for (int64_t ch = 0; ch < at.chunks; ++ch) {
       const T* x = x_row + ch * L * w.stride_w;
-      const V c = load<V>(g_row + ch * L), d = load<V>(g_row + at.g_plane + ch * L);
+      const V c = load<V>(g_row + ch * L);
+      if constexpr (Real) {
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g) sum_re[g] += load_lanes<Unit>(x + off[g], w.stride_w) * c;
+      } else {
+        const V d = load<V>(g_row + at.g_plane + ch * L);
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) {
-        const V a = load_lanes<Unit>(x + off[g], w.stride_w), b = load_lanes<Unit>(x + at.x_plane + off[g], w.stride_w);
-        sum_re[g] += a * c + b * d;
-        sum_im[g] += b * c - a * d;
+        for (int g = 0; g < G; ++g) {
+          const V a = load_lanes<Unit>(x + off[g], w.stride_w), b = load_lanes<Unit>(x + at.x_plane + off[g], w.stride_w);
+          sum_re[g] += a * c + b * d;
+          sum_im[g] += b * c - a * d;
+        }
       }
     }
   }
@@ -721,25 +750,26 @@ void weight_grad_taps(const Window2d& w, const WeightGradTiles& at, const T* x_t
     }
     T* a = acc + 2 * (t0 + g) * freqs;
     a[0] += total_re;
-    a[1] += total_im;
+    if constexpr (!Real) a[1] += total_im;
   }
 }
 
-template <typename T, bool Unit>
+// Real: (see forward_all_filters) twice as many taps at a time.
+template <typename T, bool Unit, bool Real>
 void weight_grad_all_taps(const Window2d& w, const WeightGradTiles& at, const T* x_tile, const T* g_tile,
                           int64_t freqs, T* acc) {
-  constexpr int G = kSums<T>;
+  constexpr int G = Real ? 2 * kSums<T> : kSums<T>;
   const int64_t taps = w.kernel_h * w.kernel_w;
   int64_t t = 0;
-  for (; t + G <= taps; t += G) weight_grad_taps<T, G, Unit>(w, at, x_tile, g_tile, t, freqs, acc);
+  for (; t + G <= taps; t += G) weight_grad_taps<T, G, Unit, Real>(w, at, x_tile, g_tile, t, freqs, acc);
   if constexpr (G > 2) {
-    for (; t + 2 <= taps; t += 2) weight_grad_taps<T, 2, Unit>(w, at, x_tile, g_tile, t, freqs, acc);
+    for (; t + 2 <= taps; t += 2) weight_grad_taps<T, 2, Unit, Real>(w, at, x_tile, g_tile, t, freqs, acc);
   }
-  for (; t < taps; ++t) weight_grad_taps<T, 1, Unit>(w, at, x_tile, g_tile, t, freqs, acc);
+  for (; t < taps; ++t) weight_grad_taps<T, 1, Unit, Real>(w, at, x_tile, g_tile, t, freqs, acc);
 }
 
 template <typename T>
-void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, int64_t filters, const T* spectrum,
+void weight_grad_freq(const Window2d& w, int64_t freqs, bool even, int64_t k, int64_t filters, const T* spectrum,
                       const T* grad, int64_t grad_step, T* tile, T* acc, int64_t acc_step) {
   constexpr int64_t L = lanes_of<T>();
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
@@ -749,18 +779,22 @@ void weight_grad_freq(const Window2d& w, int64_t freqs, int64_t k, int64_t filte
   const WeightGradTiles at{x_pitch, x_rows * x_pitch, chunks * L, w.out_h * chunks * L, chunks};
   T* x_tile = tile;
   T* g_tile = tile + 2 * at.x_plane;
-  fill_tile(spectrum + 2 * k * in_px, spectrum + (2 * k + 1) * in_px, w.in_h, w.in_w, -w.pad_h,
+  const bool real = real_frequency(k, freqs, even);  // (see forward_all_filters)
+  fill_tile(spectrum + 2 * k * in_px, real ? nullptr : spectrum + (2 * k + 1) * in_px, w.in_h, w.in_w, -w.pad_h,
             -w.pad_w, x_rows, x_pitch, x_tile);
   for (int64_t f = 0; f < filters; ++f) {
     const T* g = grad + f * grad_step + 2 * k * out_px;
     if (w.out_w % L != 0) {
-      fill_tile(g, g + out_px, w.out_h, w.out_w, 0, 0, w.out_h, at.g_pitch, g_tile);
+      fill_tile(g, real ? nullptr : g + out_px, w.out_h, w.out_w, 0, 0, w.out_h, at.g_pitch, g_tile);
       g = g_tile;
     }
+    T* a = acc + f * acc_step;
     if (w.stride_w == 1) {
-      weight_grad_all_taps<T, true>(w, at, x_tile, g, freqs, acc + f * acc_step);
+      real ? weight_grad_all_taps<T, true, true>(w, at, x_tile, g, freqs, a)
+           : weight_grad_all_taps<T, true, false>(w, at, x_tile, g, freqs, a);
     } else {
-      weight_grad_all_taps<T, false>(w, at, x_tile, g, freqs, acc + f * acc_step);
+      real ? weight_grad_all_taps<T, false, true>(w, at, x_tile, g, freqs, a)
+           : weight_grad_all_taps<T, false, false>(w, at, x_tile, g, freqs, a);
     }
   }
 }

@@ -2,6 +2,7 @@
 // micro_kernels_avx512.cpp.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "cpu/fft/channel_fft.h"

@@ -3,6 +3,7 @@
 // without AVX-512: this code runs only when cpu::active_isa() says so.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "cpu/fft/channel_fft.h"

@@ -2,6 +2,7 @@
 // any CPU.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "cpu/fft/channel_fft.h"
