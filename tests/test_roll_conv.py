@@ -102,16 +102,14 @@ def test_auto_rule():
                                         torch.empty(f, c, 3, 3, dtype=dtype, device=device),
                                         c if rolls is None else rolls, [1, 1], [1, 1])
 
-    # CPU, every roll: the fused fft, but direct for few channels and many filters.
+    # CPU, every roll: the fused fft, whatever C and F.
     assert pick(16, f=16) == pick(256) == pick(64, dtype=torch.float64) == "fft"
-    assert pick(RF.DIRECT_MAX_CHANNELS, f=RF.DIRECT_MIN_FILTERS) == pick(2, f=64) == "direct"
-    assert pick(RF.DIRECT_MAX_CHANNELS, f=RF.DIRECT_MIN_FILTERS - 1) == pick(2) == "fft"
-    assert pick(RF.DIRECT_MAX_CHANNELS + 1, f=64) == "fft"
+    assert pick(1) == pick(2, f=64) == pick(4, f=256) == pick(8, f=4) == "fft"
     # Fewer rolls: no fft.
     assert pick(256, rolls=255) == "bank" and pick(4, f=64, rolls=3) == "direct"
     # float16/bfloat16 on CPU run the float32 engines: the same rule.
     assert pick(256, dtype=torch.float16) == pick(256, dtype=torch.bfloat16) == "fft"
-    assert pick(2, f=64, dtype=torch.bfloat16) == "direct"
+    assert pick(2, f=64, dtype=torch.bfloat16) == "fft" and pick(4, f=64, rolls=3, dtype=torch.bfloat16) == "direct"
     # Off the CPU (meta stands in for CUDA): fft from FFT_MIN_CHANNELS on, else bank.
     assert pick(RF.FFT_MIN_CHANNELS, device="meta") == "fft"
     assert pick(RF.FFT_MIN_CHANNELS - 1, device="meta") == pick(4, f=64, device="meta") == "bank"
