@@ -191,6 +191,9 @@ ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
 #: Off the CPU, where nothing is timed, the rule picks the channel-FFT algorithm from this many
 #: channels on (with rolls == C).
 FFT_MIN_CHANNELS = 48
+#: On the CPU with rolls == C, 'auto' picks 'direct' over 'fft' for at most this many
+#: channels (an RGB lifting layer: the transforms' fixed costs outweigh the sums they save).
+DIRECT_MAX_CHANNELS = 3
 #: shift > 1 on the CPU: 'fft' with rolls == C // shift >= SHIFTED_FFT_MIN_BLOCKS, else
 #: 'direct' for at most SHIFTED_DIRECT_MAX_ROLLS rolls, else 'bank'.
 SHIFTED_FFT_MIN_BLOCKS = 32
@@ -207,7 +210,8 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None, sh
     On the CPU (float32/float64), a rule measured there (fwd+bwd with ReLU, float32, side by
     side in one process; the figures and machines are in the README, "Choosing the
     rolling-convolution algorithm"):
-    - shift == 1, rolls == C: 'fft' (the fused channel-FFT engine);
+    - shift == 1, rolls == C: 'fft' (the fused channel-FFT engine), except 'direct' when
+      C <= DIRECT_MAX_CHANNELS;
     - shift == 1, fewer rolls: 'direct' when C <= 4 and F >= 32, else 'bank';
     - shift > 1 (G = C // shift blocks): 'fft' when rolls == G >= SHIFTED_FFT_MIN_BLOCKS,
       else 'direct' for rolls <= SHIFTED_DIRECT_MAX_ROLLS, else 'bank'.
@@ -230,7 +234,7 @@ def choose_roll_algorithm(input, weight, rolls, stride, dilation, dtype=None, sh
     if rolls == channels:
         if not on_cpu:
             return "fft" if channels >= FFT_MIN_CHANNELS else "bank"
-        return "fft"
+        return "direct" if channels <= DIRECT_MAX_CHANNELS else "fft"
     if on_cpu and channels <= 4 and filters >= 32:
         return "direct"
     return "bank"

@@ -102,14 +102,15 @@ def test_auto_rule():
                                         torch.empty(f, c, 3, 3, dtype=dtype, device=device),
                                         c if rolls is None else rolls, [1, 1], [1, 1])
 
-    # CPU, every roll: the fused fft, whatever C and F.
+    # CPU, every roll: the fused fft, but direct for the fewest channels (whatever F).
     assert pick(16, f=16) == pick(256) == pick(64, dtype=torch.float64) == "fft"
-    assert pick(1) == pick(2, f=64) == pick(4, f=256) == pick(8, f=4) == "fft"
+    assert pick(RF.DIRECT_MAX_CHANNELS + 1) == pick(4, f=256) == pick(8, f=4) == "fft"
+    assert pick(RF.DIRECT_MAX_CHANNELS, f=64) == pick(1) == pick(2, f=8) == "direct"
     # Fewer rolls: no fft.
     assert pick(256, rolls=255) == "bank" and pick(4, f=64, rolls=3) == "direct"
     # float16/bfloat16 on CPU run the float32 engines: the same rule.
     assert pick(256, dtype=torch.float16) == pick(256, dtype=torch.bfloat16) == "fft"
-    assert pick(2, f=64, dtype=torch.bfloat16) == "fft" and pick(4, f=64, rolls=3, dtype=torch.bfloat16) == "direct"
+    assert pick(2, f=64, dtype=torch.bfloat16) == "direct" and pick(5, dtype=torch.bfloat16) == "fft"
     # Off the CPU (meta stands in for CUDA): fft from FFT_MIN_CHANNELS on, else bank.
     assert pick(RF.FFT_MIN_CHANNELS, device="meta") == "fft"
     assert pick(RF.FFT_MIN_CHANNELS - 1, device="meta") == pick(4, f=64, device="meta") == "bank"
