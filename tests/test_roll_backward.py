@@ -45,9 +45,9 @@ def _separate(g, x, w, y, geometry, algorithm):
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_relu_mask_in_chunks_of_samples(algorithm, dtype, cpu_engine):
     # 256 output channels of 32x32: one sample's grad_output is 1 MiB in float32 and 2 MiB in
-    # float64; 9 samples make 9 and 18 MiB, so the separate passes run on chunks of 2 (the last
-    # of 1) and of 1 sample (csrc/common/conv_ops.cpp, kMaskedChunkBytes): dX fills each
-    # chunk's rows, dK and db add the chunks up.
+    # float64; 9 samples make 9 and 18 MiB, so the separate passes run on chunks of 2 samples
+    # (the last of 1; csrc/common/conv_ops.cpp, kMaskedChunkBytes, kMaxMaskedChunks): dX fills
+    # each chunk's rows, dK and db add the chunks up.
     x, w, geometry = _problem(9, 4, 64, 32, dtype=dtype)
     y = ops.roll_conv2d_forward(x, w, None, *geometry, algorithm, True)
     g = torch.randn_like(y)

@@ -239,20 +239,22 @@ namespace {
 
 // Samples per chunk of the separate passes of roll_conv2d_backward with ReLU: its mask is
 // applied a chunk at a time (about kMaskedChunkBytes of grad_output, at least one sample,
-// chunks of equal size), so that the masked copy of grad_output never exists whole, next to
-// the saved output the mask reads (the filter-bank method's autograd holds both whole: this
-// keeps the op's peak memory below it). Only from kMaskedChunkMinBytes on: each chunk runs
-// the passes' set-up again, which measured 5-20% slower on a 3 MiB grad_output (the demo's)
-// and no slower on 8 MiB. float32/float64 only: dK and db add up the chunks in the op's
-// dtype.
+// at most kMaxMaskedChunks chunks of equal size), so that the masked copy of grad_output
+// never exists whole, next to the saved output the mask reads (the filter-bank method's
+// autograd holds both whole: this keeps the op's peak memory below it). Only from
+// kMaskedChunkMinBytes on: each chunk runs the passes' set-up again, which measured 5-20%
+// slower on a 3 MiB grad_output (the demo's) and no slower on 8 MiB; the cap on the chunks
+// bounds that set-up on large tensors. float32/float64 only: dK and db add up the chunks
+// in the op's dtype.
 constexpr int64_t kMaskedChunkBytes = int64_t(2) << 20;
 constexpr int64_t kMaskedChunkMinBytes = int64_t(8) << 20;
+constexpr int64_t kMaxMaskedChunks = 8;
 int64_t masked_chunk_samples(const Tensor& grad_output, bool relu) {
   const int64_t batch = grad_output.size(0);
   const bool wide = grad_output.scalar_type() == at::kFloat || grad_output.scalar_type() == at::kDouble;
   const int64_t bytes = grad_output.numel() * int64_t(grad_output.element_size());
   if (!relu || !wide || batch <= 1 || bytes < kMaskedChunkMinBytes) return batch;
-  const int64_t chunks = std::min(batch, ceil_div(bytes, kMaskedChunkBytes));
+  const int64_t chunks = std::min({batch, ceil_div(bytes, kMaskedChunkBytes), kMaxMaskedChunks});
   return ceil_div(batch, chunks);
 }
 
