@@ -12,7 +12,9 @@
 //              pixels, added to the taps' spectrum (the caller's irfft gives dK).
 //
 // The 1/C of the inverse transform is folded into the taps. Every sum has a fixed order
-// that does not depend on the thread count: results are bitwise reproducible.
+// that does not depend on the thread count: for given taps (their transform is the
+// caller's: torch.fft, whose rounding can depend on the thread count), results are bitwise
+// reproducible.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <omp.h>
