@@ -86,13 +86,18 @@ void analyze_input(const MicroKernels<T>& micro, const Plan<T>& plan, const Anal
   micro.analyze(plan, x_chunk + it.sample * channels * pixels + it.first, pixels, it.count,
                spectra + it.sample * size + it.first, pixels, scratch);
 }
+// mask_chunk (laid out as dy_chunk; null: none): dY zeroed where mask <= 0 as it is read.
 template <typename T>
 void analyze_grad(const MicroKernels<T>& micro, const Plan<T>& plan, const AnalysisItem& it, const T* dy_chunk,
-                  int64_t filters, int64_t pixels, T* spectra, T* scratch) {
+                  const T* mask_chunk, int64_t filters, int64_t pixels, T* spectra, T* scratch) {
   const int64_t channels = plan.n, size = 2 * plan.freqs() * pixels;
-  micro.analyze(plan, dy_chunk + (it.sample * channels * filters + it.plane) * pixels + it.first,
-               filters * pixels, it.count, spectra + (it.sample * filters + it.plane) * size + it.first,
-               pixels, scratch);
+  const int64_t at = (it.sample * channels * filters + it.plane) * pixels + it.first;
+  T* spectrum = spectra + (it.sample * filters + it.plane) * size + it.first;
+  if (mask_chunk == nullptr) {
+    micro.analyze(plan, dy_chunk + at, filters * pixels, it.count, spectrum, pixels, scratch);
+  } else {
+    micro.analyze_masked(plan, dy_chunk + at, mask_chunk + at, filters * pixels, it.count, spectrum, pixels, scratch);
+  }
 }
 
 // One thread's buffers: the transforms' scratch, a zero-padded tile of the operand the sums
@@ -147,7 +152,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, oh0 = (item % blocks) * rows;
         const int64_t oh1 = std::min(w.out_h, oh0 + rows), count = (oh1 - oh0) * w.out_w;
-        micro.forward_rows(w, freqs, plan.n % 2 == 0, filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
+        micro.forward_rows(w, freqs, plan.even(), filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
                           t.sums.get());
         for (int64_t f = 0; f < filters; ++f) {
           // roll r of filter f is output channel r * F + f
@@ -158,6 +163,25 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
       }
     }
   });
+}
+
+// dX of a chunk's nb samples from their dY spectra (dy_size apart), one item per (sample,
+// block of `rows` input rows): the sums over the filters, then the inverse transform into
+// dx_chunk. Called inside a parallel region: its threads share the items.
+template <typename T>
+void input_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
+                      int64_t nb, int64_t rows, const T* dy_spectra, int64_t dy_size, const T* taps, T* dx_chunk,
+                      ThreadBuffers<T>& t) {
+  const int64_t in_px = w.in_h * w.in_w, blocks = ceil_div(w.in_h, rows);
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t item = 0; item < nb * blocks; ++item) {
+    const int64_t s = item / blocks, h0 = (item % blocks) * rows;
+    const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
+    micro.input_grad_rows(w, plan.freqs(), plan.even(), filters, dy_spectra + s * dy_size, taps, h0, h1,
+                          t.tile.get(), t.sums.get());
+    micro.synthesize(plan, t.sums.get(), count, count, dx_chunk + s * plan.n * in_px + h0 * w.in_w, in_px, T(0),
+                     false, t.scratch.get());
+  }
 }
 
 template <typename T>
@@ -185,17 +209,9 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
         analyze_grad(micro, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
-                     filters, out_px, spectra.get(), t.scratch.get());
+                     static_cast<const T*>(nullptr), filters, out_px, spectra.get(), t.scratch.get());
       }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t item = 0; item < nb * blocks; ++item) {
-        const int64_t s = item / blocks, h0 = (item % blocks) * rows;
-        const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
-        micro.input_grad_rows(w, freqs, plan.n % 2 == 0, filters, spectra.get() + s * spectrum_size, tp, h0, h1, t.tile.get(),
-                             t.sums.get());
-        micro.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w,
-                        in_px, T(0), false, t.scratch.get());
-      }
+      input_grad_items(micro, plan, w, filters, nb, rows, spectra.get(), spectrum_size, tp, dx + n0 * channels * in_px, t);
     }
   });
 }
@@ -206,10 +222,10 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
 // order, whatever the groups: the result does not depend on the thread count.
 constexpr int64_t kItemsPerThread = 4;
 template <typename T>
-void weight_grad_items(const MicroKernels<T>& micro, const Window2d& w, int64_t filters, int64_t freqs, bool even,
+void weight_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
                        int64_t nb, const T* x_spectra, int64_t x_size, const T* dy_spectra, int64_t dy_size,
                        T* tile, T* acc) {
-  const int64_t kk = w.kernel_h * w.kernel_w, out_px = w.out_h * w.out_w;
+  const int64_t kk = w.kernel_h * w.kernel_w, out_px = w.out_h * w.out_w, freqs = plan.freqs();
   const int64_t threads = omp_get_num_threads();
   const int64_t group = std::clamp<int64_t>(filters * freqs / (kItemsPerThread * threads), 1, filters);
   const int64_t groups = ceil_div(filters, group);
@@ -217,7 +233,7 @@ void weight_grad_items(const MicroKernels<T>& micro, const Window2d& w, int64_t 
   for (int64_t item = 0; item < groups * freqs; ++item) {
     const int64_t f0 = (item / freqs) * group, k = item % freqs, count = std::min(group, filters - f0);
     for (int64_t s = 0; s < nb; ++s) {
-      micro.weight_grad_freq(w, freqs, even, k, count, x_spectra + s * x_size,
+      micro.weight_grad_freq(w, freqs, plan.even(), k, count, x_spectra + s * x_size,
                              dy_spectra + s * dy_size + f0 * 2 * freqs * out_px, 2 * freqs * out_px, tile,
                              acc + 2 * (f0 * kk * freqs + k), 2 * kk * freqs);
     }
@@ -253,10 +269,11 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
                         x_spectra.get(), t.scratch.get());
         } else {
           analyze_grad(micro, plan, analysis_item<T>(item - nx, filters, out_px),
-                       dy + n0 * channels * filters * out_px, filters, out_px, dy_spectra.get(), t.scratch.get());
+                       dy + n0 * channels * filters * out_px, static_cast<const T*>(nullptr), filters, out_px,
+                       dy_spectra.get(), t.scratch.get());
         }
       }
-      weight_grad_items(micro, w, filters, freqs, plan.n % 2 == 0, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
+      weight_grad_items(micro, plan, w, filters, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
                         t.tile.get(), acc);
     }
   });
@@ -313,15 +330,8 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
                         x_spectra.get(), t.scratch.get());
           continue;
         }
-        const AnalysisItem it = analysis_item<T>(item - nx, filters, out_px);
-        if (mask == nullptr) {
-          analyze_grad(micro, plan, it, dy + dy_offset, filters, out_px, dy_spectra.get(), t.scratch.get());
-          continue;
-        }
-        const int64_t at = (it.sample * channels * filters + it.plane) * out_px + it.first;
-        micro.analyze_masked(plan, dy + dy_offset + at, mask + dy_offset + at, filters * out_px, it.count,
-                            dy_spectra.get() + (it.sample * filters + it.plane) * 2 * freqs * out_px + it.first,
-                            out_px, t.scratch.get());
+        analyze_grad(micro, plan, analysis_item<T>(item - nx, filters, out_px), dy + dy_offset,
+                     mask ? mask + dy_offset : nullptr, filters, out_px, dy_spectra.get(), t.scratch.get());
       }
       if (want_db) {
         // Frequency 0 of the transform over the rolls is their sum; summed in a fixed order.
@@ -335,19 +345,9 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
           bias_sums[f] += sum;
         }
       }
-      if (want_dx) {
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < nb * blocks; ++item) {
-          const int64_t s = item / blocks, h0 = (item % blocks) * rows;
-          const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
-          micro.input_grad_rows(w, freqs, plan.n % 2 == 0, filters, dy_spectra.get() + s * dy_size, tp, h0, h1, t.tile.get(),
-                               t.sums.get());
-          micro.synthesize(plan, t.sums.get(), count, count, dx + (n0 + s) * channels * in_px + h0 * w.in_w, in_px,
-                          T(0), false, t.scratch.get());
-        }
-      }
+      if (want_dx) input_grad_items(micro, plan, w, filters, nb, rows, dy_spectra.get(), dy_size, tp, dx + n0 * channels * in_px, t);
       if (want_dk) {
-        weight_grad_items(micro, w, filters, freqs, plan.n % 2 == 0, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
+        weight_grad_items(micro, plan, w, filters, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
                           t.tile.get(), acc);
       }
     }

@@ -47,6 +47,7 @@ struct Plan {
   std::vector<T> table;  // twiddles and roots (re, im pairs)
   int64_t max_radix = 1;
   int64_t freqs() const { return n / 2 + 1; }
+  bool even() const { return n % 2 == 0; }  // frequency n / 2 exists and is real
   // Scratch elements (T) one transform call needs: the groups staged at once, a ping-pong
   // buffer and a DFT temporary.
   int64_t scratch_size() const { return ((kStagedGroups + 1) * n + max_radix) * group_pixels<T>(); }

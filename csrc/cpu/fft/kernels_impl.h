@@ -369,11 +369,12 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
     // The inverse as conj(FFT(conj Z)), Z = A + iB over the whole circle (A, B Hermitian);
     // the imaginary parts at frequency 0 and n/2 are dropped, as irfft does.
     for (int64_t k = 0; k < freqs; ++k) {
+      const bool real = k == 0 || 2 * k == n;
       CV<T> re, im{V{}, V{}};  // A.re | B.re, A.im | B.im
       load_group(spectrum + 2 * k * plane + p0, valid, &re);
-      if (k != 0 && 2 * k != n) load_group(spectrum + (2 * k + 1) * plane + p0, valid, &im);
+      if (!real) load_group(spectrum + (2 * k + 1) * plane + p0, valid, &im);
       a[k] = CV<T>{re.re - im.im, -(im.re + re.im)};
-      if (k != 0 && 2 * k != n) a[n - k] = CV<T>{re.re + im.im, im.re - re.im};
+      if (!real) a[n - k] = CV<T>{re.re + im.im, im.re - re.im};
     }
     const CV<T>* z = transform(plan, a, a + n, a + 2 * n);
     for (int64_t r = 0; r < n; ++r) {
