@@ -177,11 +177,13 @@ def test_max_pool_with_a_kernel_far_larger_than_the_input_takes_no_time():
 
 def test_max_pool_backward_gives_indices_outside_the_input_no_gradient(device):
     """Indices past the plane address no input element: nothing is written for them (the
-    sanitizer build checks the memory) and the rest is summed as usual."""
+    sanitizer build checks the memory) and the rest is summed as usual. (Each index lies in
+    its own window, as the forward's do: CUDA's gather only looks there, README.)"""
     g = torch.ones(1, 1, 2, 2, device=device)
-    outside = torch.tensor([[[[0, -5], [0, 10**6]]]], device=device)
-    gx = torch.ops.rollconv.max_pool2d_backward(g, outside, [4, 4], [2, 2], [2, 2], [0, 0], [1, 1])
-    assert gx.flatten().tolist() == [2.0] + [0.0] * 15
+    # 3x3 windows at stride 1 on 4x4: windows (0, 0) and (1, 1) both hold element 5
+    outside = torch.tensor([[[[5, -5], [10**6, 5]]]], device=device)
+    gx = torch.ops.rollconv.max_pool2d_backward(g, outside, [4, 4], [3, 3], [1, 1], [0, 0], [1, 1])
+    assert gx.flatten().tolist() == [0.0] * 5 + [2.0] + [0.0] * 10
 
 
 def test_a_window_entirely_in_padding_gets_no_gradient(device):
