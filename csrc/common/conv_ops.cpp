@@ -245,7 +245,8 @@ namespace {
 // kMaskedChunkMinBytes on: each chunk runs the passes' set-up again, which measured 5-20%
 // slower on a 3 MiB grad_output (the demo's) and no slower on 8 MiB; the cap on the chunks
 // bounds that set-up on large tensors. float32/float64 only: dK and db add up the chunks
-// in the op's dtype.
+// in the op's dtype. CPU only: on CUDA each chunk's launches and cuDNN calls made the
+// float32 backward 1.6-3.5x slower (H200, bench/gpu_check_h200.md), for memory a GPU has.
 constexpr int64_t kMaskedChunkBytes = int64_t(2) << 20;
 constexpr int64_t kMaskedChunkMinBytes = int64_t(8) << 20;
 constexpr int64_t kMaxMaskedChunks = 8;
@@ -253,7 +254,7 @@ int64_t masked_chunk_samples(const Tensor& grad_output, bool relu) {
   const int64_t batch = grad_output.size(0);
   const bool wide = grad_output.scalar_type() == at::kFloat || grad_output.scalar_type() == at::kDouble;
   const int64_t bytes = grad_output.numel() * int64_t(grad_output.element_size());
-  if (!relu || !wide || batch <= 1 || bytes < kMaskedChunkMinBytes) return batch;
+  if (!relu || !wide || !grad_output.is_cpu() || batch <= 1 || bytes < kMaskedChunkMinBytes) return batch;
   const int64_t chunks = std::min({batch, ceil_div(bytes, kMaskedChunkBytes), kMaxMaskedChunks});
   return ceil_div(batch, chunks);
 }
