@@ -50,16 +50,16 @@ PyObject* set_engines_enabled(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// _C.workspace_bytes() -> int, _C.set_workspace_bytes(int >= 0)
-PyObject* workspace_bytes(PyObject*, PyObject*) { return PyLong_FromLongLong(rollconv::settings::workspace_bytes()); }
+// _C.workspace_bytes() -> int (-1: each device's default), _C.set_workspace_bytes(int >= -1)
+PyObject* workspace_bytes(PyObject*, PyObject*) { return PyLong_FromLongLong(rollconv::settings::workspace_setting()); }
 PyObject* set_workspace_bytes(PyObject*, PyObject* args) {
   long long bytes;
   if (!PyArg_ParseTuple(args, "L", &bytes)) return nullptr;
-  if (bytes < 0) {
-    PyErr_SetString(PyExc_ValueError, "the workspace size must be non-negative");
+  if (bytes < -1) {
+    PyErr_SetString(PyExc_ValueError, "the workspace size must be non-negative (or -1: the default)");
     return nullptr;
   }
-  rollconv::settings::set_workspace_bytes(bytes);
+  rollconv::settings::set_workspace_setting(bytes);
   Py_RETURN_NONE;
 }
 
@@ -125,8 +125,8 @@ PyObject* peak_gflops(PyObject*, PyObject* args) {
 PyMethodDef methods[] = {
     {"engines_enabled", engines_enabled, METH_NOARGS, "whether the CPU's fused engines run (ROLLCONV_CPU_ENGINE)"},
     {"set_engines_enabled", set_engines_enabled, METH_VARARGS, "turn the CPU's fused engines on or off"},
-    {"workspace_bytes", workspace_bytes, METH_NOARGS, "the composed path's workspace per call (ROLLCONV_WORKSPACE_MB)"},
-    {"set_workspace_bytes", set_workspace_bytes, METH_VARARGS, "set the composed path's workspace per call, bytes"},
+    {"workspace_bytes", workspace_bytes, METH_NOARGS, "the composed path's workspace per call in bytes (ROLLCONV_WORKSPACE_MB); -1: each device's default"},
+    {"set_workspace_bytes", set_workspace_bytes, METH_VARARGS, "set the composed path's workspace per call, bytes; -1: each device's default"},
 #ifndef ROLLCONV_EMULATE_CUDA
     {"gemm_isa", gemm_isa, METH_NOARGS, "ISA of the CPU engines' micro-kernels (ROLLCONV_GEMM_ISA)"},
     {"set_gemm_isa", set_gemm_isa, METH_VARARGS, "force the CPU engines' micro-kernels: portable, avx2 or avx512"},

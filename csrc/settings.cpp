@@ -20,13 +20,19 @@ bool engines_from_environment() {
   return true;
 }
 
-// 16 MiB unless ROLLCONV_WORKSPACE_MB says otherwise. Small on purpose: glibc serves blocks
-// under its (adaptive, <= 32 MiB) mmap threshold from the heap and reuses them, while each
-// larger block is a fresh mmap whose page faults cost as much as the im2col itself.
+// The defaults. The CPU's is small on purpose: glibc serves blocks under its (adaptive,
+// <= 32 MiB) mmap threshold from the heap and reuses them, while each larger block is a
+// fresh mmap whose page faults cost as much as the im2col itself. CUDA's caching allocator
+// has no such cost, and there each chunk's launches are what costs: on an H200, 128 MiB
+// made 'direct' fwd+bwd 1.6-2.8x and conv2d 1.1-1.8x faster than 16 MiB (N = 32; 1 GiB
+// gained at most 25% more; bench/gpu_check_h200.md).
+constexpr int64_t kCpuWorkspaceBytes = int64_t(16) << 20;
+constexpr int64_t kCudaWorkspaceBytes = int64_t(128) << 20;
+
+// ROLLCONV_WORKSPACE_MB, in bytes; -1 (each device's default) if unset.
 int64_t workspace_from_environment() {
   const char* env = std::getenv("ROLLCONV_WORKSPACE_MB");
-  const int64_t mb = env ? std::max<int64_t>(0, std::atoll(env)) : 16;
-  return mb << 20;
+  return env ? std::max<int64_t>(0, std::atoll(env)) << 20 : -1;
 }
 
 std::string gemm_isa_environment() {
@@ -54,8 +60,14 @@ Switches& switches() {
 bool engines_enabled() { return switches().engines.load(std::memory_order_relaxed); }
 void set_engines_enabled(bool enabled) { switches().engines.store(enabled); }
 
-int64_t workspace_bytes() { return switches().workspace_bytes.load(std::memory_order_relaxed); }
-void set_workspace_bytes(int64_t bytes) { switches().workspace_bytes.store(std::max<int64_t>(0, bytes)); }
+int64_t workspace_setting() { return switches().workspace_bytes.load(std::memory_order_relaxed); }
+void set_workspace_setting(int64_t bytes_or_default) {
+  switches().workspace_bytes.store(std::max<int64_t>(-1, bytes_or_default));
+}
+int64_t workspace_bytes(bool cuda) {
+  const int64_t set = workspace_setting();
+  return set >= 0 ? set : cuda ? kCudaWorkspaceBytes : kCpuWorkspaceBytes;
+}
 
 const std::string& gemm_isa_from_environment() { return switches().gemm_isa; }
 

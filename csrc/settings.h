@@ -5,7 +5,8 @@
 //                             takes (im2col + ATen GEMMs, ATen FFTs around the per-frequency
 //                             primitives) instead of the CPU's fused engines: for comparison,
 //                             and to keep that path tested on the CPU;
-//   ROLLCONV_WORKSPACE_MB=N   the composed path's workspace per call, default 16 (MiB);
+//   ROLLCONV_WORKSPACE_MB=N   the composed path's workspace per call, in MiB, on every device
+//                             (default: 16 on the CPU, 128 on CUDA);
 //   ROLLCONV_GEMM_ISA=NAME    the CPU engines' vector code: portable, avx2 or avx512
 //                             (cpu/isa.h; default: the best the CPU has).
 #pragma once
@@ -20,10 +21,12 @@ namespace rollconv::settings {
 bool engines_enabled();
 void set_engines_enabled(bool enabled);
 
-// Upper bound of the composed path's workspace per call, in bytes: the batch goes through
-// in chunks of samples that fit it.
-int64_t workspace_bytes();
-void set_workspace_bytes(int64_t bytes);
+// Upper bound of the composed path's workspace per call on a CUDA device (cuda) or the
+// CPU, in bytes: the batch goes through in chunks of samples that fit it. The set value
+// applies to every device; -1 (the default) is each device's own default.
+int64_t workspace_bytes(bool cuda);
+int64_t workspace_setting();  // bytes, or -1
+void set_workspace_setting(int64_t bytes_or_default);
 
 // ROLLCONV_GEMM_ISA as it was when the library loaded ("" if unset). cpu/isa.cpp applies it
 // at first use, so that a bad value is an error where the engines run, not at import.

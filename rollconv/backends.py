@@ -47,7 +47,8 @@ CPU's fused convolution engines on, or off: then the CPU takes the composed path
 takes, im2col + ATen GEMMs and ATen FFTs around the per-frequency primitives),
 ``workspace_mb`` (that path's workspace per call) and ``gemm_isa`` (the CPU engines' vector
 code). Each starts from its environment variable, read once when rollconv is imported:
-``ROLLCONV_CPU_ENGINE`` (``0``: off), ``ROLLCONV_WORKSPACE_MB`` (default 16) and
+``ROLLCONV_CPU_ENGINE`` (``0``: off), ``ROLLCONV_WORKSPACE_MB`` (default: 16 on the CPU,
+128 on CUDA) and
 ``ROLLCONV_GEMM_ISA`` (``portable``, ``avx2`` or ``avx512``; default the best the CPU has).
 """
 import contextlib
@@ -141,7 +142,11 @@ def get_flags():
 
     - ``benchmark``: this module's attribute (see the module's doc);
     - ``cpu_engine`` (bool): whether the CPU's fused engines run;
-    - ``workspace_mb`` (int): the composed path's workspace per call, in MiB;
+    - ``workspace_mb`` (int or None): the composed path's workspace per call, in MiB, on
+      every device; ``None``: each device's default, 16 MiB on the CPU (larger blocks are
+      fresh mmaps whose page faults cost as much as the im2col) and 128 MiB on CUDA (there
+      each chunk's launches cost: on an H200 128 MiB ran 'direct' 1.6-2.8x and conv2d
+      1.1-1.8x faster than 16; ``bench/gpu_check_h200.md``);
     - ``gemm_isa`` (str): the CPU engines' vector code, ``'portable'``, ``'avx2'`` or
       ``'avx512'``; ``None`` in a build without CPU engines (the emulated CUDA build).
 
@@ -150,18 +155,19 @@ def get_flags():
     return {
         "benchmark": benchmark,
         "cpu_engine": bool(_C.engines_enabled()),
-        "workspace_mb": _C.workspace_bytes() >> 20,
+        "workspace_mb": None if _C.workspace_bytes() < 0 else _C.workspace_bytes() >> 20,
         "gemm_isa": _C.gemm_isa() if hasattr(_C, "gemm_isa") else None,
     }
 
 
 def set_flags(benchmark=_KEEP, *, cpu_engine=_KEEP, workspace_mb=_KEEP, gemm_isa=_KEEP):
     """Set the switches given (see ``get_flags``); return the previous values of those, as a
-    dict ``set_flags(**previous)`` restores. Raises ValueError for a negative
-    ``workspace_mb`` or an unknown ``gemm_isa``, RuntimeError for an ISA this CPU (or this
+    dict ``set_flags(**previous)`` restores. Raises ValueError for a ``workspace_mb`` that
+    is not a non-negative int or None, or an unknown ``gemm_isa``, RuntimeError for an ISA this CPU (or this
     build) lacks; nothing is changed then."""
-    if workspace_mb is not _KEEP and not (isinstance(workspace_mb, int) and workspace_mb >= 0):
-        raise ValueError(f"workspace_mb must be a non-negative int (MiB), but got {workspace_mb!r}")
+    if workspace_mb is not _KEEP and workspace_mb is not None and not (
+            isinstance(workspace_mb, int) and not isinstance(workspace_mb, bool) and workspace_mb >= 0):
+        raise ValueError(f"workspace_mb must be a non-negative int (MiB) or None (the default), but got {workspace_mb!r}")
     if gemm_isa is not _KEEP:
         if gemm_isa not in _GEMM_ISAS:
             raise ValueError(f"gemm_isa must be one of {_GEMM_ISAS}, but got {gemm_isa!r}")
@@ -179,7 +185,7 @@ def set_flags(benchmark=_KEEP, *, cpu_engine=_KEEP, workspace_mb=_KEEP, gemm_isa
         _C.set_engines_enabled(bool(cpu_engine))
         previous["cpu_engine"] = current["cpu_engine"]
     if workspace_mb is not _KEEP:
-        _C.set_workspace_bytes(workspace_mb << 20)
+        _C.set_workspace_bytes(-1 if workspace_mb is None else workspace_mb << 20)
         previous["workspace_mb"] = current["workspace_mb"]
     return previous
 

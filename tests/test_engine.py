@@ -238,6 +238,9 @@ def test_flags_switch_and_restore():
         assert inside["cpu_engine"] is not before["cpu_engine"]
         assert inside["workspace_mb"] == 2 and inside["gemm_isa"] == _C.gemm_isa() == "portable"
     assert rollconv.backends.get_flags() == before
+    with rollconv.backends.flags(workspace_mb=None):  # each device's default
+        assert rollconv.backends.get_flags()["workspace_mb"] is None and _C.workspace_bytes() == -1
+    assert rollconv.backends.get_flags() == before
     with pytest.raises(ValueError, match="gemm_isa must be one of"):
         rollconv.backends.set_flags(gemm_isa="sse9")
     with pytest.raises(ValueError, match="workspace_mb must be a non-negative int"):

@@ -300,9 +300,15 @@ def test_torch_export_keeps_the_ops():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_batch_in_chunks_with_a_short_last_one(device, dtype):
     """Without a fused engine (the CUDA path) the batch goes through the column-matrix
-    workspace (16 MiB) in chunks of samples: 13 samples of this size make chunks of 12 + 1
-    in float32 and 6 + 6 + 1 in float64. Forward and every gradient, of roll_conv2d,
-    conv2d and conv_transpose2d, against torch's convolution on the filter bank."""
+    workspace (16 MiB here, the CPU's default) in chunks of samples: 13 samples of this size
+    make chunks of 12 + 1 in float32 and 6 + 6 + 1 in float64. Forward and every gradient,
+    of roll_conv2d, conv2d and conv_transpose2d, against torch's convolution on the filter
+    bank."""
+    with rollconv.backends.flags(workspace_mb=16):
+        _batch_in_chunks_with_a_short_last_one(device, dtype)
+
+
+def _batch_in_chunks_with_a_short_last_one(device, dtype):
     torch.manual_seed(0)
     x = torch.randn(13, 4, 32, 32, device=device, dtype=dtype, requires_grad=True)
     w = torch.randn(64, 4, 3, 3, device=device, dtype=dtype, requires_grad=True)

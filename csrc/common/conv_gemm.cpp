@@ -21,7 +21,7 @@ int64_t samples_per_chunk(int64_t batch, const ColumnLayout& layout, int64_t out
                           const at::Tensor& like) {
   const int64_t per_sample = std::max<int64_t>(
       1, (column_rows(layout) + out_channels) * column_cols(layout) * like.element_size());
-  return std::max<int64_t>(1, std::min<int64_t>(batch, settings::workspace_bytes() / per_sample));
+  return std::max<int64_t>(1, std::min<int64_t>(batch, settings::workspace_bytes(like.is_cuda()) / per_sample));
 }
 
 // (b, C, L) chunk of an NCHW tensor, seen as the GEMM's (C, b * L) layout (a view).

@@ -46,15 +46,15 @@ Tensor block_irfft(const Tensor& spectrum, int64_t blocks) {
 
 // The transforms' temporaries of one sample (real copy, spectrum, result spectrum, result),
 // in real elements; the batch goes through in chunks that fit a quarter of the workspace
-// (4 MiB by default: as fast as larger chunks, and it keeps the peak memory below the
-// filter-bank method's), so peak memory does not grow with N.
+// (on the CPU 4 MiB by default: as fast as larger chunks, and it keeps the peak memory
+// below the filter-bank method's; on CUDA 32 MiB), so peak memory does not grow with N.
 int64_t fft_samples_per_chunk(int64_t batch, int64_t channels, int64_t shift, int64_t filters,
                               const Window2d& w, const Tensor& like) {
   const int64_t blocks = channels / shift, freqs = blocks / 2 + 1;
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const int64_t per_sample = like.element_size() *
       (in_px * (channels + 2 * shift * freqs) + out_px * filters * (blocks + 2 * freqs));
-  return std::max<int64_t>(1, std::min<int64_t>(batch, settings::workspace_bytes() / 4 / std::max<int64_t>(1, per_sample)));
+  return std::max<int64_t>(1, std::min<int64_t>(batch, settings::workspace_bytes(like.is_cuda()) / 4 / std::max<int64_t>(1, per_sample)));
 }
 
 // Chunk of dY (b, R, F, oh, ow) -> rfft over the rolls: (b, oh, ow, F, K).
