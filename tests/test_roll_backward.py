@@ -206,6 +206,34 @@ def test_fused_fft_backward_is_the_separate_passes_bitwise(two_threads):
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("layout", ["expanded", "channels_last", "sliced", "nan_in_mask"])
+def test_fused_fft_backward_reads_any_strides_in_place(layout, relu):
+    """A grad_output of any strides (y.sum()'s expanded one, channels_last, a slice) gives the
+    contiguous one's gradients bitwise (the engine gathers each analysis item's rows instead
+    of copying the whole tensor); the ReLU mask as threshold_backward applies it (NaN keeps)."""
+    x, w, geometry = _problem(3, 8, 4, 11, dtype=torch.float32)
+    y = ops.roll_conv2d_forward(x, w, None, *geometry, "fft", relu)
+    if layout == "expanded":
+        g = torch.full((), 0.75).expand_as(y)
+    elif layout == "channels_last":
+        g = torch.randn_like(y).to(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        g = torch.randn(3, y.shape[1] * 2, 11, 13)[:, ::2, :, 1:12]
+    else:
+        g = torch.randn_like(y).to(memory_format=torch.channels_last)
+        y = y.clone()
+        y[0, 3, 2, :4] = float("nan")
+    assert not g.is_contiguous()
+    mask = y if relu else None
+    got = ops.roll_conv2d_backward(g, x, w, mask, *geometry, "fft", [True, True, True])
+    expected = ops.roll_conv2d_backward(g.contiguous(), x, w, mask, *geometry, "fft", [True, True, True])
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    reference_grads = _separate(g, x, w, mask, geometry, "direct")
+    for actual, ref in zip(got, reference_grads):
+        torch.testing.assert_close(actual, ref, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision(dtype):
     x, w, geometry = _problem(2, 4, 2, 6, dtype=dtype)

@@ -59,7 +59,7 @@ struct RollFftEngine {
   // backward_input), grad_taps (as backward_weight) and grad_bias (F,) (the sum of the
   // masked grad_output over the batch, the rolls and the pixels); each undefined when not
   // wanted. grad_input and grad_taps equal those of the separate passes on the masked
-  // grad_output bitwise.
+  // grad_output bitwise. grad_output may have any strides (the other operands are contiguous).
   void (*backward)(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
                    const at::Tensor& taps, const Window2d& window, const at::Tensor& grad_input,
                    const at::Tensor& grad_taps, const at::Tensor& grad_bias);

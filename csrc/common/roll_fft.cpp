@@ -170,7 +170,8 @@ bool roll_fft_backward_fused(const DevicePrimitives& prims, const Tensor& grad_o
   const Tensor grad_taps = want_dk ? at::empty_like(taps) : Tensor();
   if (want_db) grad_bias = at::empty({filters}, grad_output.options());
   const bool relu = output.has_value() && output->defined();
-  prims.roll_fft_engine->backward(grad_output.contiguous(), relu ? output->contiguous() : Tensor(),
+  // grad_output as it comes (the engine reads any strides: an expanded one is not copied whole)
+  prims.roll_fft_engine->backward(grad_output, relu ? output->contiguous() : Tensor(),
                                   input.contiguous(), taps, w, grad_input, grad_taps, grad_bias);
   if (want_dk) {
     grad_weight = block_irfft(grad_taps.unsqueeze(3), channels)

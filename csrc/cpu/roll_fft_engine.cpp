@@ -100,13 +100,41 @@ void analyze_grad(const MicroKernels<T>& micro, const Plan<T>& plan, const Analy
   }
 }
 
+// One analysis item's rows of a dY of any strides (an expanded grad_output, as y.sum()'s
+// or y.mean()'s backward hands over, or a channels_last one), so that it is read in place
+// instead of first made contiguous whole: rows [roll][it.count] into rows, zeroed where
+// mask <= 0 as threshold_backward(dY, mask, 0) does (mask: the contiguous output, or null).
+// The analysis of these rows gives the bits of the contiguous path's.
+template <typename T>
+void gather_grad_rows(const at::Tensor& grad_output, const T* mask, int64_t sample, const AnalysisItem& it,
+                      int64_t rolls, int64_t filters, int64_t out_w, T* rows) {
+  const T* dy = grad_output.const_data_ptr<T>();
+  const auto s = grad_output.strides();
+  const int64_t pixels = grad_output.size(2) * out_w;
+  for (int64_t r = 0; r < rolls; ++r) {
+    const int64_t c = r * filters + it.plane;
+    const T* plane = dy + sample * s[0] + c * s[1];
+    const T* mask_plane = mask ? mask + (sample * rolls * filters + c) * pixels : nullptr;
+    T* dst = rows + r * it.count;
+    for (int64_t q = 0, p = it.first; q < it.count;) {  // row by row
+      const int64_t h = p / out_w, x0 = p % out_w, run = std::min(out_w - x0, it.count - q);
+      const T* src = plane + h * s[2];
+      for (int64_t x = x0; x < x0 + run; ++x, ++q) {
+        const T v = src[x * s[3]];
+        dst[q] = mask_plane && mask_plane[h * out_w + x] <= T(0) ? T(0) : v;
+      }
+      p += run;
+    }
+  }
+}
+
 // One thread's buffers: the transforms' scratch, a zero-padded tile of the operand the sums
-// read, and the sums of a block.
+// read, the sums of a block, and (strided dY only) an analysis item's gathered rows.
 template <typename T>
 struct ThreadBuffers {
-  ThreadBuffers(const Plan<T>& plan, int64_t tile_size, int64_t sums_size)
-      : scratch(plan.scratch_size()), tile(tile_size), sums(sums_size) {}
-  AlignedBuffer<T> scratch, tile, sums;
+  ThreadBuffers(const Plan<T>& plan, int64_t tile_size, int64_t sums_size, int64_t rows_size = 0)
+      : scratch(plan.scratch_size()), tile(tile_size), sums(sums_size), rows(rows_size) {}
+  AlignedBuffer<T> scratch, tile, sums, rows;
 };
 
 // The taps / C as (re, im) pairs [F][kh * kw][K].
@@ -283,6 +311,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
 // input's spectra when dK is wanted, the masked dY's always), the bias gradient from dY's
 // spectra at frequency 0 (the sums over the rolls), then dX's synthesis and dK's sums, as in
 // the separate passes (the same chunks, blocks and orders: bitwise the same dX and dK).
+// grad_output may have any strides (read in place, gather_grad_rows); output is contiguous.
 template <typename T>
 void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
                     const at::Tensor& taps, const Window2d& w, const at::Tensor& grad_input,
@@ -297,6 +326,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
   const at::Tensor tap_pairs = want_dx ? scaled_taps(taps, channels) : at::Tensor();
   const T* tp = want_dx ? tap_pairs.const_data_ptr<T>() : nullptr;
   const T* x = input.const_data_ptr<T>();
+  const bool dy_dense = grad_output.is_contiguous();
   const T* dy = grad_output.const_data_ptr<T>();
   const T* mask = output.defined() ? output.const_data_ptr<T>() : nullptr;
   T* dx = want_dx ? grad_input.data_ptr<T>() : nullptr;
@@ -316,7 +346,8 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
   const int threads = engine_threads(std::max(chunk * blocks, filters * freqs),
                                      std::max<int64_t>(1, passes) * sum_flops(batch, filters, freqs, w));
   const auto buffers = [&] {
-    return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), want_dx ? 2 * freqs * rows * w.in_w : 0);
+    return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), want_dx ? 2 * freqs * rows * w.in_w : 0,
+                            dy_dense ? 0 : channels * analysis_pixels<T>());
   };
   parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
@@ -330,8 +361,16 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
                         x_spectra.get(), t.scratch.get());
           continue;
         }
-        analyze_grad(micro, plan, analysis_item<T>(item - nx, filters, out_px), dy + dy_offset,
-                     mask ? mask + dy_offset : nullptr, filters, out_px, dy_spectra.get(), t.scratch.get());
+        const AnalysisItem it = analysis_item<T>(item - nx, filters, out_px);
+        if (dy_dense) {
+          analyze_grad(micro, plan, it, dy + dy_offset, mask ? mask + dy_offset : nullptr, filters, out_px,
+                       dy_spectra.get(), t.scratch.get());
+        } else {
+          gather_grad_rows(grad_output, mask, n0 + it.sample, it, channels, filters, w.out_w, t.rows.get());
+          micro.analyze(plan, t.rows.get(), it.count, it.count,
+                        dy_spectra.get() + (it.sample * filters + it.plane) * 2 * freqs * out_px + it.first, out_px,
+                        t.scratch.get());
+        }
       }
       if (want_db) {
         // Frequency 0 of the transform over the rolls is their sum; summed in a fixed order.
