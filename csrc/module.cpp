@@ -55,7 +55,7 @@ PyObject* workspace_bytes(PyObject*, PyObject*) { return PyLong_FromLongLong(rol
 PyObject* set_workspace_bytes(PyObject*, PyObject* args) {
   long long bytes;
   if (!PyArg_ParseTuple(args, "L", &bytes)) return nullptr;
-  if (bytes < -1) {
+  if (bytes < -1 || (bytes >= 0 && (bytes >> 20) > rollconv::settings::kMaxWorkspaceMb)) {
     PyErr_SetString(PyExc_ValueError, "the workspace size must be non-negative (or -1: the default)");
     return nullptr;
   }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <strings.h>  // strcasecmp (POSIX)
 
@@ -29,10 +30,22 @@ bool engines_from_environment() {
 constexpr int64_t kCpuWorkspaceBytes = int64_t(16) << 20;
 constexpr int64_t kCudaWorkspaceBytes = int64_t(128) << 20;
 
-// ROLLCONV_WORKSPACE_MB, in bytes; -1 (each device's default) if unset.
+// ROLLCONV_WORKSPACE_MB, in bytes: a whole number of MiB (digits, blanks around them
+// allowed) up to kMaxWorkspaceMb; -1 (each device's default) if unset or anything else
+// (rollconv.backends warns about such a value at import).
 int64_t workspace_from_environment() {
   const char* env = std::getenv("ROLLCONV_WORKSPACE_MB");
-  return env ? std::max<int64_t>(0, std::atoll(env)) << 20 : -1;
+  if (env == nullptr) return -1;
+  const char* p = env;
+  while (std::isspace(static_cast<unsigned char>(*p))) ++p;
+  int64_t mb = 0;
+  bool digits = false;
+  for (; std::isdigit(static_cast<unsigned char>(*p)); ++p, digits = true) {
+    if (mb > (kMaxWorkspaceMb - (*p - '0')) / 10) return -1;
+    mb = mb * 10 + (*p - '0');
+  }
+  while (std::isspace(static_cast<unsigned char>(*p))) ++p;
+  return digits && *p == '\0' ? mb << 20 : -1;
 }
 
 std::string gemm_isa_environment() {

@@ -25,6 +25,7 @@ void set_engines_enabled(bool enabled);
 // CPU, in bytes: the batch goes through in chunks of samples that fit it. The set value
 // applies to every device; -1 (the default) is each device's own default.
 int64_t workspace_bytes(bool cuda);
+constexpr int64_t kMaxWorkspaceMb = INT64_MAX >> 20;  // the most whose bytes fit an int64
 int64_t workspace_setting();  // bytes, or -1
 void set_workspace_setting(int64_t bytes_or_default);
 

@@ -134,6 +134,23 @@ def cached_algorithms():
 
 
 _KEEP = object()  # a switch left as it is
+_MAX_WORKSPACE_MB = (2**63 - 1) >> 20  # the most whose bytes fit the library's int64
+
+
+def _valid_workspace_mb(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_WORKSPACE_MB
+
+
+def _check_workspace_environment(value):
+    """Warn when ROLLCONV_WORKSPACE_MB is set to anything but a whole number of MiB (the
+    library then uses each device's default; csrc/settings.cpp reads it the same way)."""
+    text = (value or "").strip()
+    if text and not (text.isdigit() and text.isascii() and int(text) <= _MAX_WORKSPACE_MB):
+        warnings.warn(f"ROLLCONV_WORKSPACE_MB={value!r} is not a whole number of MiB from 0 to {_MAX_WORKSPACE_MB}; "
+                      f"using the defaults (16 MiB on the CPU, 128 MiB on CUDA)", stacklevel=2)
+
+
+_check_workspace_environment(os.environ.get("ROLLCONV_WORKSPACE_MB"))
 _GEMM_ISAS = ("portable", "avx2", "avx512")
 
 
@@ -165,9 +182,9 @@ def set_flags(benchmark=_KEEP, *, cpu_engine=_KEEP, workspace_mb=_KEEP, gemm_isa
     dict ``set_flags(**previous)`` restores. Raises ValueError for a ``workspace_mb`` that
     is not a non-negative int or None, or an unknown ``gemm_isa``, RuntimeError for an ISA this CPU (or this
     build) lacks; nothing is changed then."""
-    if workspace_mb is not _KEEP and workspace_mb is not None and not (
-            isinstance(workspace_mb, int) and not isinstance(workspace_mb, bool) and workspace_mb >= 0):
-        raise ValueError(f"workspace_mb must be a non-negative int (MiB) or None (the default), but got {workspace_mb!r}")
+    if workspace_mb is not _KEEP and workspace_mb is not None and not _valid_workspace_mb(workspace_mb):
+        raise ValueError(f"workspace_mb must be an int from 0 to {_MAX_WORKSPACE_MB} (MiB) or None (the default), "
+                         f"but got {workspace_mb!r}")
     if gemm_isa is not _KEEP:
         if gemm_isa not in _GEMM_ISAS:
             raise ValueError(f"gemm_isa must be one of {_GEMM_ISAS}, but got {gemm_isa!r}")

@@ -243,9 +243,26 @@ def test_flags_switch_and_restore():
     assert rollconv.backends.get_flags() == before
     with pytest.raises(ValueError, match="gemm_isa must be one of"):
         rollconv.backends.set_flags(gemm_isa="sse9")
-    with pytest.raises(ValueError, match="workspace_mb must be a non-negative int"):
-        rollconv.backends.set_flags(workspace_mb=-1)
-    assert rollconv.backends.get_flags() == before
+    for bad in (-1, True, 1.5, "3", 2**43):
+        with pytest.raises(ValueError, match="workspace_mb must be an int from 0"):
+            rollconv.backends.set_flags(cpu_engine=not before["cpu_engine"], workspace_mb=bad)
+        assert rollconv.backends.get_flags() == before  # nothing changed
+
+
+@pytest.mark.parametrize("text, expected", [(" 7 ", 7), ("0", 0), ("", None), ("abc", None), ("-3", None),
+                                            ("1.5", None), ("16MB", None), ("99999999999999", None)])
+def test_workspace_from_the_environment(text, expected):
+    """ROLLCONV_WORKSPACE_MB: a whole number of MiB, else the defaults and a warning."""
+    code = ("import warnings\nwith warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n    import rollconv\n"
+            "print(rollconv.backends.get_flags()['workspace_mb'], rollconv._C.workspace_bytes(), "
+            "any('ROLLCONV_WORKSPACE_MB' in str(w.message) for w in caught))")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ROLLCONV_WORKSPACE_MB=text),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    mb, raw, warned = out.stdout.split()
+    assert mb == str(expected) and int(raw) == (-1 if expected is None else expected << 20)
+    assert warned == str(expected is None and text.strip() != "")
 
 
 def test_info_reports_a_bad_isa_setting_and_ops_raise_it():
