@@ -105,6 +105,18 @@ void analyze_grad(const MicroKernels<T>& micro, const Plan<T>& plan, const Analy
 // instead of first made contiguous whole: rows [roll][it.count] into rows, zeroed where
 // mask <= 0 as threshold_backward(dY, mask, 0) does (mask: the contiguous output, or null).
 // The analysis of these rows gives the bits of the contiguous path's.
+// dst[x] = read(row, x), zeroed where mask[x] <= 0 (mask: null for none).
+template <typename T, typename Read>
+inline void select_row(const T* row, const T* mask, int64_t n, T* dst, Read read) {
+  if (mask == nullptr) {
+    for (int64_t x = 0; x < n; ++x) dst[x] = read(row, x);
+  } else {
+    for (int64_t x = 0; x < n; ++x) {
+      const T v = read(row, x);  // read first: a select, not an unpredictable branch
+      dst[x] = mask[x] <= T(0) ? T(0) : v;
+    }
+  }
+}
 template <typename T>
 void gather_grad_rows(const at::Tensor& grad_output, const T* mask, int64_t sample, const AnalysisItem& it,
                       int64_t rolls, int64_t filters, int64_t out_w, T* rows) {
@@ -116,13 +128,20 @@ void gather_grad_rows(const at::Tensor& grad_output, const T* mask, int64_t samp
     const T* plane = dy + sample * s[0] + c * s[1];
     const T* mask_plane = mask ? mask + (sample * rolls * filters + c) * pixels : nullptr;
     T* dst = rows + r * it.count;
-    for (int64_t q = 0, p = it.first; q < it.count;) {  // row by row
+    for (int64_t q = 0, p = it.first; q < it.count;) {  // output row by output row
       const int64_t h = p / out_w, x0 = p % out_w, run = std::min(out_w - x0, it.count - q);
-      const T* src = plane + h * s[2];
-      for (int64_t x = x0; x < x0 + run; ++x, ++q) {
-        const T v = src[x * s[3]];
-        dst[q] = mask_plane && mask_plane[h * out_w + x] <= T(0) ? T(0) : v;
+      const T* src = plane + h * s[2] + x0 * s[3];
+      const T* m = mask_plane ? mask_plane + h * out_w + x0 : nullptr;
+      T* d = dst + q;
+      // (the unit-stride and the broadcast row vectorize)
+      if (s[3] == 1) {
+        select_row(src, m, run, d, [](const T* row, int64_t x) { return row[x]; });
+      } else if (s[3] == 0) {
+        select_row(src, m, run, d, [](const T* row, int64_t) { return row[0]; });
+      } else {
+        select_row(src, m, run, d, [&](const T* row, int64_t x) { return row[x * s[3]]; });
       }
+      q += run;
       p += run;
     }
   }
