@@ -52,6 +52,9 @@ PyObject* set_engines_enabled(PyObject*, PyObject* args) {
 
 // _C.workspace_bytes() -> int (-1: each device's default), _C.set_workspace_bytes(int >= -1)
 PyObject* workspace_bytes(PyObject*, PyObject*) { return PyLong_FromLongLong(rollconv::settings::workspace_setting()); }
+PyObject* workspace_environment_rejected(PyObject*, PyObject*) {
+  return PyBool_FromLong(rollconv::settings::workspace_environment_rejected());
+}
 PyObject* set_workspace_bytes(PyObject*, PyObject* args) {
   long long bytes;
   if (!PyArg_ParseTuple(args, "L", &bytes)) return nullptr;
@@ -126,6 +129,8 @@ PyMethodDef methods[] = {
     {"engines_enabled", engines_enabled, METH_NOARGS, "whether the CPU's fused engines run (ROLLCONV_CPU_ENGINE)"},
     {"set_engines_enabled", set_engines_enabled, METH_VARARGS, "turn the CPU's fused engines on or off"},
     {"workspace_bytes", workspace_bytes, METH_NOARGS, "the composed path's workspace per call in bytes (ROLLCONV_WORKSPACE_MB); -1: each device's default"},
+    {"workspace_environment_rejected", workspace_environment_rejected, METH_NOARGS,
+     "whether ROLLCONV_WORKSPACE_MB held text other than a whole number of MiB at load (the defaults are used)"},
     {"set_workspace_bytes", set_workspace_bytes, METH_VARARGS, "set the composed path's workspace per call, bytes; -1: each device's default"},
 #ifndef ROLLCONV_EMULATE_CUDA
     {"gemm_isa", gemm_isa, METH_NOARGS, "ISA of the CPU engines' micro-kernels (ROLLCONV_GEMM_ISA)"},

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 #include <strings.h>  // strcasecmp (POSIX)
 
 namespace rollconv::settings {
@@ -30,13 +31,10 @@ bool engines_from_environment() {
 constexpr int64_t kCpuWorkspaceBytes = int64_t(16) << 20;
 constexpr int64_t kCudaWorkspaceBytes = int64_t(128) << 20;
 
-// ROLLCONV_WORKSPACE_MB, in bytes: a whole number of MiB (digits, blanks around them
-// allowed) up to kMaxWorkspaceMb; -1 (each device's default) if unset or anything else
-// (rollconv.backends warns about such a value at import).
-int64_t workspace_from_environment() {
-  const char* env = std::getenv("ROLLCONV_WORKSPACE_MB");
-  if (env == nullptr) return -1;
-  const char* p = env;
+// ROLLCONV_WORKSPACE_MB's text: a whole number of MiB (digits, blanks around them allowed)
+// up to kMaxWorkspaceMb; -1 for anything else (then each device's default is used).
+int64_t parse_workspace_mb(const char* text) {
+  const char* p = text;
   while (std::isspace(static_cast<unsigned char>(*p))) ++p;
   int64_t mb = 0;
   bool digits = false;
@@ -45,7 +43,21 @@ int64_t workspace_from_environment() {
     mb = mb * 10 + (*p - '0');
   }
   while (std::isspace(static_cast<unsigned char>(*p))) ++p;
-  return digits && *p == '\0' ? mb << 20 : -1;
+  return digits && *p == '\0' ? mb : -1;
+}
+
+// ROLLCONV_WORKSPACE_MB in bytes; -1 (each device's default) if unset or not understood.
+int64_t workspace_from_environment() {
+  const char* env = std::getenv("ROLLCONV_WORKSPACE_MB");
+  const int64_t mb = env ? parse_workspace_mb(env) : -1;
+  return mb < 0 ? -1 : mb << 20;
+}
+
+// Whether ROLLCONV_WORKSPACE_MB holds text that is not a whole number of MiB (blank: not).
+bool workspace_environment_rejected_at_load() {
+  const char* env = std::getenv("ROLLCONV_WORKSPACE_MB");
+  if (env == nullptr || parse_workspace_mb(env) >= 0) return false;
+  return std::any_of(env, env + std::strlen(env), [](char c) { return !std::isspace(static_cast<unsigned char>(c)); });
 }
 
 std::string gemm_isa_environment() {
@@ -56,6 +68,7 @@ std::string gemm_isa_environment() {
 struct Switches {
   std::atomic<bool> engines{engines_from_environment()};
   std::atomic<int64_t> workspace_bytes{workspace_from_environment()};
+  const bool workspace_rejected{workspace_environment_rejected_at_load()};
   const std::string gemm_isa{gemm_isa_environment()};
 };
 
@@ -81,6 +94,8 @@ int64_t workspace_bytes(bool cuda) {
   const int64_t set = workspace_setting();
   return set >= 0 ? set : cuda ? kCudaWorkspaceBytes : kCpuWorkspaceBytes;
 }
+
+bool workspace_environment_rejected() { return switches().workspace_rejected; }
 
 const std::string& gemm_isa_from_environment() { return switches().gemm_isa; }
 

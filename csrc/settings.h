@@ -28,6 +28,9 @@ int64_t workspace_bytes(bool cuda);
 constexpr int64_t kMaxWorkspaceMb = INT64_MAX >> 20;  // the most whose bytes fit an int64
 int64_t workspace_setting();  // bytes, or -1
 void set_workspace_setting(int64_t bytes_or_default);
+// Whether ROLLCONV_WORKSPACE_MB was set, when the library loaded, to text other than a
+// whole number of MiB (the defaults are used then; rollconv.backends warns at import).
+bool workspace_environment_rejected();
 
 // ROLLCONV_GEMM_ISA as it was when the library loaded ("" if unset). cpu/isa.cpp applies it
 // at first use, so that a bad value is an error where the engines run, not at import.

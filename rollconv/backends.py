@@ -141,16 +141,12 @@ def _valid_workspace_mb(value):
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_WORKSPACE_MB
 
 
-def _check_workspace_environment(value):
-    """Warn when ROLLCONV_WORKSPACE_MB is set to anything but a whole number of MiB (the
-    library then uses each device's default; csrc/settings.cpp reads it the same way)."""
-    text = (value or "").strip()
-    if text and not (text.isdigit() and text.isascii() and int(text) <= _MAX_WORKSPACE_MB):
-        warnings.warn(f"ROLLCONV_WORKSPACE_MB={value!r} is not a whole number of MiB from 0 to {_MAX_WORKSPACE_MB}; "
-                      f"using the defaults (16 MiB on the CPU, 128 MiB on CUDA)", stacklevel=2)
-
-
-_check_workspace_environment(os.environ.get("ROLLCONV_WORKSPACE_MB"))
+# The library read ROLLCONV_WORKSPACE_MB when it loaded (csrc/settings.cpp); it says whether
+# it had to ignore the text.
+if _C.workspace_environment_rejected():
+    warnings.warn(f"ROLLCONV_WORKSPACE_MB={os.environ.get('ROLLCONV_WORKSPACE_MB')!r} is not a whole number of MiB "
+                  f"from 0 to {_MAX_WORKSPACE_MB}; using the defaults (16 MiB on the CPU, 128 MiB on CUDA)",
+                  stacklevel=2)
 _GEMM_ISAS = ("portable", "avx2", "avx512")
 
 

@@ -86,13 +86,17 @@ void analyze_input(const MicroKernels<T>& micro, const Plan<T>& plan, const Anal
   micro.analyze(plan, x_chunk + it.sample * channels * pixels + it.first, pixels, it.count,
                spectra + it.sample * size + it.first, pixels, scratch);
 }
+// Where an analysis item of dY writes in the chunk's spectra.
+template <typename T>
+T* grad_spectrum(const Plan<T>& plan, const AnalysisItem& it, int64_t filters, int64_t pixels, T* spectra) {
+  return spectra + (it.sample * filters + it.plane) * 2 * plan.freqs() * pixels + it.first;
+}
 // mask_chunk (laid out as dy_chunk; null: none): dY zeroed where mask <= 0 as it is read.
 template <typename T>
 void analyze_grad(const MicroKernels<T>& micro, const Plan<T>& plan, const AnalysisItem& it, const T* dy_chunk,
                   const T* mask_chunk, int64_t filters, int64_t pixels, T* spectra, T* scratch) {
-  const int64_t channels = plan.n, size = 2 * plan.freqs() * pixels;
-  const int64_t at = (it.sample * channels * filters + it.plane) * pixels + it.first;
-  T* spectrum = spectra + (it.sample * filters + it.plane) * size + it.first;
+  const int64_t at = (it.sample * plan.n * filters + it.plane) * pixels + it.first;
+  T* spectrum = grad_spectrum(plan, it, filters, pixels, spectra);
   if (mask_chunk == nullptr) {
     micro.analyze(plan, dy_chunk + at, filters * pixels, it.count, spectrum, pixels, scratch);
   } else {
@@ -100,11 +104,6 @@ void analyze_grad(const MicroKernels<T>& micro, const Plan<T>& plan, const Analy
   }
 }
 
-// One analysis item's rows of a dY of any strides (an expanded grad_output, as y.sum()'s
-// or y.mean()'s backward hands over, or a channels_last one), so that it is read in place
-// instead of first made contiguous whole: rows [roll][it.count] into rows, zeroed where
-// mask <= 0 as threshold_backward(dY, mask, 0) does (mask: the contiguous output, or null).
-// The analysis of these rows gives the bits of the contiguous path's.
 // dst[x] = read(row, x), zeroed where mask[x] <= 0 (mask: null for none).
 template <typename T, typename Read>
 inline void select_row(const T* row, const T* mask, int64_t n, T* dst, Read read) {
@@ -117,6 +116,11 @@ inline void select_row(const T* row, const T* mask, int64_t n, T* dst, Read read
     }
   }
 }
+// One analysis item's rows of a dY of any strides (an expanded grad_output, as y.sum()'s
+// or y.mean()'s backward hands over, or a channels_last one), so that it is read in place
+// instead of first made contiguous whole: rows [roll][it.count] into rows, zeroed where
+// mask <= 0 as threshold_backward(dY, mask, 0) does (mask: the contiguous output, or null).
+// The analysis of these rows gives the bits of the contiguous path's.
 template <typename T>
 void gather_grad_rows(const at::Tensor& grad_output, const T* mask, int64_t sample, const AnalysisItem& it,
                       int64_t rolls, int64_t filters, int64_t out_w, T* rows) {
@@ -386,9 +390,8 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
                        dy_spectra.get(), t.scratch.get());
         } else {
           gather_grad_rows(grad_output, mask, n0 + it.sample, it, channels, filters, w.out_w, t.rows.get());
-          micro.analyze(plan, t.rows.get(), it.count, it.count,
-                        dy_spectra.get() + (it.sample * filters + it.plane) * 2 * freqs * out_px + it.first, out_px,
-                        t.scratch.get());
+          micro.analyze(plan, t.rows.get(), it.count, it.count, grad_spectrum(plan, it, filters, out_px, dy_spectra.get()),
+                        out_px, t.scratch.get());
         }
       }
       if (want_db) {
