@@ -84,6 +84,8 @@ FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides,
     ((2, 11, 20, 50), 5, (2, 4), dict(padding=(0, 3), dilation=2)),
     ((2, 49, 5, 17), 4, (1, 1), dict()),
     ((3, 1, 8, 8), 2, (3, 3), dict(padding=1)),
+    ((2, 4, 7, 37), 5, (3, 3), dict(padding=1)),  # C = 4: the written-out transform
+    ((3, 4, 9, 10), 2, (3, 2), dict(stride=2, padding=(2, 0))),
 ]
 
 

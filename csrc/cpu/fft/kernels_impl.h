@@ -287,21 +287,75 @@ constexpr int64_t kLineBytes = 64;  // a cache line
 // v where m > 0, else 0 (lane-wise; a NaN in m keeps v): ReLU's derivative as
 // threshold_backward(v, m, 0) applies it.
 template <typename T>
-__attribute__((always_inline)) inline CV<T> masked_by(const CV<T>& v, const CV<T>& m) {
-  using V = typename LanesOf<T>::type;
-  CV<T> r;
+__attribute__((always_inline)) inline Lanes<T> masked_lanes(const Lanes<T>& v, const Lanes<T>& m) {
+  Lanes<T> r;
 #pragma GCC unroll 4
-  for (int q = 0; q < V::kParts; ++q) {
-    r.re.part[q] = m.re.part[q] <= T(0) ? typename V::Native{} : v.re.part[q];
-    r.im.part[q] = m.im.part[q] <= T(0) ? typename V::Native{} : v.im.part[q];
-  }
+  for (int q = 0; q < Lanes<T>::kParts; ++q) r.part[q] = m.part[q] <= T(0) ? typename Lanes<T>::Native{} : v.part[q];
   return r;
+}
+template <typename T>
+__attribute__((always_inline)) inline CV<T> masked_by(const CV<T>& v, const CV<T>& m) {
+  return CV<T>{masked_lanes(v.re, m.re), masked_lanes(v.im, m.im)};
+}
+
+// n = 4 (the four rotations of the p4 group: a common channel count) written out per lane
+// vector of pixels, in registers: at n = 4 the general path below (a complex transform of
+// two pixel groups, staged in scratch, then split) took most of the analysis' and the
+// synthesis' time. A_k = sum_c x_c (-i)^(kc):
+//   A_0 = (x0 + x2) + (x1 + x3),  A_1 = (x0 - x2) + i (x3 - x1),  A_2 = (x0 + x2) - (x1 + x3).
+template <typename T, bool Masked>
+void analyze_rows4(const T* src, const T* mask, int64_t step, int64_t count, T* spectrum, int64_t plane) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = lanes_of<T>(), ahead = kStagedGroups * group_pixels<T>();  // (see analyze_rows)
+  for (int64_t p = 0; p < count; p += L) {
+    const int64_t valid = std::min(L, count - p);
+    V x[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      __builtin_prefetch(src + c * step + p + ahead);
+      x[c] = load_prefix(src + c * step + p, valid);
+      if constexpr (Masked) {
+        __builtin_prefetch(mask + c * step + p + ahead);
+        x[c] = masked_lanes(x[c], load_prefix(mask + c * step + p, valid));
+      }
+    }
+    // (stored one by one: an array of the planes would be zeroed by a memset and kept in memory)
+    const V even = x[0] + x[2], odd = x[1] + x[3], zero{};
+    store_prefix(spectrum + p, even + odd, valid);
+    store_prefix(spectrum + plane + p, zero, valid);
+    store_prefix(spectrum + 2 * plane + p, x[0] - x[2], valid);
+    store_prefix(spectrum + 3 * plane + p, x[3] - x[1], valid);
+    store_prefix(spectrum + 4 * plane + p, even - odd, valid);
+    store_prefix(spectrum + 5 * plane + p, zero, valid);
+  }
+}
+// Its inverse (n * irfft: the taps carry the 1 / n), then bias and ReLU:
+//   y_r = A_0 + (-1)^r A_2 + 2 Re(A_1 i^r).
+template <typename T>
+void synthesize4(const T* spectrum, int64_t plane, int64_t count, T* dst, int64_t step, T bias, bool relu) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = lanes_of<T>();
+  for (int64_t p = 0; p < count; p += L) {
+    const int64_t valid = std::min(L, count - p);
+    const V a0 = load_prefix(spectrum + p, valid) + bias, a2 = load_prefix(spectrum + 4 * plane + p, valid);
+    const V re = load_prefix(spectrum + 2 * plane + p, valid), im = load_prefix(spectrum + 3 * plane + p, valid);
+    const V even = a0 + a2, odd = a0 - a2, u = re + re, v = im + im;
+    const auto out = [&](int64_t r, const V& y) { store_prefix(dst + r * step + p, relu ? relu_lanes(y) : y, valid); };
+    out(0, even + u);
+    out(1, odd - v);
+    out(2, even - u);
+    out(3, odd + v);
+  }
 }
 
 // analyze, of src masked by `mask` (laid out as src) when Masked.
 template <typename T, bool Masked>
 void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step, int64_t count, T* spectrum,
                   int64_t plane, T* scratch) {
+  if (plan.n == 4) {
+    analyze_rows4<T, Masked>(src, mask, step, count, spectrum, plane);
+    return;
+  }
   constexpr int64_t G = group_pixels<T>();
   const int64_t n = plan.n, freqs = plan.freqs();
   CV<T>* staged = reinterpret_cast<CV<T>*>(scratch);  // kStagedGroups groups of n
@@ -360,6 +414,10 @@ void analyze_masked(const Plan<T>& plan, const T* src, const T* mask, int64_t st
 template <typename T>
 void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t count, T* dst,
                 int64_t step, T bias, bool relu, T* scratch) {
+  if (plan.n == 4) {
+    synthesize4(spectrum, plane, count, dst, step, bias, relu);
+    return;
+  }
   using V = typename LanesOf<T>::type;
   constexpr int64_t G = group_pixels<T>();
   const int64_t n = plan.n, freqs = plan.freqs();
@@ -450,23 +508,43 @@ struct ForwardBlock {
   int64_t out_step, px;
 };
 
+// Where position (ro, ch) of a block reads its tile and writes its plane, and how many of its
+// lanes are pixels.
+struct Position {
+  int64_t src, dst, valid;
+};
+// The positions of a block in order, row by row (no division per position).
+template <typename T>
+struct PositionWalk {
+  const Positions& at;
+  int64_t ro = 0, ch = 0;
+  Position next() {
+    constexpr int64_t L = lanes_of<T>();
+    const Position p{ro * at.row_step + ch * at.chunk_step, ro * at.width + ch * L, std::min(L, at.width - ch * L)};
+    if (++ch == at.chunks) {
+      ch = 0;
+      ++ro;
+    }
+    return p;
+  }
+};
+
+// The sums of filters [f0, f0 + NF) at NC positions. (Inlined into the walk over the
+// positions: a call per position cost as much as its sums at small channel counts.)
 template <typename T, int NF, int NC, bool Unit, bool Real>
-void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
+__attribute__((always_inline)) inline void forward_chunks(const ForwardBlock<T>& b, int64_t f0, const Position* at) {
   using V = typename LanesOf<T>::type;
-  constexpr int64_t L = lanes_of<T>();
   const Window2d& w = b.w;
   // Zeroed element by element: an aggregate `= {}` becomes a memset of the arrays, which
   // keeps them in memory instead of registers.
-  V sum_re[NF][NC], sum_im[NF][NC];
+  V sum_re[NF][NC], sum_im[Real ? 1 : NF][Real ? 1 : NC];
 #pragma GCC unroll 4
   for (int f = 0; f < NF; ++f) {
 #pragma GCC unroll 4
-    for (int n = 0; n < NC; ++n) sum_re[f][n] = sum_im[f][n] = V{};
-  }
-  int64_t src[NC];
-  for (int n = 0; n < NC; ++n) {
-    const int64_t ro = (pos0 + n) / b.at.chunks, ch = (pos0 + n) % b.at.chunks;
-    src[n] = ro * b.at.row_step + ch * b.at.chunk_step;
+    for (int n = 0; n < NC; ++n) {
+      sum_re[f][n] = V{};
+      if constexpr (!Real) sum_im[f][n] = V{};
+    }
   }
   const T* taps = b.taps + f0 * b.filter_step;
   for (int64_t i = 0; i < w.kernel_h; ++i) {
@@ -480,12 +558,12 @@ void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
       }
 #pragma GCC unroll 4
       for (int n = 0; n < NC; ++n) {
-        const V xr = load_lanes<Unit>(b.tile + src[n] + off, w.stride_w);
+        const V xr = load_lanes<Unit>(b.tile + at[n].src + off, w.stride_w);
         if constexpr (Real) {
 #pragma GCC unroll 8
           for (int f = 0; f < NF; ++f) sum_re[f][n] += xr * tr[f];
         } else {
-          const V xi = load_lanes<Unit>(b.tile + b.tile_plane + src[n] + off, w.stride_w);
+          const V xi = load_lanes<Unit>(b.tile + b.tile_plane + at[n].src + off, w.stride_w);
 #pragma GCC unroll 4
           for (int f = 0; f < NF; ++f) {
             sum_re[f][n] += xr * tr[f] + xi * ti[f];
@@ -495,13 +573,13 @@ void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
       }
     }
   }
+#pragma GCC unroll 4
   for (int n = 0; n < NC; ++n) {
-    const int64_t ro = (pos0 + n) / b.at.chunks, ch = (pos0 + n) % b.at.chunks;
-    const int64_t dst = ro * b.at.width + ch * L, valid = std::min(L, b.at.width - ch * L);
+#pragma GCC unroll 4
     for (int f = 0; f < NF; ++f) {
-      T* out = b.out + (f0 + f) * b.out_step;
-      store_prefix(out + dst, sum_re[f][n], valid);
-      if constexpr (!Real) store_prefix(out + b.px + dst, sum_im[f][n], valid);
+      T* out = b.out + (f0 + f) * b.out_step + at[n].dst;
+      store_prefix(out, sum_re[f][n], at[n].valid);
+      if constexpr (!Real) store_prefix(out + b.px, sum_im[f][n], at[n].valid);
     }
   }
 }
@@ -509,9 +587,17 @@ void forward_chunks(const ForwardBlock<T>& b, int64_t f0, int64_t pos0) {
 // Filters [f0, f0 + NF) over every position: NC positions at a time, then one by one.
 template <typename T, int NF, int NC, bool Unit, bool Real>
 void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
+  PositionWalk<T> walk{b.at};
   int64_t p = 0;
-  for (; p + NC <= positions; p += NC) forward_chunks<T, NF, NC, Unit, Real>(b, f0, p);
-  for (; p < positions; ++p) forward_chunks<T, NF, 1, Unit, Real>(b, f0, p);
+  for (; p + NC <= positions; p += NC) {
+    Position at[NC];
+    for (int n = 0; n < NC; ++n) at[n] = walk.next();
+    forward_chunks<T, NF, NC, Unit, Real>(b, f0, at);
+  }
+  for (; p < positions; ++p) {
+    const Position at = walk.next();
+    forward_chunks<T, NF, 1, Unit, Real>(b, f0, &at);
+  }
 }
 
 // Every filter: up to four at a time share each tap's loads; a lone filter takes S
