@@ -650,20 +650,14 @@ void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, 
 // gather from tiles of dY (one per filter, `tile_step` apart) whose rows and columns run
 // backwards over the taps. The lane sums stay in registers over the filters of the group.
 template <typename T, int NC, bool Real>
-void input_grad_chunks(const Window2d& w, const Positions& at, const T* tiles, int64_t tile_step,
+void input_grad_chunks(const Window2d& w, const Position* at, const T* tiles, int64_t tile_step,
                        int64_t tile_plane, int64_t pitch, int64_t filters, const T* taps, int64_t filter_step,
-                       int64_t tap_step, int64_t pos0, bool first, T* out, int64_t px) {
+                       int64_t tap_step, bool first, T* out, int64_t px) {
   using V = typename LanesOf<T>::type;
-  constexpr int64_t L = lanes_of<T>();
   V sum_re[NC], sum_im[NC];
-  int64_t src[NC], dst[NC], valid[NC];
   for (int n = 0; n < NC; ++n) {
-    const int64_t ro = (pos0 + n) / at.chunks, ch = (pos0 + n) % at.chunks;
-    src[n] = ro * at.row_step + ch * at.chunk_step;
-    dst[n] = ro * at.width + ch * L;
-    valid[n] = std::min(L, at.width - ch * L);
-    sum_re[n] = first ? V{} : load_prefix(out + dst[n], valid[n]);
-    sum_im[n] = first || Real ? V{} : load_prefix(out + px + dst[n], valid[n]);
+    sum_re[n] = first ? V{} : load_prefix(out + at[n].dst, at[n].valid);
+    sum_im[n] = first || Real ? V{} : load_prefix(out + px + at[n].dst, at[n].valid);
   }
   for (int64_t f = 0; f < filters; ++f) {
     const T* tile = tiles + f * tile_step;
@@ -674,11 +668,11 @@ void input_grad_chunks(const Window2d& w, const Positions& at, const T* tiles, i
         [[maybe_unused]] const T tr = t[0], ti = t[1];
 #pragma GCC unroll 8
         for (int n = 0; n < NC; ++n) {
-          const V gr = load<V>(tile + src[n] + off);
+          const V gr = load<V>(tile + at[n].src + off);
           if constexpr (Real) {
             sum_re[n] += gr * tr;
           } else {
-            const V gi = load<V>(tile + tile_plane + src[n] + off);
+            const V gi = load<V>(tile + tile_plane + at[n].src + off);
             sum_re[n] += gr * tr - gi * ti;
             sum_im[n] += gr * ti + gi * tr;
           }
@@ -687,8 +681,8 @@ void input_grad_chunks(const Window2d& w, const Positions& at, const T* tiles, i
     }
   }
   for (int n = 0; n < NC; ++n) {
-    store_prefix(out + dst[n], sum_re[n], valid[n]);
-    if constexpr (!Real) store_prefix(out + px + dst[n], sum_im[n], valid[n]);
+    store_prefix(out + at[n].dst, sum_re[n], at[n].valid);
+    if constexpr (!Real) store_prefix(out + px + at[n].dst, sum_im[n], at[n].valid);
   }
 }
 
@@ -772,13 +766,19 @@ void input_grad_rows(const Window2d& w, int64_t freqs, bool even, int64_t filter
       const auto all_positions = [&](auto is_real) {
         constexpr bool Real = decltype(is_real)::value;
         constexpr int S = Real ? 2 * kSums<T> : kSums<T>;
+        PositionWalk<T> walk{at};
         int64_t p = 0;
-        for (; p + S <= positions; p += S)
-          input_grad_chunks<T, S, Real>(w, at, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs, p,
+        for (; p + S <= positions; p += S) {
+          Position some[S];
+          for (int n = 0; n < S; ++n) some[n] = walk.next();
+          input_grad_chunks<T, S, Real>(w, some, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs,
                                         f0 == 0, g, px);
-        for (; p < positions; ++p)
-          input_grad_chunks<T, 1, Real>(w, at, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs, p,
+        }
+        for (; p < positions; ++p) {
+          const Position one = walk.next();
+          input_grad_chunks<T, 1, Real>(w, &one, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs,
                                         f0 == 0, g, px);
+        }
       };
       real ? all_positions(std::true_type{}) : all_positions(std::false_type{});
     }
