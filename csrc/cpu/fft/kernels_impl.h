@@ -508,6 +508,30 @@ struct ForwardBlock {
   int64_t out_step, px;
 };
 
+// The kernel's height and width: K x K when K > 0 (3 x 3, the common kernel, compiled with
+// its taps unrolled: a loop over three taps cost as much as their sums at small C), else
+// the window's.
+template <int K>
+inline int64_t kernel_h(const Window2d& w) {
+  return K > 0 ? K : w.kernel_h;
+}
+template <int K>
+inline int64_t kernel_w(const Window2d& w) {
+  return K > 0 ? K : w.kernel_w;
+}
+inline bool is_3x3(const Window2d& w) { return w.kernel_h == 3 && w.kernel_w == 3; }
+
+// fn(std::bool_constant<flag>...): run-time flags as compile-time ones.
+template <typename Fn>
+void with_flags(Fn&& fn) {
+  fn();
+}
+template <typename Fn, typename... Rest>
+void with_flags(Fn&& fn, bool first, Rest... rest) {
+  with_flags([&](auto... later) { first ? fn(std::true_type{}, later...) : fn(std::false_type{}, later...); },
+             rest...);
+}
+
 // Where position (ro, ch) of a block reads its tile and writes its plane, and how many of its
 // lanes are pixels.
 struct Position {
@@ -531,10 +555,11 @@ struct PositionWalk {
 
 // The sums of filters [f0, f0 + NF) at NC positions. (Inlined into the walk over the
 // positions: a call per position cost as much as its sums at small channel counts.)
-template <typename T, int NF, int NC, bool Unit, bool Real>
+template <typename T, int NF, int NC, bool Unit, bool Real, int K>
 __attribute__((always_inline)) inline void forward_chunks(const ForwardBlock<T>& b, int64_t f0, const Position* at) {
   using V = typename LanesOf<T>::type;
   const Window2d& w = b.w;
+  const int64_t kh = kernel_h<K>(w), kw = kernel_w<K>(w);
   // Zeroed element by element: an aggregate `= {}` becomes a memset of the arrays, which
   // keeps them in memory instead of registers.
   V sum_re[NF][NC], sum_im[Real ? 1 : NF][Real ? 1 : NC];
@@ -547,10 +572,10 @@ __attribute__((always_inline)) inline void forward_chunks(const ForwardBlock<T>&
     }
   }
   const T* taps = b.taps + f0 * b.filter_step;
-  for (int64_t i = 0; i < w.kernel_h; ++i) {
-    for (int64_t j = 0; j < w.kernel_w; ++j) {
+  for (int64_t i = 0; i < kh; ++i) {
+    for (int64_t j = 0; j < kw; ++j) {
       const int64_t off = i * w.dil_h * b.pitch + j * w.dil_w;
-      const T* t = taps + (i * w.kernel_w + j) * b.tap_step;
+      const T* t = taps + (i * kw + j) * b.tap_step;
       T tr[NF], ti[NF];
       for (int f = 0; f < NF; ++f) {
         tr[f] = t[f * b.filter_step];
@@ -585,35 +610,35 @@ __attribute__((always_inline)) inline void forward_chunks(const ForwardBlock<T>&
 }
 
 // Filters [f0, f0 + NF) over every position: NC positions at a time, then one by one.
-template <typename T, int NF, int NC, bool Unit, bool Real>
+template <typename T, int NF, int NC, bool Unit, bool Real, int K>
 void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
   PositionWalk<T> walk{b.at};
   int64_t p = 0;
   for (; p + NC <= positions; p += NC) {
     Position at[NC];
     for (int n = 0; n < NC; ++n) at[n] = walk.next();
-    forward_chunks<T, NF, NC, Unit, Real>(b, f0, at);
+    forward_chunks<T, NF, NC, Unit, Real, K>(b, f0, at);
   }
   for (; p < positions; ++p) {
     const Position at = walk.next();
-    forward_chunks<T, NF, 1, Unit, Real>(b, f0, &at);
+    forward_chunks<T, NF, 1, Unit, Real, K>(b, f0, &at);
   }
 }
 
 // Every filter: up to four at a time share each tap's loads; a lone filter takes S
 // positions at a time. Real (frequency 0, and n/2 for an even n, where X and the taps are
 // real): a quarter of the multiplies and no imaginary sums, so twice as many sums in flight.
-template <typename T, bool Unit, bool Real>
+template <typename T, bool Unit, bool Real, int K>
 void forward_all_filters(const ForwardBlock<T>& b, int64_t filters, int64_t positions) {
   constexpr int S = Real ? 2 * kSums<T> : kSums<T>;
   int64_t f = 0;
   if constexpr (S >= 4) {
-    for (; f + 4 <= filters; f += 4) forward_filters<T, 4, S / 4, Unit, Real>(b, f, positions);
+    for (; f + 4 <= filters; f += 4) forward_filters<T, 4, S / 4, Unit, Real, K>(b, f, positions);
   }
   if constexpr (S >= 2) {
-    for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2, Unit, Real>(b, f, positions);
+    for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2, Unit, Real, K>(b, f, positions);
   }
-  for (; f < filters; ++f) forward_filters<T, 1, S, Unit, Real>(b, f, positions);
+  for (; f < filters; ++f) forward_filters<T, 1, S, Unit, Real, K>(b, f, positions);
 }
 
 // Whether frequency k of a real transform over n = 2 (freqs - 1) + (odd ? 1 : 0) points is
@@ -636,24 +661,21 @@ void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, 
               oh0 * w.stride_h - w.pad_h, -w.pad_w, tile_rows, pitch, tile);
     const ForwardBlock<T> b{w, at, tile, tile_rows * pitch, pitch, taps + 2 * k, 2 * freqs,
                             2 * w.kernel_h * w.kernel_w * freqs, out + 2 * k * px, 2 * freqs * px, px};
-    if (w.stride_w == 1) {
-      real ? forward_all_filters<T, true, true>(b, filters, positions)
-           : forward_all_filters<T, true, false>(b, filters, positions);
-    } else {
-      real ? forward_all_filters<T, false, true>(b, filters, positions)
-           : forward_all_filters<T, false, false>(b, filters, positions);
-    }
+    with_flags([&](auto unit, auto is_real, auto k3) {
+      forward_all_filters<T, unit.value, is_real.value, k3.value ? 3 : 0>(b, filters, positions);
+    }, w.stride_w == 1, real, is_3x3(w));
   }
 }
 
 // dX (stride 1): out[k] += sum over the filters and taps of dY(f) * taps[f][t][k], as a
 // gather from tiles of dY (one per filter, `tile_step` apart) whose rows and columns run
 // backwards over the taps. The lane sums stay in registers over the filters of the group.
-template <typename T, int NC, bool Real>
+template <typename T, int NC, bool Real, int K>
 void input_grad_chunks(const Window2d& w, const Position* at, const T* tiles, int64_t tile_step,
                        int64_t tile_plane, int64_t pitch, int64_t filters, const T* taps, int64_t filter_step,
                        int64_t tap_step, bool first, T* out, int64_t px) {
   using V = typename LanesOf<T>::type;
+  const int64_t kh = kernel_h<K>(w), kw = kernel_w<K>(w);
   V sum_re[NC], sum_im[NC];
   for (int n = 0; n < NC; ++n) {
     sum_re[n] = first ? V{} : load_prefix(out + at[n].dst, at[n].valid);
@@ -661,10 +683,10 @@ void input_grad_chunks(const Window2d& w, const Position* at, const T* tiles, in
   }
   for (int64_t f = 0; f < filters; ++f) {
     const T* tile = tiles + f * tile_step;
-    for (int64_t i = 0; i < w.kernel_h; ++i) {
-      for (int64_t j = 0; j < w.kernel_w; ++j) {
-        const int64_t off = (w.kernel_h - 1 - i) * w.dil_h * pitch + (w.kernel_w - 1 - j) * w.dil_w;
-        const T* t = taps + f * filter_step + (i * w.kernel_w + j) * tap_step;
+    for (int64_t i = 0; i < kh; ++i) {
+      for (int64_t j = 0; j < kw; ++j) {
+        const int64_t off = (kh - 1 - i) * w.dil_h * pitch + (kw - 1 - j) * w.dil_w;
+        const T* t = taps + f * filter_step + (i * kw + j) * tap_step;
         [[maybe_unused]] const T tr = t[0], ti = t[1];
 #pragma GCC unroll 8
         for (int n = 0; n < NC; ++n) {
@@ -763,24 +785,24 @@ void input_grad_rows(const Window2d& w, int64_t freqs, bool even, int64_t filter
       }
       const T* t = taps + 2 * (f0 * kk * freqs + k);
       const int64_t filter_step = 2 * kk * freqs;
-      const auto all_positions = [&](auto is_real) {
+      const auto all_positions = [&](auto is_real, auto k3) {
         constexpr bool Real = decltype(is_real)::value;
-        constexpr int S = Real ? 2 * kSums<T> : kSums<T>;
+        constexpr int S = Real ? 2 * kSums<T> : kSums<T>, K = decltype(k3)::value ? 3 : 0;
         PositionWalk<T> walk{at};
         int64_t p = 0;
         for (; p + S <= positions; p += S) {
           Position some[S];
           for (int n = 0; n < S; ++n) some[n] = walk.next();
-          input_grad_chunks<T, S, Real>(w, some, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs,
+          input_grad_chunks<T, S, Real, K>(w, some, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs,
                                         f0 == 0, g, px);
         }
         for (; p < positions; ++p) {
           const Position one = walk.next();
-          input_grad_chunks<T, 1, Real>(w, &one, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs,
+          input_grad_chunks<T, 1, Real, K>(w, &one, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs,
                                         f0 == 0, g, px);
         }
       };
-      real ? all_positions(std::true_type{}) : all_positions(std::false_type{});
+      with_flags(all_positions, real, is_3x3(w));
     }
   }
 }
