@@ -86,6 +86,7 @@ FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides,
     ((3, 1, 8, 8), 2, (3, 3), dict(padding=1)),
     ((2, 4, 7, 37), 5, (3, 3), dict(padding=1)),  # C = 4: the written-out transform
     ((3, 4, 9, 10), 2, (3, 2), dict(stride=2, padding=(2, 0))),
+    ((2, 16, 6, 21), 3, (3, 3), dict(padding=1)),  # C = 16: the written-out synthesis
 ]
 
 

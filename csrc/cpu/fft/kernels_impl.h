@@ -163,7 +163,7 @@ inline void store_group(T* p, int64_t valid, const CV<T>& in) {
 
 // v *= (wr + i wi)
 template <typename T>
-inline void rotate(CV<T>& v, T wr, T wi) {
+__attribute__((always_inline)) inline void rotate(CV<T>& v, T wr, T wi) {
   const auto re = v.re * wr - v.im * wi;
   v.im = v.re * wi + v.im * wr;
   v.re = re;
@@ -171,20 +171,20 @@ inline void rotate(CV<T>& v, T wr, T wi) {
 
 // v * (-i)
 template <typename T>
-inline CV<T> times_minus_i(const CV<T>& v) {
+__attribute__((always_inline)) inline CV<T> times_minus_i(const CV<T>& v) {
   return CV<T>{v.im, -v.re};
 }
 
 template <typename T>
-inline CV<T> operator+(const CV<T>& a, const CV<T>& b) {
+__attribute__((always_inline)) inline CV<T> operator+(const CV<T>& a, const CV<T>& b) {
   return CV<T>{a.re + b.re, a.im + b.im};
 }
 template <typename T>
-inline CV<T> operator-(const CV<T>& a, const CV<T>& b) {
+__attribute__((always_inline)) inline CV<T> operator-(const CV<T>& a, const CV<T>& b) {
   return CV<T>{a.re - b.re, a.im - b.im};
 }
 template <typename T>
-inline CV<T> scaled(const CV<T>& a, T s) {
+__attribute__((always_inline)) inline CV<T> scaled(const CV<T>& a, T s) {
   return CV<T>{a.re * s, a.im * s};
 }
 
@@ -298,53 +298,123 @@ __attribute__((always_inline)) inline CV<T> masked_by(const CV<T>& v, const CV<T
   return CV<T>{masked_lanes(v.re, m.re), masked_lanes(v.im, m.im)};
 }
 
-// n = 4 (the four rotations of the p4 group: a common channel count) written out per lane
-// vector of pixels, in registers: at n = 4 the general path below (a complex transform of
-// two pixel groups, staged in scratch, then split) took most of the analysis' and the
-// synthesis' time. A_k = sum_c x_c (-i)^(kc):
+// --- short transforms written out -----------------------------------------------------------
+// n = 4 (the four rotations of the p4 group: a common channel count; analysis and synthesis)
+// and n = 16 (synthesis), per lane vector of pixels (each pixel its own real transform; no
+// pairing of pixel groups), in registers: at these n the general path below (a complex
+// transform of two pixel groups, staged in scratch, then split) took most of the analysis'
+// and the synthesis' time.
+
+// The real DFT of 4 points, A_k = sum_c x_c (-i)^(kc): A_0 and A_2 real, A_3 = conj A_1.
 //   A_0 = (x0 + x2) + (x1 + x3),  A_1 = (x0 - x2) + i (x3 - x1),  A_2 = (x0 + x2) - (x1 + x3).
+template <typename T>
+struct RealDft4 {
+  typename LanesOf<T>::type a0;
+  CV<T> a1;
+  typename LanesOf<T>::type a2;
+};
+template <typename T, typename V = typename LanesOf<T>::type>
+__attribute__((always_inline)) inline RealDft4<T> real_dft4(const V& x0, const V& x1, const V& x2, const V& x3) {
+  const V even = x0 + x2, odd = x1 + x3;
+  return RealDft4<T>{even + odd, CV<T>{x0 - x2, x3 - x1}, even - odd};
+}
+// Its inverse times 4 (y_r = A_0 + (-1)^r A_2 + 2 Re(A_1 i^r)), row r to out(r, y_r).
+template <typename T, typename Out>
+__attribute__((always_inline)) inline void inverse_real_dft4(const RealDft4<T>& a, Out&& out) {
+  using V = typename LanesOf<T>::type;
+  const V even = a.a0 + a.a2, odd = a.a0 - a.a2, u = a.a1.re + a.a1.re, v = a.a1.im + a.a1.im;
+  out(0, even + u);
+  out(1, odd - v);
+  out(2, even - u);
+  out(3, odd + v);
+}
+
+// Row c of a lane vector's pixels, masked (ReLU's derivative) when Masked; prefetches the
+// same row's block of the next work item (see analyze_rows).
+template <typename T, bool Masked>
+__attribute__((always_inline)) inline typename LanesOf<T>::type load_row(const T* src, const T* mask, int64_t at,
+                                                                        int64_t valid) {
+  constexpr int64_t ahead = kStagedGroups * group_pixels<T>();
+  __builtin_prefetch(src + at + ahead);
+  const auto x = load_prefix(src + at, valid);
+  if constexpr (!Masked) return x;
+  __builtin_prefetch(mask + at + ahead);
+  return masked_lanes(x, load_prefix(mask + at, valid));
+}
+
 template <typename T, bool Masked>
 void analyze_rows4(const T* src, const T* mask, int64_t step, int64_t count, T* spectrum, int64_t plane) {
   using V = typename LanesOf<T>::type;
-  constexpr int64_t L = lanes_of<T>(), ahead = kStagedGroups * group_pixels<T>();  // (see analyze_rows)
+  constexpr int64_t L = lanes_of<T>();
   for (int64_t p = 0; p < count; p += L) {
     const int64_t valid = std::min(L, count - p);
-    V x[4];
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) {
-      __builtin_prefetch(src + c * step + p + ahead);
-      x[c] = load_prefix(src + c * step + p, valid);
-      if constexpr (Masked) {
-        __builtin_prefetch(mask + c * step + p + ahead);
-        x[c] = masked_lanes(x[c], load_prefix(mask + c * step + p, valid));
-      }
-    }
+    const auto row = [&](int64_t c) { return load_row<T, Masked>(src, mask, c * step + p, valid); };
+    const RealDft4<T> a = real_dft4<T>(row(0), row(1), row(2), row(3));
     // (stored one by one: an array of the planes would be zeroed by a memset and kept in memory)
-    const V even = x[0] + x[2], odd = x[1] + x[3], zero{};
-    store_prefix(spectrum + p, even + odd, valid);
+    const V zero{};
+    store_prefix(spectrum + p, a.a0, valid);
     store_prefix(spectrum + plane + p, zero, valid);
-    store_prefix(spectrum + 2 * plane + p, x[0] - x[2], valid);
-    store_prefix(spectrum + 3 * plane + p, x[3] - x[1], valid);
-    store_prefix(spectrum + 4 * plane + p, even - odd, valid);
+    store_prefix(spectrum + 2 * plane + p, a.a1.re, valid);
+    store_prefix(spectrum + 3 * plane + p, a.a1.im, valid);
+    store_prefix(spectrum + 4 * plane + p, a.a2, valid);
     store_prefix(spectrum + 5 * plane + p, zero, valid);
   }
 }
-// Its inverse (n * irfft: the taps carry the 1 / n), then bias and ReLU:
-//   y_r = A_0 + (-1)^r A_2 + 2 Re(A_1 i^r).
+// Its inverse (n * irfft: the taps carry the 1 / n), then bias and ReLU.
 template <typename T>
 void synthesize4(const T* spectrum, int64_t plane, int64_t count, T* dst, int64_t step, T bias, bool relu) {
   using V = typename LanesOf<T>::type;
   constexpr int64_t L = lanes_of<T>();
   for (int64_t p = 0; p < count; p += L) {
     const int64_t valid = std::min(L, count - p);
-    const V a0 = load_prefix(spectrum + p, valid) + bias, a2 = load_prefix(spectrum + 4 * plane + p, valid);
-    const V re = load_prefix(spectrum + 2 * plane + p, valid), im = load_prefix(spectrum + 3 * plane + p, valid);
-    const V even = a0 + a2, odd = a0 - a2, u = re + re, v = im + im;
-    const auto out = [&](int64_t r, const V& y) { store_prefix(dst + r * step + p, relu ? relu_lanes(y) : y, valid); };
-    out(0, even + u);
-    out(1, odd - v);
-    out(2, even - u);
-    out(3, odd + v);
+    const auto at = [&](int64_t q) { return load_prefix(spectrum + q * plane + p, valid); };
+    const RealDft4<T> a{at(0) + bias, CV<T>{at(2), at(3)}, at(4)};
+    inverse_real_dft4(a, [&](int64_t r, const V& y) { store_prefix(dst + r * step + p, relu ? relu_lanes(y) : y, valid); });
+  }
+}
+
+// The synthesis at n = 16 as 4 x 4 (Cooley-Tukey, c = 4a + b, k = k1 + 4 k2): the forward
+// transform would be Y_b = the real DFT-4 of rows b, b + 4, b + 8, b + 12, then X[k1 + 4 k2]
+// = sum_b W^(b k1) Y_b[k1] (-i)^(b k2), W = exp(-2 pi i / 16): a DFT-4 over b per k1, where
+// k1 = 0 and 2 have real Y_b[k1] and k1 = 1 gives X1, X5, X9 = conj X7 and X13 = conj X3.
+// (Written out, that analysis measured slower than the general one: 16 rows and their masks
+// read at once are more streams than the staged reading of the general path.)
+constexpr double kHalfSqrt2 = 0.70710678118654752440084436210485;  // cos(pi / 4)
+constexpr double kCosPi8 = 0.92387953251128675612818318939679;     // cos(pi / 8)
+constexpr double kSinPi8 = 0.38268343236508977172845998403040;     // sin(pi / 8)
+
+// Its inverse (n * irfft), then bias and ReLU: those steps backwards, each sub-spectrum U_b
+// (U_b[k1] = 4 Y_b[k1]) then an inverse DFT-4 into rows b, b + 4, b + 8, b + 12.
+template <typename T>
+void synthesize16(const T* spectrum, int64_t plane, int64_t count, T* dst, int64_t step, T bias, bool relu) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = lanes_of<T>();
+  const T h = T(kHalfSqrt2), c1 = T(kCosPi8), s1 = T(kSinPi8);
+  for (int64_t p = 0; p < count; p += L) {
+    const int64_t valid = std::min(L, count - p);
+    const auto at = [&](int64_t q) { return load_prefix(spectrum + q * plane + p, valid); };
+    const auto freq = [&](int64_t k) { return CV<T>{at(2 * k), at(2 * k + 1)}; };
+    // k1 = 0: U_b[0] for b = 0..3, the inverse real DFT-4 of X0 (with the bias), X4, X8.
+    V u0[4];
+    inverse_real_dft4(RealDft4<T>{at(0) + bias, freq(4), at(16)}, [&](int64_t b, const V& y) { u0[b] = y; });
+    // k1 = 2: U_b[2] = Re(exp(i pi b / 4) sum_k2 X_(2 + 4 k2) i^(b k2)).
+    const CV<T> x2 = freq(2), x6 = freq(6);
+    const V u2[4] = {(x2.re + x6.re) * T(2), (x2.re - x2.im - x6.re - x6.im) * (h + h), (x6.im - x2.im) * T(2),
+                     (x6.re - x2.re - x2.im - x6.im) * (h + h)};
+    // k1 = 1: an inverse complex DFT-4 of X1, X5, conj X7, conj X3, twiddled by W^(-b).
+    const CV<T> q0 = freq(1), q1 = freq(5), x7 = freq(7), x3 = freq(3);
+    const CV<T> q2{x7.re, -x7.im}, q3{x3.re, -x3.im};
+    const CV<T> t0 = q0 + q2, t1 = q0 - q2, t2 = q1 + q3, d = q1 - q3, t3{-d.im, d.re};  // t3 = i (q1 - q3)
+    CV<T> u1[4] = {t0 + t2, t1 + t3, t0 - t2, t1 - t3};
+    rotate(u1[1], c1, s1);
+    rotate(u1[2], h, h);
+    rotate(u1[3], s1, c1);
+#pragma GCC unroll 4
+    for (int64_t b = 0; b < 4; ++b) {
+      inverse_real_dft4(RealDft4<T>{u0[b], u1[b], u2[b]}, [&](int64_t a, const V& y) {
+        store_prefix(dst + (4 * a + b) * step + p, relu ? relu_lanes(y) : y, valid);
+      });
+    }
   }
 }
 
@@ -414,8 +484,8 @@ void analyze_masked(const Plan<T>& plan, const T* src, const T* mask, int64_t st
 template <typename T>
 void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t count, T* dst,
                 int64_t step, T bias, bool relu, T* scratch) {
-  if (plan.n == 4) {
-    synthesize4(spectrum, plane, count, dst, step, bias, relu);
+  if (plan.n == 4 || plan.n == 16) {
+    (plan.n == 4 ? synthesize4<T> : synthesize16<T>)(spectrum, plane, count, dst, step, bias, relu);
     return;
   }
   using V = typename LanesOf<T>::type;
