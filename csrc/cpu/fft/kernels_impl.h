@@ -731,9 +731,11 @@ void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, 
               oh0 * w.stride_h - w.pad_h, -w.pad_w, tile_rows, pitch, tile);
     const ForwardBlock<T> b{w, at, tile, tile_rows * pitch, pitch, taps + 2 * k, 2 * freqs,
                             2 * w.kernel_h * w.kernel_w * freqs, out + 2 * k * px, 2 * freqs * px, px};
-    with_flags([&](auto unit, auto is_real, auto k3) {
-      forward_all_filters<T, unit.value, is_real.value, k3.value ? 3 : 0>(b, filters, positions);
-    }, w.stride_w == 1, real, is_3x3(w));
+    const auto all_filters = [&](auto unit, auto is_real, auto k3) {
+      constexpr int K = decltype(k3)::value ? 3 : 0;
+      forward_all_filters<T, decltype(unit)::value, decltype(is_real)::value, K>(b, filters, positions);
+    };
+    with_flags(all_filters, w.stride_w == 1, real, is_3x3(w));
   }
 }
 
