@@ -484,8 +484,12 @@ void analyze_masked(const Plan<T>& plan, const T* src, const T* mask, int64_t st
 template <typename T>
 void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t count, T* dst,
                 int64_t step, T bias, bool relu, T* scratch) {
-  if (plan.n == 4 || plan.n == 16) {
-    (plan.n == 4 ? synthesize4<T> : synthesize16<T>)(spectrum, plane, count, dst, step, bias, relu);
+  if (plan.n == 4) {
+    synthesize4(spectrum, plane, count, dst, step, bias, relu);
+    return;
+  }
+  if (plan.n == 16) {
+    synthesize16(spectrum, plane, count, dst, step, bias, relu);
     return;
   }
   using V = typename LanesOf<T>::type;
@@ -607,21 +611,31 @@ void with_flags(Fn&& fn, bool first, Rest... rest) {
 struct Position {
   int64_t src, dst, valid;
 };
-// The positions of a block in order, row by row (no division per position).
-template <typename T>
-struct PositionWalk {
-  const Positions& at;
+// fn(std::integral_constant<int, m>{}, positions) over a block's positions in order, row
+// by row (no division per position): N at a time (m = N), then the rest one by one (m = 1).
+template <typename T, int N, typename Fn>
+__attribute__((always_inline)) inline void for_positions(const Positions& at, int64_t positions, Fn&& fn) {
+  constexpr int64_t L = lanes_of<T>();
   int64_t ro = 0, ch = 0;
-  Position next() {
-    constexpr int64_t L = lanes_of<T>();
+  const auto next = [&]() __attribute__((always_inline)) {
     const Position p{ro * at.row_step + ch * at.chunk_step, ro * at.width + ch * L, std::min(L, at.width - ch * L)};
     if (++ch == at.chunks) {
       ch = 0;
       ++ro;
     }
     return p;
+  };
+  int64_t p = 0;
+  for (; p + N <= positions; p += N) {
+    Position some[N];
+    for (int n = 0; n < N; ++n) some[n] = next();
+    fn(std::integral_constant<int, N>{}, some);
   }
-};
+  for (; p < positions; ++p) {
+    const Position one = next();
+    fn(std::integral_constant<int, 1>{}, &one);
+  }
+}
 
 // The sums of filters [f0, f0 + NF) at NC positions. (Inlined into the walk over the
 // positions: a call per position cost as much as its sums at small channel counts.)
@@ -682,17 +696,9 @@ __attribute__((always_inline)) inline void forward_chunks(const ForwardBlock<T>&
 // Filters [f0, f0 + NF) over every position: NC positions at a time, then one by one.
 template <typename T, int NF, int NC, bool Unit, bool Real, int K>
 void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
-  PositionWalk<T> walk{b.at};
-  int64_t p = 0;
-  for (; p + NC <= positions; p += NC) {
-    Position at[NC];
-    for (int n = 0; n < NC; ++n) at[n] = walk.next();
-    forward_chunks<T, NF, NC, Unit, Real, K>(b, f0, at);
-  }
-  for (; p < positions; ++p) {
-    const Position at = walk.next();
-    forward_chunks<T, NF, 1, Unit, Real, K>(b, f0, &at);
-  }
+  for_positions<T, NC>(b.at, positions, [&](auto m, const Position* at) {
+    forward_chunks<T, NF, decltype(m)::value, Unit, Real, K>(b, f0, at);
+  });
 }
 
 // Every filter: up to four at a time share each tap's loads; a lone filter takes S
@@ -860,19 +866,10 @@ void input_grad_rows(const Window2d& w, int64_t freqs, bool even, int64_t filter
       const auto all_positions = [&](auto is_real, auto k3) {
         constexpr bool Real = decltype(is_real)::value;
         constexpr int S = Real ? 2 * kSums<T> : kSums<T>, K = decltype(k3)::value ? 3 : 0;
-        PositionWalk<T> walk{at};
-        int64_t p = 0;
-        for (; p + S <= positions; p += S) {
-          Position some[S];
-          for (int n = 0; n < S; ++n) some[n] = walk.next();
-          input_grad_chunks<T, S, Real, K>(w, some, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs,
-                                        f0 == 0, g, px);
-        }
-        for (; p < positions; ++p) {
-          const Position one = walk.next();
-          input_grad_chunks<T, 1, Real, K>(w, &one, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs,
-                                        f0 == 0, g, px);
-        }
+        for_positions<T, S>(at, positions, [&](auto m, const Position* some) {
+          input_grad_chunks<T, decltype(m)::value, Real, K>(w, some, tile, 2 * plane, plane, pitch, count, t,
+                                                            filter_step, 2 * freqs, f0 == 0, g, px);
+        });
       };
       with_flags(all_positions, real, is_3x3(w));
     }
