@@ -164,5 +164,12 @@ extern "C" PyObject* PyInit__C(void) {
   PyModule_AddIntConstant(m, "debug", 0);
 #endif
   PyModule_AddStringConstant(m, "version", ROLLCONV_VERSION);
+  // The largest workspace setting in MiB (its bytes fit an int64): rollconv.backends checks against it.
+  PyObject* max_workspace_mb = PyLong_FromLongLong(rollconv::settings::kMaxWorkspaceMb);
+  if (max_workspace_mb == nullptr || PyModule_AddObject(m, "max_workspace_mb", max_workspace_mb) < 0) {
+    Py_XDECREF(max_workspace_mb);
+    Py_DECREF(m);
+    return nullptr;
+  }
   return m;
 }

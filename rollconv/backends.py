@@ -134,7 +134,7 @@ def cached_algorithms():
 
 
 _KEEP = object()  # a switch left as it is
-_MAX_WORKSPACE_MB = (2**63 - 1) >> 20  # the most whose bytes fit the library's int64
+_MAX_WORKSPACE_MB = _C.max_workspace_mb  # the library's bound: the most whose bytes fit an int64
 
 
 def _valid_workspace_mb(value):
