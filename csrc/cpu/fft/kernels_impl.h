@@ -85,11 +85,17 @@ struct LanesOf {
   using type = Lanes<T>;
 };
 
-// One complex vector: the same transform position for `lanes` pixels.
-template <typename T>
-struct CV {
-  typename LanesOf<T>::type re, im;
+// A complex vector: the same transform position for the lanes of V. CV<T>, a whole lane
+// vector of pixels, is what the sums and the loads and stores work on; the general
+// transforms run on one native vector of those lanes at a time (PartCV<T>; see analyze_rows).
+template <typename V>
+struct Complex {
+  V re, im;
 };
+template <typename T>
+using CV = Complex<Lanes<T>>;
+template <typename T>
+using PartCV = Complex<typename Lanes<T>::Native>;
 
 // Unaligned loads and stores, one native vector at a time (a memcpy of the whole lane
 // vector goes through the stack).
@@ -162,50 +168,50 @@ inline void store_group(T* p, int64_t valid, const CV<T>& in) {
 }
 
 // v *= (wr + i wi)
-template <typename T>
-__attribute__((always_inline)) inline void rotate(CV<T>& v, T wr, T wi) {
-  const auto re = v.re * wr - v.im * wi;
+template <typename V, typename S>
+__attribute__((always_inline)) inline void rotate(Complex<V>& v, S wr, S wi) {
+  const V re = v.re * wr - v.im * wi;
   v.im = v.re * wi + v.im * wr;
   v.re = re;
 }
 
 // v * (-i)
-template <typename T>
-__attribute__((always_inline)) inline CV<T> times_minus_i(const CV<T>& v) {
-  return CV<T>{v.im, -v.re};
+template <typename V>
+__attribute__((always_inline)) inline Complex<V> times_minus_i(const Complex<V>& v) {
+  return Complex<V>{v.im, -v.re};
 }
 
-template <typename T>
-__attribute__((always_inline)) inline CV<T> operator+(const CV<T>& a, const CV<T>& b) {
-  return CV<T>{a.re + b.re, a.im + b.im};
+template <typename V>
+__attribute__((always_inline)) inline Complex<V> operator+(const Complex<V>& a, const Complex<V>& b) {
+  return Complex<V>{a.re + b.re, a.im + b.im};
 }
-template <typename T>
-__attribute__((always_inline)) inline CV<T> operator-(const CV<T>& a, const CV<T>& b) {
-  return CV<T>{a.re - b.re, a.im - b.im};
+template <typename V>
+__attribute__((always_inline)) inline Complex<V> operator-(const Complex<V>& a, const Complex<V>& b) {
+  return Complex<V>{a.re - b.re, a.im - b.im};
 }
-template <typename T>
-__attribute__((always_inline)) inline CV<T> scaled(const CV<T>& a, T s) {
-  return CV<T>{a.re * s, a.im * s};
+template <typename V, typename S>
+__attribute__((always_inline)) inline Complex<V> scaled(const Complex<V>& a, S s) {
+  return Complex<V>{a.re * s, a.im * s};
 }
 
 // The forward DFT of R points in place (sign -), R = 2, 3, 4, 5.
-template <typename T, int R>
-inline void butterfly(CV<T>* v) {
+template <typename T, int R, typename C>
+inline void butterfly(C* v) {
   if constexpr (R == 2) {
-    const CV<T> a = v[0];
+    const C a = v[0];
     v[0] = a + v[1];
     v[1] = a - v[1];
   } else if constexpr (R == 3) {
     constexpr T half_sqrt3 = T(0.86602540378443864676372317075294);
-    const CV<T> sum = v[1] + v[2];
-    const CV<T> mid = v[0] - scaled(sum, T(0.5));
-    const CV<T> rot = scaled(times_minus_i(v[1] - v[2]), half_sqrt3);
+    const C sum = v[1] + v[2];
+    const C mid = v[0] - scaled(sum, T(0.5));
+    const C rot = scaled(times_minus_i(v[1] - v[2]), half_sqrt3);
     v[0] = v[0] + sum;
     v[1] = mid + rot;
     v[2] = mid - rot;
   } else if constexpr (R == 4) {
-    const CV<T> t0 = v[0] + v[2], t1 = v[0] - v[2];
-    const CV<T> t2 = v[1] + v[3], t3 = times_minus_i(v[1] - v[3]);
+    const C t0 = v[0] + v[2], t1 = v[0] - v[2];
+    const C t2 = v[1] + v[3], t3 = times_minus_i(v[1] - v[3]);
     v[0] = t0 + t2;
     v[2] = t0 - t2;
     v[1] = t1 + t3;
@@ -216,11 +222,11 @@ inline void butterfly(CV<T>* v) {
     constexpr T cos2 = T(-0.80901699437494742410229341718282);  // cos(4 pi / 5)
     constexpr T sin1 = T(0.95105651629515357211643933337938);   // sin(2 pi / 5)
     constexpr T sin2 = T(0.58778525229247312916870595463907);   // sin(4 pi / 5)
-    const CV<T> b1 = v[1] + v[4], b2 = v[2] + v[3], d1 = v[1] - v[4], d2 = v[2] - v[3];
-    const CV<T> c1 = v[0] + scaled(b1, cos1) + scaled(b2, cos2);
-    const CV<T> c2 = v[0] + scaled(b1, cos2) + scaled(b2, cos1);
-    const CV<T> s1 = times_minus_i(scaled(d1, sin1) + scaled(d2, sin2));
-    const CV<T> s2 = times_minus_i(scaled(d1, sin2) - scaled(d2, sin1));
+    const C b1 = v[1] + v[4], b2 = v[2] + v[3], d1 = v[1] - v[4], d2 = v[2] - v[3];
+    const C c1 = v[0] + scaled(b1, cos1) + scaled(b2, cos2);
+    const C c2 = v[0] + scaled(b1, cos2) + scaled(b2, cos1);
+    const C s1 = times_minus_i(scaled(d1, sin1) + scaled(d2, sin2));
+    const C s2 = times_minus_i(scaled(d1, sin2) - scaled(d2, sin1));
     v[0] = v[0] + b1 + b2;
     v[1] = c1 + s1;
     v[4] = c1 - s1;
@@ -232,29 +238,29 @@ inline void butterfly(CV<T>* v) {
 // One Stockham stage (decimation in time): input j + r * n / R, twiddled by
 // exp(-2 pi i r (j mod span) / (span R)), transformed, lands at output
 // (j - j mod span) R + j mod span + r span. R = 0: a plain DFT of radix stage.radix.
-template <typename T, int R>
-void stage_pass(const Plan<T>& plan, const Stage& stage, const CV<T>* in, CV<T>* out, CV<T>* temp) {
+template <typename T, int R, typename C>
+void stage_pass(const Plan<T>& plan, const Stage& stage, const C* in, C* out, C* temp) {
   const int64_t radix = R > 0 ? R : stage.radix, m = plan.n / radix, span = stage.span;
   const T* tw = plan.table.data() + stage.twiddles;
   const T* roots = plan.table.data() + stage.roots;
   for (int64_t j0 = 0; j0 < m; j0 += span) {
     for (int64_t jm = 0; jm < span; ++jm) {
       const int64_t j = j0 + jm;
-      CV<T> fixed[R > 0 ? R : 1];
-      CV<T>* v = R > 0 ? fixed : temp;
+      C fixed[R > 0 ? R : 1];
+      C* v = R > 0 ? fixed : temp;
       for (int64_t r = 0; r < radix; ++r) v[r] = in[j + r * m];
       if (jm != 0) {
         for (int64_t r = 1; r < radix; ++r) rotate(v[r], tw[2 * (jm * radix + r)], tw[2 * (jm * radix + r) + 1]);
       }
-      CV<T>* o = out + j0 * radix + jm;
+      C* o = out + j0 * radix + jm;
       if constexpr (R > 0) {
         butterfly<T, R>(v);
         for (int64_t r = 0; r < R; ++r) o[r * span] = v[r];
       } else {
         for (int64_t q = 0; q < radix; ++q) {
-          CV<T> acc = v[0];
+          C acc = v[0];
           for (int64_t r = 1; r < radix; ++r) {
-            CV<T> term = v[r];
+            C term = v[r];
             const int64_t e = (q * r) % radix;
             rotate(term, roots[2 * e], roots[2 * e + 1]);
             acc = acc + term;
@@ -266,9 +272,10 @@ void stage_pass(const Plan<T>& plan, const Stage& stage, const CV<T>* in, CV<T>*
   }
 }
 
-// The forward complex FFT of a[0, n); b and temp are scratch. Returns a or b (the result).
-template <typename T>
-CV<T>* transform(const Plan<T>& plan, CV<T>* a, CV<T>* b, CV<T>* temp) {
+// The forward complex FFT of a[0, n); b (n) and temp (plan.max_radix) are scratch. Returns a
+// or b (the result).
+template <typename T, typename C>
+C* transform(const Plan<T>& plan, C* a, C* b, C* temp) {
   for (const Stage& s : plan.stages) {
     switch (s.radix) {
       case 2: stage_pass<T, 2>(plan, s, a, b, temp); break;
@@ -418,6 +425,35 @@ void synthesize16(const T* spectrum, int64_t plane, int64_t count, T* dst, int64
   }
 }
 
+// The general transforms' layout: part q of a group's lane vectors (its q-th native vector
+// of pixels) at parts[q * n + position], so that each part is transformed alone: a radix-4
+// butterfly of native vectors fits in AVX2's 16 registers (of whole lane vectors it spilled),
+// and a part's two buffers (2 x 16 KiB at n = 256) fit in L1 where a whole group's did not.
+// Every operation is lane-wise, so the results are those of transforming the whole group.
+template <typename T>
+__attribute__((always_inline)) inline void scatter_parts(const CV<T>& v, PartCV<T>* parts, int64_t n) {
+#pragma GCC unroll 4
+  for (int q = 0; q < Lanes<T>::kParts; ++q) parts[q * n] = PartCV<T>{v.re.part[q], v.im.part[q]};
+}
+template <typename T>
+__attribute__((always_inline)) inline CV<T> gather_parts(const PartCV<T>* parts, int64_t n) {
+  CV<T> v;
+#pragma GCC unroll 4
+  for (int q = 0; q < Lanes<T>::kParts; ++q) {
+    v.re.part[q] = parts[q * n].re;
+    v.im.part[q] = parts[q * n].im;
+  }
+  return v;
+}
+// The complex FFT of each part of a (parts of n); b (as a) and temp (plan.max_radix) are
+// scratch. Returns a or b, the one holding the results.
+template <typename T>
+PartCV<T>* transform_parts(const Plan<T>& plan, PartCV<T>* a, PartCV<T>* b, PartCV<T>* temp) {
+  PartCV<T>* z = a;
+  for (int64_t q = 0; q < Lanes<T>::kParts; ++q) z = transform(plan, a + q * plan.n, b + q * plan.n, temp) - q * plan.n;
+  return z;
+}
+
 // analyze, of src masked by `mask` (laid out as src) when Masked.
 template <typename T, bool Masked>
 void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step, int64_t count, T* spectrum,
@@ -426,10 +462,10 @@ void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step
     analyze_rows4<T, Masked>(src, mask, step, count, spectrum, plane);
     return;
   }
-  constexpr int64_t G = group_pixels<T>();
+  constexpr int64_t G = group_pixels<T>(), P = Lanes<T>::kParts;
   const int64_t n = plan.n, freqs = plan.freqs();
-  CV<T>* staged = reinterpret_cast<CV<T>*>(scratch);  // kStagedGroups groups of n
-  CV<T>* work = staged + kStagedGroups * n;
+  PartCV<T>* staged = reinterpret_cast<PartCV<T>*>(scratch);  // kStagedGroups groups of P parts of n
+  PartCV<T>* work = staged + kStagedGroups * P * n;            // P parts of n, then the DFT temporary
   for (int64_t p0 = 0; p0 < count; p0 += kStagedGroups * G) {
     // Row by row, several groups at a time: the n rows are far apart, and longer runs per
     // row keep the loads streaming.
@@ -444,22 +480,23 @@ void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step
       }
       for (int64_t g = 0; g < groups; ++g) {
         const int64_t at = c * step + p0 + g * G, valid = std::min(G, count - p0 - g * G);
-        load_group(src + at, valid, staged + g * n + c);
+        CV<T> v;
+        load_group(src + at, valid, &v);
         if constexpr (Masked) {
           CV<T> m;
           load_group(mask + at, valid, &m);
-          staged[g * n + c] = masked_by(staged[g * n + c], m);
+          v = masked_by(v, m);
         }
+        scatter_parts(v, staged + g * P * n + c, n);
       }
     }
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t first = p0 + g * G, valid = std::min(G, count - first);
-      const CV<T>* z = transform(plan, staged + g * n, work, work + n);
+      const PartCV<T>* z = transform_parts(plan, staged + g * P * n, work, work + P * n);
       // Two real signals from one complex one: A = (Z[k] + conj Z[n-k]) / 2 (first lanes),
       // B = (Z[k] - conj Z[n-k]) / 2i (second lanes).
       for (int64_t k = 0; k < freqs; ++k) {
-        const CV<T>& zk = z[k];
-        const CV<T>& zm = z[k == 0 ? 0 : n - k];
+        const CV<T> zk = gather_parts<T>(z + k, n), zm = gather_parts<T>(z + (k == 0 ? 0 : n - k), n);
         const CV<T> re{(zk.re + zm.re) * T(0.5), (zk.im + zm.im) * T(0.5)};  // A.re | B.re
         const CV<T> im{(zk.im - zm.im) * T(0.5), (zm.re - zk.re) * T(0.5)};  // A.im | B.im
         store_group(spectrum + 2 * k * plane + first, valid, re);
@@ -493,9 +530,10 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
     return;
   }
   using V = typename LanesOf<T>::type;
-  constexpr int64_t G = group_pixels<T>();
+  constexpr int64_t G = group_pixels<T>(), P = Lanes<T>::kParts;
   const int64_t n = plan.n, freqs = plan.freqs();
-  CV<T>* a = reinterpret_cast<CV<T>*>(scratch);
+  PartCV<T>* a = reinterpret_cast<PartCV<T>*>(scratch);  // P parts of n (see scatter_parts)
+  PartCV<T>* b = a + P * n;                              // the same, then the DFT temporary
   for (int64_t p0 = 0; p0 < count; p0 += G) {
     const int64_t valid = std::min(G, count - p0);
     // The inverse as conj(FFT(conj Z)), Z = A + iB over the whole circle (A, B Hermitian);
@@ -505,12 +543,13 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
       CV<T> re, im{V{}, V{}};  // A.re | B.re, A.im | B.im
       load_group(spectrum + 2 * k * plane + p0, valid, &re);
       if (!real) load_group(spectrum + (2 * k + 1) * plane + p0, valid, &im);
-      a[k] = CV<T>{re.re - im.im, -(im.re + re.im)};
-      if (!real) a[n - k] = CV<T>{re.re + im.im, im.re - re.im};
+      scatter_parts(CV<T>{re.re - im.im, -(im.re + re.im)}, a + k, n);
+      if (!real) scatter_parts(CV<T>{re.re + im.im, im.re - re.im}, a + n - k, n);
     }
-    const CV<T>* z = transform(plan, a, a + n, a + 2 * n);
+    const PartCV<T>* z = transform_parts(plan, a, b, b + P * n);
     for (int64_t r = 0; r < n; ++r) {
-      CV<T> y{z[r].re + bias, bias - z[r].im};
+      const CV<T> zr = gather_parts<T>(z + r, n);
+      CV<T> y{zr.re + bias, bias - zr.im};
       if (relu) {
         y.re = relu_lanes(y.re);
         y.im = relu_lanes(y.im);
@@ -530,22 +569,53 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
 // tile[r * pitch + q] = plane[(row0 + r) * width + col0 + q], 0 outside the plane; the
 // imaginary tile follows the real one (at + rows * pitch), unless plane_im is null (a real
 // frequency: only the real tile is read).
+// A tile row's runs are short (an image row and its padding), so they are filled inline, a
+// lane vector at a time, the last vector ending at the run's end (overlapping the one before):
+// a call to memmove or memset per run cost more than the copy at these lengths. Runs shorter
+// than a lane vector (narrow planes) go through std::copy and std::fill.
+template <typename T>
+__attribute__((always_inline)) inline void copy_run(const T* src, int64_t n, T* dst) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = lanes_of<T>();
+  if (n < L) {
+    std::copy(src, src + n, dst);
+    return;
+  }
+  for (int64_t q = 0; q + L < n; q += L) store(dst + q, load<V>(src + q));
+  store(dst + n - L, load<V>(src + n - L));
+}
+template <typename T>
+__attribute__((always_inline)) inline void zero_run(T* dst, int64_t n) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t L = lanes_of<T>();
+  if (n < L) {
+    std::fill(dst, dst + n, T(0));
+    return;
+  }
+  for (int64_t q = 0; q + L < n; q += L) store(dst + q, V{});
+  store(dst + n - L, V{});
+}
+
 template <typename T>
 void fill_tile(const T* plane_re, const T* plane_im, int64_t height, int64_t width, int64_t row0,
                int64_t col0, int64_t rows, int64_t pitch, T* tile) {
+  constexpr int64_t L = lanes_of<T>();
   const int64_t q0 = std::clamp<int64_t>(-col0, 0, pitch), q1 = std::clamp<int64_t>(width - col0, q0, pitch);
+  // The padding runs [0, q0) and [q1, pitch) zeroed as runs of at least a lane vector where
+  // the row has one (the copy then overwrites what they cover of the plane's run).
+  const int64_t head = std::max(q0, std::min(L, pitch)), tail = std::min(q1, std::max<int64_t>(0, pitch - L));
   for (int part = 0; part < (plane_im ? 2 : 1); ++part) {
     const T* plane = part == 0 ? plane_re : plane_im;
     T* dst = tile + part * rows * pitch;
     for (int64_t r = 0; r < rows; ++r, dst += pitch) {
       const int64_t h = row0 + r;
       if (h < 0 || h >= height) {
-        std::fill(dst, dst + pitch, T(0));
+        zero_run(dst, pitch);
         continue;
       }
-      std::fill(dst, dst + q0, T(0));
-      std::copy(plane + h * width + col0 + q0, plane + h * width + col0 + q1, dst + q0);
-      std::fill(dst + q1, dst + pitch, T(0));
+      if (q0 > 0) zero_run(dst, head);
+      if (q1 < pitch) zero_run(dst + tail, pitch - tail);
+      copy_run(plane + h * width + col0 + q0, q1 - q0, dst + q0);
     }
   }
 }
