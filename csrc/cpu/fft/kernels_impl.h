@@ -120,7 +120,7 @@ constexpr int64_t lanes_of() {
 // The first n lanes of v to p (all when n == lanes), and back (lanes past n read as zero;
 // n may be 0).
 template <typename T, typename V>
-inline void store_prefix(T* p, const V& v, int64_t n) {
+__attribute__((always_inline)) inline void store_prefix(T* p, const V& v, int64_t n) {
   if (n == int64_t(sizeof(V) / sizeof(T))) {
     store(p, v);
     return;
@@ -132,7 +132,7 @@ inline void store_prefix(T* p, const V& v, int64_t n) {
   for (int64_t l = 0; l < n; ++l) p[l] = lanes[l];
 }
 template <typename T>
-inline typename LanesOf<T>::type load_prefix(const T* p, int64_t n) {
+__attribute__((always_inline)) inline typename LanesOf<T>::type load_prefix(const T* p, int64_t n) {
   using V = typename LanesOf<T>::type;
   if (n == int64_t(sizeof(V) / sizeof(T))) return load<V>(p);
   T lanes[sizeof(V) / sizeof(T)] = {};
@@ -144,7 +144,7 @@ inline typename LanesOf<T>::type load_prefix(const T* p, int64_t n) {
 // second half; the pixels past `valid` read as zero and are not written.
 // (The whole-group case first: it is the transforms' hot path.)
 template <typename T>
-inline void load_group(const T* p, int64_t valid, CV<T>* out) {
+__attribute__((always_inline)) inline void load_group(const T* p, int64_t valid, CV<T>* out) {
   using V = typename LanesOf<T>::type;
   constexpr int64_t L = lanes_of<T>();
   if (valid == 2 * L) {
@@ -156,7 +156,7 @@ inline void load_group(const T* p, int64_t valid, CV<T>* out) {
   out->im = load_prefix(p + L, std::max<int64_t>(0, valid - L));
 }
 template <typename T>
-inline void store_group(T* p, int64_t valid, const CV<T>& in) {
+__attribute__((always_inline)) inline void store_group(T* p, int64_t valid, const CV<T>& in) {
   constexpr int64_t L = lanes_of<T>();
   if (valid == 2 * L) {
     store(p, in.re);
