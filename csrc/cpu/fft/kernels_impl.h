@@ -566,9 +566,6 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
 // enough independent sums to hide the FMA latency). Positions are (row, chunk) pairs; the
 // chunks of a row are `lanes` pixels wide, the last one possibly cut short.
 
-// tile[r * pitch + q] = plane[(row0 + r) * width + col0 + q], 0 outside the plane; the
-// imaginary tile follows the real one (at + rows * pitch), unless plane_im is null (a real
-// frequency: only the real tile is read).
 // A tile row's runs are short (an image row and its padding), so they are filled inline, a
 // lane vector at a time, the last vector ending at the run's end (overlapping the one before):
 // a call to memmove or memset per run cost more than the copy at these lengths. Runs shorter
@@ -596,6 +593,9 @@ __attribute__((always_inline)) inline void zero_run(T* dst, int64_t n) {
   store(dst + n - L, V{});
 }
 
+// tile[r * pitch + q] = plane[(row0 + r) * width + col0 + q], 0 outside the plane; the
+// imaginary tile follows the real one (at + rows * pitch), unless plane_im is null (a real
+// frequency: only the real tile is read).
 template <typename T>
 void fill_tile(const T* plane_re, const T* plane_im, int64_t height, int64_t width, int64_t row0,
                int64_t col0, int64_t rows, int64_t pitch, T* tile) {
