@@ -35,10 +35,10 @@ using channel_fft::MicroKernels;
 using channel_fft::Plan;
 using gemm::AlignedBuffer;
 
-// The spectra of one chunk of samples (at least one sample; 1 MiB keeps the peak memory
-// below the filter-bank method's, which materializes the bank's output, and costs no speed here:
-// peak memory does not grow with the batch), and one thread's tile of K x pixels of a row
-// block (L2-sized).
+// The spectra of one chunk of samples (at least one sample; 1 MiB, two chunks' worth in the
+// forward, keeps the peak memory below the filter-bank method's, which materializes the
+// bank's output, and costs no speed here: peak memory does not grow with the batch), and one
+// thread's tile of K x pixels of a row block (L2-sized).
 constexpr int64_t kSpectrumBytes = int64_t(1) << 20;
 constexpr int64_t kTileBytes = int64_t(128) << 10;
 
@@ -188,22 +188,30 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
   const int64_t chunk = samples_per_chunk(batch, spectrum_size * int64_t(sizeof(T)));
   const int64_t rows = rows_per_block(w.out_h, filters * 2 * freqs * w.out_w * int64_t(sizeof(T)), chunk);
   const int64_t blocks = ceil_div(w.out_h, rows), block_px = rows * w.out_w;
-  AlignedBuffer<T> spectra(chunk * spectrum_size);
+  // Two chunks' spectra when there are several chunks: a thread done with its share of one
+  // chunk's synthesis goes on to the next chunk's analysis (into the other buffer) instead
+  // of waiting at a barrier for the others.
+  const int64_t in_flight = batch > chunk ? 2 : 1;
+  AlignedBuffer<T> spectra(in_flight * chunk * spectrum_size);
   const int threads = engine_threads(chunk * blocks, sum_flops(batch, filters, freqs, w));
   const auto buffers = [&] { return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), filters * 2 * freqs * block_px); };
   parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
-    for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
+    for (int64_t n0 = 0, index = 0; n0 < batch; n0 += chunk, ++index) {
       const int64_t nb = std::min(chunk, batch - n0);
-#pragma omp for schedule(static)
+      T* chunk_spectra = spectra.get() + (index % in_flight) * chunk * spectrum_size;
+      // Dynamic: the threads done first with the previous chunk's synthesis take more of
+      // this analysis. Its barrier also orders chunk index + 1's analysis (into the buffer
+      // of chunk index - 1) after every thread's synthesis of chunk index - 1.
+#pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
         analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
-                      spectra.get(), t.scratch.get());
+                      chunk_spectra, t.scratch.get());
       }
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
       for (int64_t item = 0; item < nb * blocks; ++item) {
         const int64_t s = item / blocks, oh0 = (item % blocks) * rows;
         const int64_t oh1 = std::min(w.out_h, oh0 + rows), count = (oh1 - oh0) * w.out_w;
-        micro.forward_rows(w, freqs, plan.even(), filters, spectra.get() + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
+        micro.forward_rows(w, freqs, plan.even(), filters, chunk_spectra + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
                           t.sums.get());
         for (int64_t f = 0; f < filters; ++f) {
           // roll r of filter f is output channel r * F + f
@@ -218,13 +226,14 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
 
 // dX of a chunk's nb samples from their dY spectra (dy_size apart), one item per (sample,
 // block of `rows` input rows): the sums over the filters, then the inverse transform into
-// dx_chunk. Called inside a parallel region: its threads share the items.
+// dx_chunk. Called inside a parallel region: its threads share the items, and go on without
+// a barrier at the end (the caller orders what must follow all of them).
 template <typename T>
 void input_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
                       int64_t nb, int64_t rows, const T* dy_spectra, int64_t dy_size, const T* taps, T* dx_chunk,
                       ThreadBuffers<T>& t) {
   const int64_t in_px = w.in_h * w.in_w, blocks = ceil_div(w.in_h, rows);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
   for (int64_t item = 0; item < nb * blocks; ++item) {
     const int64_t s = item / blocks, h0 = (item % blocks) * rows;
     const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
@@ -263,6 +272,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
                      static_cast<const T*>(nullptr), filters, out_px, spectra.get(), t.scratch.get());
       }
       input_grad_items(micro, plan, w, filters, nb, rows, spectra.get(), spectrum_size, tp, dx + n0 * channels * in_px, t);
+#pragma omp barrier  // before the next chunk's analysis overwrites the spectra
     }
   });
 }
@@ -312,17 +322,17 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, batch - n0);
-      const int64_t nx = analysis_items<T>(nb, 1, in_px);
+      // Two loops, the first without a barrier: each thread takes its share of both analyses
+      // (one loop over both would give one thread the input's items, the other dY's).
+#pragma omp for schedule(static) nowait
+      for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
+        analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
+                      x_spectra.get(), t.scratch.get());
+      }
 #pragma omp for schedule(static)
-      for (int64_t item = 0; item < nx + analysis_items<T>(nb, filters, out_px); ++item) {
-        if (item < nx) {
-          analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
-                        x_spectra.get(), t.scratch.get());
-        } else {
-          analyze_grad(micro, plan, analysis_item<T>(item - nx, filters, out_px),
-                       dy + n0 * channels * filters * out_px, static_cast<const T*>(nullptr), filters, out_px,
-                       dy_spectra.get(), t.scratch.get());
-        }
+      for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
+        analyze_grad(micro, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
+                     static_cast<const T*>(nullptr), filters, out_px, dy_spectra.get(), t.scratch.get());
       }
       weight_grad_items(micro, plan, w, filters, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
                         t.tile.get(), acc);
@@ -375,16 +385,18 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
   parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, batch - n0);
-      const int64_t nx = want_dk ? analysis_items<T>(nb, 1, in_px) : 0;
       const int64_t dy_offset = n0 * channels * filters * out_px;
-#pragma omp for schedule(static)
-      for (int64_t item = 0; item < nx + analysis_items<T>(nb, filters, out_px); ++item) {
-        if (item < nx) {
+      // (two loops, the first without a barrier: see backward_weight_typed)
+      if (want_dk) {
+#pragma omp for schedule(static) nowait
+        for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
           analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
                         x_spectra.get(), t.scratch.get());
-          continue;
         }
-        const AnalysisItem it = analysis_item<T>(item - nx, filters, out_px);
+      }
+#pragma omp for schedule(static)
+      for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
+        const AnalysisItem it = analysis_item<T>(item, filters, out_px);
         if (dy_dense) {
           analyze_grad(micro, plan, it, dy + dy_offset, mask ? mask + dy_offset : nullptr, filters, out_px,
                        dy_spectra.get(), t.scratch.get());
@@ -394,9 +406,12 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
                         out_px, t.scratch.get());
         }
       }
+      // The bias and dX items go on without a barrier (a thread done with its share takes
+      // more of the next loop's items): they only read the spectra. dK's loop closes the
+      // chunk with one (without dK, the barrier below).
       if (want_db) {
         // Frequency 0 of the transform over the rolls is their sum; summed in a fixed order.
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
         for (int64_t f = 0; f < filters; ++f) {
           double sum = 0;
           for (int64_t s = 0; s < nb; ++s) {
@@ -410,6 +425,8 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
       if (want_dk) {
         weight_grad_items(micro, plan, w, filters, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
                           t.tile.get(), acc);
+      } else {
+#pragma omp barrier  // before the next chunk's analysis overwrites the spectra
       }
     }
   });
