@@ -35,8 +35,8 @@ using channel_fft::MicroKernels;
 using channel_fft::Plan;
 using gemm::AlignedBuffer;
 
-// The spectra of one chunk of samples (at least one sample; 1 MiB, two chunks' worth in the
-// forward, keeps the peak memory below the filter-bank method's, which materializes the
+// The spectra of one chunk of samples (at least one sample; 1 MiB, two chunks' worth in a
+// multi-threaded forward, keeps the peak memory below the filter-bank method's, which materializes the
 // bank's output, and costs no speed here: peak memory does not grow with the batch), and one
 // thread's tile of K x pixels of a row block (L2-sized).
 constexpr int64_t kSpectrumBytes = int64_t(1) << 20;
@@ -188,12 +188,12 @@ void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Te
   const int64_t chunk = samples_per_chunk(batch, spectrum_size * int64_t(sizeof(T)));
   const int64_t rows = rows_per_block(w.out_h, filters * 2 * freqs * w.out_w * int64_t(sizeof(T)), chunk);
   const int64_t blocks = ceil_div(w.out_h, rows), block_px = rows * w.out_w;
-  // Two chunks' spectra when there are several chunks: a thread done with its share of one
-  // chunk's synthesis goes on to the next chunk's analysis (into the other buffer) instead
-  // of waiting at a barrier for the others.
-  const int64_t in_flight = batch > chunk ? 2 : 1;
-  AlignedBuffer<T> spectra(in_flight * chunk * spectrum_size);
   const int threads = engine_threads(chunk * blocks, sum_flops(batch, filters, freqs, w));
+  // Two chunks' spectra when several threads share several chunks: a thread done with its
+  // share of one chunk's synthesis goes on to the next chunk's analysis (into the other
+  // buffer) instead of waiting at a barrier for the others.
+  const int64_t in_flight = threads > 1 && batch > chunk ? 2 : 1;
+  AlignedBuffer<T> spectra(in_flight * chunk * spectrum_size);
   const auto buffers = [&] { return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), filters * 2 * freqs * block_px); };
   parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0, index = 0; n0 < batch; n0 += chunk, ++index) {
