@@ -36,9 +36,9 @@ using channel_fft::Plan;
 using gemm::AlignedBuffer;
 
 // The spectra of one chunk of samples (at least one sample; 1 MiB, two chunks' worth in a
-// multi-threaded forward, keeps the peak memory below the filter-bank method's, which materializes the
-// bank's output, and costs no speed here: peak memory does not grow with the batch), and one
-// thread's tile of K x pixels of a row block (L2-sized).
+// multi-threaded forward, keeps the peak memory below the filter-bank method's, which
+// materializes the bank's output, and costs no speed here: peak memory does not grow with
+// the batch), and one thread's tile of K x pixels of a row block (L2-sized).
 constexpr int64_t kSpectrumBytes = int64_t(1) << 20;
 constexpr int64_t kTileBytes = int64_t(128) << 10;
 
@@ -101,6 +101,19 @@ void analyze_grad(const MicroKernels<T>& micro, const Plan<T>& plan, const Analy
     micro.analyze(plan, dy_chunk + at, filters * pixels, it.count, spectrum, pixels, scratch);
   } else {
     micro.analyze_masked(plan, dy_chunk + at, mask_chunk + at, filters * pixels, it.count, spectrum, pixels, scratch);
+  }
+}
+
+// The input's spectra of a chunk's nb samples, for dK. Called inside a parallel region: its
+// threads share the items statically and go on without a barrier, each to its share of dY's
+// analysis, whose loop's barrier then covers both (one loop over both would give one thread
+// the input's items and the other dY's).
+template <typename T>
+void analyze_input_items(const MicroKernels<T>& micro, const Plan<T>& plan, int64_t nb, const T* x_chunk,
+                         int64_t pixels, T* spectra, T* scratch) {
+#pragma omp for schedule(static) nowait
+  for (int64_t item = 0; item < analysis_items<T>(nb, 1, pixels); ++item) {
+    analyze_input(micro, plan, analysis_item<T>(item, 1, pixels), x_chunk, pixels, spectra, scratch);
   }
 }
 
@@ -322,13 +335,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, batch - n0);
-      // Two loops, the first without a barrier: each thread takes its share of both analyses
-      // (one loop over both would give one thread the input's items, the other dY's).
-#pragma omp for schedule(static) nowait
-      for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
-        analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
-                      x_spectra.get(), t.scratch.get());
-      }
+      analyze_input_items(micro, plan, nb, x + n0 * channels * in_px, in_px, x_spectra.get(), t.scratch.get());
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
         analyze_grad(micro, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
@@ -386,14 +393,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, batch - n0);
       const int64_t dy_offset = n0 * channels * filters * out_px;
-      // (two loops, the first without a barrier: see backward_weight_typed)
-      if (want_dk) {
-#pragma omp for schedule(static) nowait
-        for (int64_t item = 0; item < analysis_items<T>(nb, 1, in_px); ++item) {
-          analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + n0 * channels * in_px, in_px,
-                        x_spectra.get(), t.scratch.get());
-        }
-      }
+      if (want_dk) analyze_input_items(micro, plan, nb, x + n0 * channels * in_px, in_px, x_spectra.get(), t.scratch.get());
 #pragma omp for schedule(static)
       for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
         const AnalysisItem it = analysis_item<T>(item, filters, out_px);
