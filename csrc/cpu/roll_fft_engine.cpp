@@ -117,6 +117,18 @@ void analyze_input_items(const MicroKernels<T>& micro, const Plan<T>& plan, int6
   }
 }
 
+// dY's spectra of a chunk's nb samples (contiguous, no mask: the separate dX and dK passes).
+// Called inside a parallel region; ends with a barrier, after which the spectra are complete.
+template <typename T>
+void analyze_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, int64_t nb, const T* dy_chunk,
+                        int64_t filters, int64_t pixels, T* spectra, T* scratch) {
+#pragma omp for schedule(static)
+  for (int64_t item = 0; item < analysis_items<T>(nb, filters, pixels); ++item) {
+    analyze_grad(micro, plan, analysis_item<T>(item, filters, pixels), dy_chunk, static_cast<const T*>(nullptr),
+                 filters, pixels, spectra, scratch);
+  }
+}
+
 // dst[x] = read(row, x), zeroed where mask[x] <= 0 (mask: null for none).
 template <typename T, typename Read>
 inline void select_row(const T* row, const T* mask, int64_t n, T* dst, Read read) {
@@ -279,11 +291,8 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
   parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, batch - n0);
-#pragma omp for schedule(static)
-      for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
-        analyze_grad(micro, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
-                     static_cast<const T*>(nullptr), filters, out_px, spectra.get(), t.scratch.get());
-      }
+      analyze_grad_items(micro, plan, nb, dy + n0 * channels * filters * out_px, filters, out_px, spectra.get(),
+                         t.scratch.get());
       input_grad_items(micro, plan, w, filters, nb, rows, spectra.get(), spectrum_size, tp, dx + n0 * channels * in_px, t);
 #pragma omp barrier  // before the next chunk's analysis overwrites the spectra
     }
@@ -336,11 +345,8 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
     for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, batch - n0);
       analyze_input_items(micro, plan, nb, x + n0 * channels * in_px, in_px, x_spectra.get(), t.scratch.get());
-#pragma omp for schedule(static)
-      for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
-        analyze_grad(micro, plan, analysis_item<T>(item, filters, out_px), dy + n0 * channels * filters * out_px,
-                     static_cast<const T*>(nullptr), filters, out_px, dy_spectra.get(), t.scratch.get());
-      }
+      analyze_grad_items(micro, plan, nb, dy + n0 * channels * filters * out_px, filters, out_px, dy_spectra.get(),
+                         t.scratch.get());
       weight_grad_items(micro, plan, w, filters, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
                         t.tile.get(), acc);
     }
