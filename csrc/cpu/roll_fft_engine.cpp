@@ -299,18 +299,30 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps,
   });
 }
 
+// Filters per dK item: as many as share a tile of X's spectrum while each thread still gets
+// kItemsPerThread items; where the items are few, a count of them that the threads share
+// evenly (C = 16, F = 16 on two threads: 2 groups of 8, 18 items, instead of 9 items of 16
+// filters, of which one thread took 5 and the other waited).
+constexpr int64_t kItemsPerThread = 4;
+constexpr int64_t kManyItemsPerThread = 16;  // enough that the last item's wait is small
+int64_t filters_per_group(int64_t filters, int64_t freqs, int64_t threads) {
+  int64_t groups = std::clamp<int64_t>(ceil_div(kItemsPerThread * threads, freqs), 1, filters);
+  while (groups < filters && (groups * freqs) % threads != 0 && groups * freqs < kManyItemsPerThread * threads) {
+    ++groups;
+  }
+  return ceil_div(filters, groups);
+}
+
 // dK's sums over a chunk's nb samples, added into acc ((re, im) pairs [F][kh * kw][K]). One
 // item per (frequency, group of filters): the group shares the tile of X's spectrum. Called
 // inside a parallel region: its threads share the items. Each sum runs over the samples in
 // order, whatever the groups: the result does not depend on the thread count.
-constexpr int64_t kItemsPerThread = 4;
 template <typename T>
 void weight_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
                        int64_t nb, const T* x_spectra, int64_t x_size, const T* dy_spectra, int64_t dy_size,
                        T* tile, T* acc) {
   const int64_t kk = w.kernel_h * w.kernel_w, out_px = w.out_h * w.out_w, freqs = plan.freqs();
-  const int64_t threads = omp_get_num_threads();
-  const int64_t group = std::clamp<int64_t>(filters * freqs / (kItemsPerThread * threads), 1, filters);
+  const int64_t group = filters_per_group(filters, freqs, omp_get_num_threads());
   const int64_t groups = ceil_div(filters, group);
 #pragma omp for schedule(dynamic, 1)
   for (int64_t item = 0; item < groups * freqs; ++item) {
