@@ -1,7 +1,9 @@
 # make demo   set up, build, train a colour-equivariant rollconv network against a plain CNN on
 #             digits in rolled colour palettes (examples/train_digits.py)
-# make test   set up, build, run the C++ tests (ctest) and the Python tests (pytest), and
-#             test the CPU-only and the emulated CUDA builds
+# make test   set up, build, run the Python tests (pytest), test the CPU-only and the
+#             emulated CUDA builds, and run the C++ tests (ctest) with a subset of the Python
+#             tests under AddressSanitizer + UBSan (sanitizer-test)
+# make cpp-test  the C++ tests alone on an optimized build (build/cmake; quick to rerun)
 # make test-emulated-cuda   build csrc/cuda/primitives.cu for the host into build/emulated-cuda
 #             and run the CUDA tests there on CPU tensors
 # make build  set up and build (incremental: ninja recompiles only what changed)
@@ -59,7 +61,9 @@ demo: build
 	$(PY) -m rollconv info
 	$(PY) examples/train_digits.py
 
-test: cpp-test cpu-only-test test-emulated-cuda sanitizer-test py-test
+# The C++ tests run once, sanitized (sanitizer-test): one build of every source serves them
+# and the Python tests under the sanitizers.
+test: cpu-only-test test-emulated-cuda sanitizer-test py-test
 
 $(CMAKE_DIR)/build.ninja: CMakeLists.txt $(VENV)/.deps
 	$(VENV)/bin/cmake -S . -B $(CMAKE_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(CMAKE_BUILD_TYPE) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
@@ -83,8 +87,8 @@ cpu-only-test: $(VENV)/.deps
 test-emulated-cuda: $(VENV)/.deps
 	bash tests/emulated_cuda_build.sh $(PY)
 
-# The C++ tests and a subset of the Python tests under AddressSanitizer + UBSan
-# (build/sanitize; any report fails the run).
+# The C++ tests and a subset of the Python tests under AddressSanitizer + UBSan, on one
+# CMake build of every source (build/sanitize; any report fails the run).
 sanitizer-test: $(VENV)/.deps
 	bash tests/sanitizer_build.sh $(PY)
 

@@ -3,8 +3,6 @@
 Switches (environment variables):
   FORCE_CUDA=1          build the CUDA kernels even if no toolkit is auto-detected
   FORCE_ONLY_CPU=1      build the CPU kernels only, even if a toolkit is present
-  ROLLCONV_SANITIZE=1   CPU-only build with AddressSanitizer + UndefinedBehaviorSanitizer
-                        (tests/sanitizer_build.sh; objects in build/sanitize)
   ROLLCONV_EMULATE_CUDA=1  a test build without nvcc: csrc/cuda/primitives.cu compiled for the
                         host (launches emulated, see csrc/cuda/host_emulation.h) and its
                         kernels registered for CPU tensors instead of the CPU kernels
@@ -68,9 +66,8 @@ def env_flag(name):
 
 
 debug = env_flag("DEBUG")
-sanitize = env_flag("ROLLCONV_SANITIZE")
 emulate_cuda = env_flag("ROLLCONV_EMULATE_CUDA")
-cpu_only = env_flag("FORCE_ONLY_CPU") or sanitize or emulate_cuda
+cpu_only = env_flag("FORCE_ONLY_CPU") or emulate_cuda
 cuda_home = None if cpu_only else find_cuda_home()
 if cuda_home:
     # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
@@ -122,10 +119,6 @@ def extension():
         cxx_flags.append("-DROLLCONV_EMULATE_CUDA")
     link_flags = ["-fopenmp"] + ([] if debug else ["-Wl,--strip-debug"])
     include_dirs = [os.path.join(ROOT, "csrc")]
-    if sanitize:  # every report aborts (no recovery), so a test run fails on any
-        sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-        cxx_flags += sanitizers + ["-fno-omit-frame-pointer", "-g", "-O1"]
-        link_flags = [f for f in link_flags if f != "-Wl,--strip-debug"] + sanitizers
     if not with_cuda:
         return CppExtension(
             "rollconv._C",
@@ -156,9 +149,7 @@ class BuildExt(BuildExtension):
 
     def run(self):
         kind = "cuda" if with_cuda else "cpu"
-        if sanitize:
-            kind = "sanitize"
-        elif emulate_cuda:
+        if emulate_cuda:
             kind = "emulated-cuda/objects"
         elif not (self.inplace or getattr(self, "editable_mode", False)):
             kind = "wheel-" + kind

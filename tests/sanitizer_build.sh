@@ -14,15 +14,19 @@ cd "$ROOT"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 
-# C++ tests.
+# One sanitized build (CMake) of every source: the C++ tests, and the extension module
+# linked from the same objects (ROLLCONV_PYTHON_MODULE).
 "$VENV_BIN/cmake" -S . -B "$OUT/cmake" -G Ninja -DCMAKE_MAKE_PROGRAM="$VENV_BIN/ninja" -DROLLCONV_SANITIZE=ON \
+  -DROLLCONV_PYTHON_MODULE=ON -DPython_EXECUTABLE="$PY" \
   -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" >/dev/null
 "$VENV_BIN/cmake" --build "$OUT/cmake"
 (cd "$OUT/cmake" && "$VENV_BIN/ctest" --output-on-failure)
 
-# The extension, and the Python tests against it.
-ROLLCONV_SANITIZE=1 "$PY" setup.py --quiet build_ext --build-lib "$OUT/lib"
+# The package: the Python sources and that module (it finds librollconv_ops.so by its
+# build-tree RUNPATH).
+rm -rf "$OUT/lib" && mkdir -p "$OUT/lib/rollconv"
 cp rollconv/*.py "$OUT/lib/rollconv/"
+cp "$OUT"/cmake/_C.*.so "$OUT/lib/rollconv/"
 cd "$OUT"  # so that the source tree's rollconv is not importable
 export PYTHONPATH="$OUT/lib:$ROOT/tests"
 # libstdc++ is preloaded too: ASan intercepts __cxa_throw only if it is loaded when ASan starts
