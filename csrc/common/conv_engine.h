@@ -34,13 +34,12 @@ struct ConvEngine {
 // The channel-FFT rolling convolution (rolls == C, fft_sums.h), fused: the channel
 // transforms, the per-frequency sums and the inverse transforms run tile by tile, so the
 // spectra never make a full pass through memory in their own layout. On contiguous tensors
-// of one dtype (float32 / float64, see supports); taps = rfft of the weight over its
-// channel axis (F, kh, kw, K = C/2 + 1), complex, contiguous.
+// of one dtype (float32 / float64, see supports); weight (F, C, kh, kw) (the engine
+// transforms it over its channels itself).
 //   forward:         output (N, C*F, oh, ow) = relu?(roll_conv2d(input) + bias[f])
 //                    (bias: undefined, or (F,));
 //   backward_input:  grad_input (N, C, H, W), overwritten;
-//   backward_weight: grad_taps (F, kh, kw, K) complex, overwritten with the spectrum of dK
-//                    (the caller's irfft over K gives dK).
+//   backward_weight: grad_weight (F, C, kh, kw), overwritten.
 // Deterministic: the sums have a fixed order, whatever the thread count.
 struct RollFftEngine {
   bool (*supports)(at::ScalarType dtype);  // as ConvEngine's
@@ -48,21 +47,21 @@ struct RollFftEngine {
   // (its zero-padded tiles grow with the stride and dilation; where they would not fit,
   // the composed path runs instead, whose memory does not).
   bool (*fits)(const Window2d& window, at::ScalarType dtype);
-  void (*forward)(const at::Tensor& input, const at::Tensor& taps, const at::Tensor& bias,
+  void (*forward)(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Window2d& window, bool relu, const at::Tensor& output);
-  void (*backward_input)(const at::Tensor& grad_output, const at::Tensor& taps,
+  void (*backward_input)(const at::Tensor& grad_output, const at::Tensor& weight,
                          const Window2d& window, const at::Tensor& grad_input);
   void (*backward_weight)(const at::Tensor& grad_output, const at::Tensor& input,
-                          const Window2d& window, const at::Tensor& grad_taps);
+                          const Window2d& window, const at::Tensor& grad_weight);
   // The whole backward from one transform of grad_output: grad_output masked where
   // output <= 0 (ReLU's derivative; output undefined: no mask), then grad_input (as
-  // backward_input), grad_taps (as backward_weight) and grad_bias (F,) (the sum of the
+  // backward_input), grad_weight (as backward_weight) and grad_bias (F,) (the sum of the
   // masked grad_output over the batch, the rolls and the pixels); each undefined when not
-  // wanted. grad_input and grad_taps equal those of the separate passes on the masked
+  // wanted. grad_input and grad_weight equal those of the separate passes on the masked
   // grad_output bitwise. grad_output may have any strides (the other operands are contiguous).
   void (*backward)(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
-                   const at::Tensor& taps, const Window2d& window, const at::Tensor& grad_input,
-                   const at::Tensor& grad_taps, const at::Tensor& grad_bias);
+                   const at::Tensor& weight, const Window2d& window, const at::Tensor& grad_input,
+                   const at::Tensor& grad_weight, const at::Tensor& grad_bias);
 };
 
 }  // namespace rollconv

@@ -29,6 +29,13 @@ Tensor channels_first(const Tensor& nchw_chunk) {
   return nchw_chunk.reshape({nchw_chunk.size(0), nchw_chunk.size(1), -1}).transpose(0, 1);
 }
 
+// One bias entry per output channel, the (period,) bias tiled: channel c gets bias[c % period].
+// (expand and one copy: Tensor::repeat runs several small ATen ops, ~tens of us per call.)
+Tensor bias_per_channel(const Tensor& bias, int64_t channels) {
+  const int64_t period = bias.size(0);
+  return bias.view({1, period}).expand({channels / period, period}).contiguous().view({channels});
+}
+
 Tensor block_weight(const Tensor& weight_mat, const GemmBlock& blk) {
   return weight_mat.narrow(0, blk.weight_row, blk.rows).narrow(1, 0, blk.inner);
 }
@@ -77,7 +84,7 @@ Tensor gemm_conv_forward(const DevicePrimitives& prims, const Tensor& input_, co
   const int64_t cout = plan.out_channels;
   Tensor output = at::empty({input.size(0), cout, layout.win.out_h, layout.win.out_w}, input.options());
   Tensor bias_rows;  // one entry per output channel
-  if (bias.has_value() && bias->defined()) bias_rows = bias->repeat({cout / plan.bias_period}).contiguous();
+  if (bias.has_value() && bias->defined()) bias_rows = bias_per_channel(*bias, cout);
   if (uses_conv_engine(prims, input)) {
     prims.conv_engine->forward(input, weight_mat.contiguous(), bias_rows, layout, plan, relu, output);
     return output;

@@ -81,12 +81,12 @@ Tensor roll_fft_forward(const DevicePrimitives& prims, const Tensor& input, cons
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
   const int64_t rolls = channels / shift;
   Tensor out = at::empty({batch, rolls * filters, w.out_h, w.out_w}, input.options());
-  const Tensor taps = block_rfft(weight, shift);  // (F, kh, kw, S, K)
   if (fft_engine_for(prims, input, shift, w)) {
     const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
-    prims.roll_fft_engine->forward(input.contiguous(), taps.squeeze(3), b, w, relu, out);
+    prims.roll_fft_engine->forward(input.contiguous(), weight.contiguous(), b, w, relu, out);
     return out;
   }
+  const Tensor taps = block_rfft(weight, shift);  // (F, kh, kw, S, K)
   const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, input);
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
@@ -117,11 +117,11 @@ Tensor roll_fft_backward_input(const DevicePrimitives& prims, const Tensor& grad
   const int64_t batch = grad_output.size(0), channels = weight.size(1), filters = weight.size(0);
   const int64_t rolls = channels / shift;
   Tensor grad_input = at::empty({batch, channels, w.in_h, w.in_w}, grad_output.options());
-  const Tensor taps = block_rfft(weight, shift);
   if (fft_engine_for(prims, grad_output, shift, w)) {
-    prims.roll_fft_engine->backward_input(grad_output.contiguous(), taps.squeeze(3), w, grad_input);
+    prims.roll_fft_engine->backward_input(grad_output.contiguous(), weight.contiguous(), w, grad_input);
     return grad_input;
   }
+  const Tensor taps = block_rfft(weight, shift);
   const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, grad_output);
   for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
     const int64_t b = std::min(chunk, batch - n0);
@@ -140,20 +140,21 @@ Tensor roll_fft_backward_weight(const DevicePrimitives& prims, const Tensor& gra
   }
   const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t rolls = channels / shift, filters = grad_output.size(1) / rolls;
+  if (fft_engine_for(prims, input, shift, w)) {
+    Tensor grad_weight = at::empty({filters, channels, kernel.h, kernel.w}, input.options());
+    prims.roll_fft_engine->backward_weight(grad_output.contiguous(), input.contiguous(), w, grad_weight);
+    return grad_weight;
+  }
   const int64_t freqs = rolls / 2 + 1;
   Tensor grad_taps = at::zeros({filters, kernel.h, kernel.w, shift, freqs},
                                input.options().dtype(c10::toComplexType(input.scalar_type())));
-  if (fft_engine_for(prims, input, shift, w)) {
-    prims.roll_fft_engine->backward_weight(grad_output.contiguous(), input.contiguous(), w, grad_taps.squeeze(3));
-  } else {
-    Tensor chunk_taps = at::empty_like(grad_taps);
-    const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, input);
-    for (int64_t n0 = 0; n0 < batch; n0 += chunk) {  // chunks summed in order: deterministic
-      const int64_t b = std::min(chunk, batch - n0);
-      prims.fft_backward_weight(block_rfft(input.narrow(0, n0, b), shift),
-                            rolls_rfft(grad_output.narrow(0, n0, b), rolls, filters, w), chunk_taps, w);
-      grad_taps.add_(chunk_taps);
-    }
+  Tensor chunk_taps = at::empty_like(grad_taps);
+  const int64_t chunk = fft_samples_per_chunk(batch, channels, shift, filters, w, input);
+  for (int64_t n0 = 0; n0 < batch; n0 += chunk) {  // chunks summed in order: deterministic
+    const int64_t b = std::min(chunk, batch - n0);
+    prims.fft_backward_weight(block_rfft(input.narrow(0, n0, b), shift),
+                              rolls_rfft(grad_output.narrow(0, n0, b), rolls, filters, w), chunk_taps, w);
+    grad_taps.add_(chunk_taps);
   }
   return block_irfft(grad_taps, rolls).reshape({filters, channels, kernel.h, kernel.w}).contiguous();
 }
@@ -165,19 +166,13 @@ bool roll_fft_backward_fused(const DevicePrimitives& prims, const Tensor& grad_o
   if (reduced(input) || !fft_engine_for(prims, input, shift, w)) return false;
   const auto [want_dx, want_dk, want_db] = output_mask;
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
-  const Tensor taps = block_rfft(weight, 1).squeeze(3);  // (F, kh, kw, K)
   if (want_dx) grad_input = at::empty({batch, channels, w.in_h, w.in_w}, grad_output.options());
-  const Tensor grad_taps = want_dk ? at::empty_like(taps) : Tensor();
+  if (want_dk) grad_weight = at::empty(weight.sizes(), input.options());
   if (want_db) grad_bias = at::empty({filters}, grad_output.options());
   const bool relu = output.has_value() && output->defined();
   // grad_output as it comes (the engine reads any strides: an expanded one is not copied whole)
-  prims.roll_fft_engine->backward(grad_output, relu ? output->contiguous() : Tensor(),
-                                  input.contiguous(), taps, w, grad_input, grad_taps, grad_bias);
-  if (want_dk) {
-    grad_weight = block_irfft(grad_taps.unsqueeze(3), channels)
-                      .reshape({filters, channels, weight.size(2), weight.size(3)})
-                      .contiguous();
-  }
+  prims.roll_fft_engine->backward(grad_output, relu ? output->contiguous() : Tensor(), input.contiguous(),
+                                  weight.contiguous(), w, grad_input, grad_weight, grad_bias);
   return true;
 }
 

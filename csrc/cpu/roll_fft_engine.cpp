@@ -9,12 +9,12 @@
 //              then the inverse transform over the rolls, bias and ReLU, written once into
 //              the roll-major output. dX: the same per block of input rows, summed over the
 //              filters. dK: per (filter, frequency): the sums over the chunk's samples and
-//              pixels, added to the taps' spectrum (the caller's irfft gives dK).
+//              pixels, added to dK's spectrum.
+// Before and after, on one thread: the taps (the weight's transform over its channels) and
+// dK from its spectrum, by the same channel transforms.
 //
 // The 1/C of the inverse transform is folded into the taps. Every sum has a fixed order
-// that does not depend on the thread count: for given taps (their transform is the
-// caller's: torch.fft, whose rounding can depend on the thread count), results are bitwise
-// reproducible.
+// that does not depend on the thread count: results are bitwise reproducible for any.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <omp.h>
@@ -185,9 +185,62 @@ struct ThreadBuffers {
   AlignedBuffer<T> scratch, tile, sums, rows;
 };
 
-// The taps / C as (re, im) pairs [F][kh * kw][K].
-at::Tensor scaled_taps(const at::Tensor& taps, int64_t channels) {
-  return at::view_as_real(taps * (1.0 / double(channels))).contiguous();
+// Whether frequency k of a length-n transform is real (0, and n / 2 when n is even).
+template <typename T>
+bool real_frequency(const Plan<T>& plan, int64_t k) {
+  return k == 0 || (plan.even() && k == plan.freqs() - 1);
+}
+
+// The taps: the weight's rfft over its channels, / C, as (re, im) pairs [F][kh * kw][K],
+// by the channel transform the engine uses for the input (filter f's weight is C rows of
+// kh * kw pixels). Not a torch.fft call: on small layers its per-call set-up cost more
+// than the convolution, and this keeps every result independent of the thread count.
+template <typename T>
+AlignedBuffer<T> scaled_taps(const MicroKernels<T>& micro, const Plan<T>& plan, const at::Tensor& weight) {
+  const int64_t filters = weight.size(0), kk = weight.size(2) * weight.size(3), freqs = plan.freqs();
+  const T scale = T(1.0 / double(plan.n));
+  AlignedBuffer<T> taps(filters * kk * 2 * freqs), spectrum(2 * freqs * kk), scratch(plan.scratch_size());
+  const T* wp = weight.const_data_ptr<T>();
+  for (int64_t f = 0; f < filters; ++f) {
+    micro.analyze(plan, wp + f * plan.n * kk, kk, kk, spectrum.get(), kk, scratch.get());
+    for (int64_t t = 0; t < kk; ++t) {
+      T* pairs = taps.get() + 2 * (f * kk + t) * freqs;
+      for (int64_t k = 0; k < freqs; ++k) {
+        pairs[2 * k] = spectrum.get()[2 * k * kk + t] * scale;
+        pairs[2 * k + 1] = real_frequency(plan, k) ? T(0) : spectrum.get()[(2 * k + 1) * kk + t] * scale;
+      }
+    }
+  }
+  return taps;
+}
+
+// dK (F, C, kh, kw) from its spectrum acc ((re, im) pairs [F][kh * kw][K]): the inverse
+// transform over the channels (irfft, with its 1 / C), by the engine's synthesis.
+template <typename T>
+void weight_from_spectrum(const MicroKernels<T>& micro, const Plan<T>& plan, const T* acc, const at::Tensor& grad_weight) {
+  const int64_t filters = grad_weight.size(0), kk = grad_weight.size(2) * grad_weight.size(3), freqs = plan.freqs();
+  const T scale = T(1.0 / double(plan.n));
+  AlignedBuffer<T> spectrum(2 * freqs * kk), scratch(plan.scratch_size());
+  T* dw = grad_weight.data_ptr<T>();
+  for (int64_t f = 0; f < filters; ++f) {
+    for (int64_t t = 0; t < kk; ++t) {
+      const T* pairs = acc + 2 * (f * kk + t) * freqs;
+      for (int64_t k = 0; k < freqs; ++k) {
+        spectrum.get()[2 * k * kk + t] = pairs[2 * k] * scale;
+        spectrum.get()[(2 * k + 1) * kk + t] = pairs[2 * k + 1] * scale;
+      }
+    }
+    micro.synthesize(plan, spectrum.get(), kk, kk, dw + f * plan.n * kk, kk, T(0), false, scratch.get());
+  }
+}
+
+// dK's spectrum accumulator, zeroed: (re, im) pairs [F][kh * kw][K].
+template <typename T>
+AlignedBuffer<T> weight_spectrum_sums(const Plan<T>& plan, int64_t filters, const Window2d& w) {
+  const int64_t size = filters * w.kernel_h * w.kernel_w * 2 * plan.freqs();
+  AlignedBuffer<T> acc(size);
+  std::fill(acc.get(), acc.get() + size, T(0));
+  return acc;
 }
 
 // Real flops of the per-frequency sums of one pass (every pass does the same amount):
@@ -197,15 +250,15 @@ int64_t sum_flops(int64_t batch, int64_t filters, int64_t freqs, const Window2d&
 }
 
 template <typename T>
-void forward_typed(const at::Tensor& input, const at::Tensor& taps, const at::Tensor& bias,
+void forward_typed(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                    const Window2d& w, bool relu, const at::Tensor& output) {
-  const int64_t batch = input.size(0), channels = input.size(1), filters = taps.size(0);
+  const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs(), spectrum_size = 2 * freqs * in_px;
-  const at::Tensor tap_pairs = scaled_taps(taps, channels);
-  const T* tp = tap_pairs.const_data_ptr<T>();
+  const AlignedBuffer<T> tap_pairs = scaled_taps(micro, plan, weight);
+  const T* tp = tap_pairs.get();
   const T* x = input.const_data_ptr<T>();
   const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
   T* y = output.data_ptr<T>();
@@ -270,15 +323,15 @@ void input_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, const W
 }
 
 template <typename T>
-void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& taps, const Window2d& w,
+void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weight, const Window2d& w,
                           const at::Tensor& grad_input) {
-  const int64_t batch = grad_input.size(0), channels = grad_input.size(1), filters = taps.size(0);
+  const int64_t batch = grad_input.size(0), channels = grad_input.size(1), filters = weight.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs(), spectrum_size = filters * 2 * freqs * out_px;
-  const at::Tensor tap_pairs = scaled_taps(taps, channels);
-  const T* tp = tap_pairs.const_data_ptr<T>();
+  const AlignedBuffer<T> tap_pairs = scaled_taps(micro, plan, weight);
+  const T* tp = tap_pairs.get();
   const T* dy = grad_output.const_data_ptr<T>();
   T* dx = grad_input.data_ptr<T>();
 
@@ -337,8 +390,8 @@ void weight_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, const 
 
 template <typename T>
 void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& input, const Window2d& w,
-                           const at::Tensor& grad_taps) {
-  const int64_t batch = input.size(0), channels = input.size(1), filters = grad_taps.size(0);
+                           const at::Tensor& grad_weight) {
+  const int64_t batch = input.size(0), channels = input.size(1), filters = grad_weight.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
@@ -346,8 +399,8 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   const int64_t x_size = 2 * freqs * in_px, dy_size = filters * 2 * freqs * out_px;
   const T* x = input.const_data_ptr<T>();
   const T* dy = grad_output.const_data_ptr<T>();
-  grad_taps.zero_();
-  T* acc = reinterpret_cast<T*>(grad_taps.data_ptr());  // (re, im) pairs [F][kh * kw][K]
+  AlignedBuffer<T> sums = weight_spectrum_sums(plan, filters, w);
+  T* acc = sums.get();
 
   const int64_t chunk = samples_per_chunk(batch, (x_size + dy_size) * int64_t(sizeof(T)));
   AlignedBuffer<T> x_spectra(chunk * x_size), dy_spectra(chunk * dy_size);
@@ -363,6 +416,7 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
                         t.tile.get(), acc);
     }
   });
+  weight_from_spectrum(micro, plan, acc, grad_weight);
 }
 
 // The combined backward (RollFftEngine::backward): per chunk, one analysis phase (the
@@ -372,27 +426,24 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
 // grad_output may have any strides (read in place, gather_grad_rows); output is contiguous.
 template <typename T>
 void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
-                    const at::Tensor& taps, const Window2d& w, const at::Tensor& grad_input,
-                    const at::Tensor& grad_taps, const at::Tensor& grad_bias) {
-  const bool want_dx = grad_input.defined(), want_dk = grad_taps.defined(), want_db = grad_bias.defined();
-  const int64_t batch = input.size(0), channels = input.size(1), filters = taps.size(0);
+                    const at::Tensor& weight, const Window2d& w, const at::Tensor& grad_input,
+                    const at::Tensor& grad_weight, const at::Tensor& grad_bias) {
+  const bool want_dx = grad_input.defined(), want_dk = grad_weight.defined(), want_db = grad_bias.defined();
+  const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
   const int64_t freqs = plan.freqs();
   const int64_t x_size = want_dk ? 2 * freqs * in_px : 0, dy_size = filters * 2 * freqs * out_px;
-  const at::Tensor tap_pairs = want_dx ? scaled_taps(taps, channels) : at::Tensor();
-  const T* tp = want_dx ? tap_pairs.const_data_ptr<T>() : nullptr;
+  const AlignedBuffer<T> tap_pairs = want_dx ? scaled_taps(micro, plan, weight) : AlignedBuffer<T>(0);
+  const T* tp = tap_pairs.get();
   const T* x = input.const_data_ptr<T>();
   const bool dy_dense = grad_output.is_contiguous();
   const T* dy = grad_output.const_data_ptr<T>();
   const T* mask = output.defined() ? output.const_data_ptr<T>() : nullptr;
   T* dx = want_dx ? grad_input.data_ptr<T>() : nullptr;
-  T* acc = nullptr;  // (re, im) pairs [F][kh * kw][K]
-  if (want_dk) {
-    grad_taps.zero_();
-    acc = reinterpret_cast<T*>(grad_taps.data_ptr());
-  }
+  AlignedBuffer<T> sums = weight_spectrum_sums(plan, want_dk ? filters : 0, w);
+  T* acc = sums.get();
   std::vector<double> bias_sums(want_db ? filters : 0, 0.0);
 
   // dK's chunks when dK is wanted (so that its sums run in the separate pass's order), dX's otherwise.
@@ -448,6 +499,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
       }
     }
   });
+  if (want_dk) weight_from_spectrum(micro, plan, acc, grad_weight);
   if (want_db) {
     T* db = grad_bias.data_ptr<T>();
     for (int64_t f = 0; f < filters; ++f) db[f] = T(bias_sums[f]);
@@ -460,32 +512,32 @@ bool fft_engine_fits(const Window2d& window, at::ScalarType dtype) {
   return dtype == at::kDouble ? channel_fft::fits_tiles<double>(window) : channel_fft::fits_tiles<float>(window);
 }
 
-void fft_engine_forward(const at::Tensor& input, const at::Tensor& taps, const at::Tensor& bias,
+void fft_engine_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                         const Window2d& window, bool relu, const at::Tensor& output) {
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_roll_fft_forward", [&] {
-    forward_typed<scalar_t>(input, taps, bias, window, relu, output);
+    forward_typed<scalar_t>(input, weight, bias, window, relu, output);
   });
 }
 
-void fft_engine_backward_input(const at::Tensor& grad_output, const at::Tensor& taps,
+void fft_engine_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                const Window2d& window, const at::Tensor& grad_input) {
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rollconv_roll_fft_backward_input", [&] {
-    backward_input_typed<scalar_t>(grad_output, taps, window, grad_input);
+    backward_input_typed<scalar_t>(grad_output, weight, window, grad_input);
   });
 }
 
 void fft_engine_backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                                const Window2d& window, const at::Tensor& grad_taps) {
+                                const Window2d& window, const at::Tensor& grad_weight) {
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_roll_fft_backward_weight", [&] {
-    backward_weight_typed<scalar_t>(grad_output, input, window, grad_taps);
+    backward_weight_typed<scalar_t>(grad_output, input, window, grad_weight);
   });
 }
 
 void fft_engine_backward(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
-                         const at::Tensor& taps, const Window2d& window, const at::Tensor& grad_input,
-                         const at::Tensor& grad_taps, const at::Tensor& grad_bias) {
+                         const at::Tensor& weight, const Window2d& window, const at::Tensor& grad_input,
+                         const at::Tensor& grad_weight, const at::Tensor& grad_bias) {
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rollconv_roll_fft_backward", [&] {
-    backward_typed<scalar_t>(grad_output, output, input, taps, window, grad_input, grad_taps, grad_bias);
+    backward_typed<scalar_t>(grad_output, output, input, weight, window, grad_input, grad_weight, grad_bias);
   });
 }
 
