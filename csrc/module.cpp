@@ -2,6 +2,7 @@
 // the op library (registration.cpp, cpu/, cuda/); it also carries the facts of this
 // build for rollconv.info(). Kept apart so the C++ tests link the ops without Python.
 #include <Python.h>
+#include <torch/csrc/autograd/python_variable.h>
 
 #include <chrono>
 #include <exception>
@@ -64,6 +65,22 @@ PyObject* set_workspace_bytes(PyObject*, PyObject* args) {
   }
   rollconv::settings::set_workspace_setting(bytes);
   Py_RETURN_NONE;
+}
+
+// _C.needs_derivatives(*args) -> bool: whether the ops' Autograd kernel (rollconv/_autograd.py)
+// must record its autograd function: grad mode on and a tensor argument requires grad, or
+// forward grad mode on and a tensor argument carries a forward-mode tangent (level 0, as
+// torch.autograd.forward_ad and torch.func.jvp use). Asked of the tensors themselves, as
+// _unpack_dual does, without building its view: the check runs on every op call.
+PyObject* needs_derivatives(PyObject*, PyObject* args) {
+  const bool grad = at::GradMode::is_enabled(), forward_grad = c10::AutogradState::get_tls_state().get_fw_grad_mode();
+  for (Py_ssize_t i = 0, n = PyTuple_GET_SIZE(args); i < n && (grad || forward_grad); ++i) {
+    PyObject* arg = PyTuple_GET_ITEM(args, i);
+    if (!THPVariable_Check(arg)) continue;
+    const at::Tensor& tensor = THPVariable_Unpack(arg);
+    if ((grad && tensor.requires_grad()) || (forward_grad && tensor._fw_grad(0).defined())) Py_RETURN_TRUE;
+  }
+  Py_RETURN_FALSE;
 }
 
 #ifndef ROLLCONV_EMULATE_CUDA
@@ -131,6 +148,8 @@ PyMethodDef methods[] = {
     {"workspace_bytes", workspace_bytes, METH_NOARGS, "the composed path's workspace per call in bytes (ROLLCONV_WORKSPACE_MB); -1: each device's default"},
     {"workspace_environment_rejected", workspace_environment_rejected, METH_NOARGS,
      "whether ROLLCONV_WORKSPACE_MB held text other than a whole number of MiB at load (the defaults are used)"},
+    {"needs_derivatives", needs_derivatives, METH_VARARGS,
+     "whether an op call on these arguments must record its autograd function (requires grad, or a tangent)"},
     {"set_workspace_bytes", set_workspace_bytes, METH_VARARGS, "set the composed path's workspace per call, bytes; -1: each device's default"},
 #ifndef ROLLCONV_EMULATE_CUDA
     {"gemm_isa", gemm_isa, METH_NOARGS, "ISA of the CPU engines' micro-kernels (ROLLCONV_GEMM_ISA)"},

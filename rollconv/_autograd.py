@@ -24,23 +24,12 @@ from torch._functorch.utils import enable_single_level_autograd_function
 from torch.autograd.forward_ad import _set_fwd_grad_enabled
 from torch.autograd.function import _SingleLevelFunction
 
+from . import _C as _rollconv_C
+
 _C = torch._C
 
 #: Keeps the registrations alive.
 _LIB = torch.library.Library("rollconv", "FRAGMENT")
-
-
-def _has_tangent(t):
-    """Whether t carries a forward-mode tangent (a dual tensor of ``torch.autograd.forward_ad``,
-    which ``torch.func.jvp`` uses too). Asked of the tensor itself, not of forward_ad's
-    Python level counter, which graphs traced by torch.compile do not update."""
-    return isinstance(t, torch.Tensor) and torch._VF._unpack_dual(t, 0)[1] is not None
-
-
-def _needs_derivatives(args):
-    if _C.is_grad_enabled() and _C._any_requires_grad(*args):
-        return True
-    return _C._is_fwd_grad_enabled() and any(_has_tangent(a) for a in args)
 
 
 def register_derivatives(name, *, setup_context, backward, jvp, vmap):
@@ -76,7 +65,10 @@ def register_derivatives(name, *, setup_context, backward, jvp, vmap):
     )
 
     def autograd_kernel(keyset, *args):
-        if _needs_derivatives(args):
+        # In C++: it runs on every call (requires grad under grad mode, or a forward-mode
+        # tangent, asked of the tensors: torch.compile's graphs do not update forward_ad's
+        # Python level counter).
+        if _rollconv_C.needs_derivatives(*args):
             with enable_single_level_autograd_function():
                 return function.apply(*args)
         with _C._AutoDispatchBelowAutograd():

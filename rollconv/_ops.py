@@ -156,21 +156,21 @@ def uses_combined_backward(needs_input_grad):
     return sum(bool(n) for n in needs_input_grad[:3]) >= 2
 
 
-def _by_name(op, inputs):
-    """An op's inputs as {argument name: value}, the names of its schema."""
-    return {argument.name: value for argument, value in zip(op.default._schema.arguments, inputs)}
+def _argument_names(op):
+    """An op's argument names, in its schema's order (read once: the schema is rebuilt per access)."""
+    return [argument.name for argument in op.default._schema.arguments]
 
 
 def _register_gemm_conv(fwd, dx, dk):
     fwd, dx, dk = (getattr(ops, name) for name in (fwd, dx, dk))
     # The geometry every pass shares: stride, padding, dilation and groups (conv2d), or
     # rolls, shift and algorithm (roll_conv2d): the dX pass's arguments after its operands.
-    geometry_names = [argument.name for argument in dx.default._schema.arguments
-                      if argument.name not in ("grad_output", "weight", "input_size")]
-    fused_relu = "relu" in [argument.name for argument in fwd.default._schema.arguments]
+    geometry_names = [name for name in _argument_names(dx) if name not in ("grad_output", "weight", "input_size")]
+    fwd_names = _argument_names(fwd)
+    fused_relu = "relu" in fwd_names
 
     def forward_setup(ctx, inputs, output):
-        args = _by_name(fwd, inputs)
+        args = dict(zip(fwd_names, inputs))
         saved = (args["input"], args["weight"], output if args.get("relu") else None)
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
@@ -214,8 +214,10 @@ def _register_gemm_conv(fwd, dx, dk):
         return t_output
 
     def pass_setup_of(op, other_name, size_name):  # dX: (weight, input_size); dK: (input, kernel_size)
+        names = _argument_names(op)
+
         def setup(ctx, inputs, output):
-            args = _by_name(op, inputs)
+            args = dict(zip(names, inputs))
             ctx.save_for_backward(args["grad_output"], args[other_name])
             ctx.save_for_forward(args["grad_output"], args[other_name])
             ctx.size = list(args[size_name])
