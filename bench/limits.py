@@ -24,7 +24,7 @@ the algorithm that runs ('direct' and 'bank': the bank's 2 N (C F) C kh kw oh ow
 the per-frequency sums, 8 N F K kh kw oh ow with K = C/2 + 1, plus the channel transforms,
 counted as 2.5 n log2 n per real transform of length n). "reached" = bound / time.
 
-    python bench/limits.py [--threads 2] [--rounds 9] [--c 16] [--batch 8] [--size 32]
+    python bench/limits.py [--threads 2] [--rounds 9] [--c 16] [--batch 8] [--size 32] [--malloc adaptive]
 """
 import argparse
 import math
@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rollconv  # noqa: E402
 import rollconv.functional as RF  # noqa: E402
+from rollconv import benchmark  # noqa: E402
 
 ops = torch.ops.rollconv
 SIZES = {"": 16 << 20, "DRAM ": 256 << 20}  # key prefix: buffer bytes
@@ -206,7 +207,11 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--algorithm", default=None, help="force an algorithm (default: 'auto's choice)")
+    parser.add_argument("--malloc", choices=("fixed", "adaptive"), default="fixed",
+                        help="glibc malloc's thresholds: fixed (default) or glibc's adaptive ones (as make bench)")
     args = parser.parse_args()
+    if args.malloc == "fixed":
+        print("malloc:", benchmark.fix_malloc_thresholds())
     limits = machine_limits(args.threads)
     print(format_limits(limits))
     print(PASS_HEADER)

@@ -9,10 +9,12 @@ faster). Modes: "forward" (under torch.no_grad) and "forward+backward" (``y.sum(
                              [--only TEXT] [--batch N] [--size S]
 
 ``--quick`` (a few cases, 3 rounds) takes well under a minute on two cores; the full set
-several minutes. ``bench/run.py`` (``make bench``) runs the same cases and adds peak
+several minutes. On glibc the run fixes malloc's thresholds first (``--malloc adaptive``
+keeps glibc's defaults; see ``fix_malloc_thresholds``). ``bench/run.py`` (``make bench``) runs the same cases and adds peak
 memory, the GEMM engine alone and the written reports.
 """
 import argparse
+import ctypes
 import os
 import platform
 import statistics
@@ -207,21 +209,56 @@ def argument_parser(prog=None, threads=None):
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     parser.add_argument("--batch", type=int, help="batch size of every case (default: each case's own)")
     parser.add_argument("--size", type=int, help="image height and width of every case (default: each case's own)")
+    parser.add_argument("--malloc", choices=("fixed", "adaptive"), default="fixed",
+                        help="glibc malloc's mmap and trim thresholds: fixed for the run (default; see "
+                             "fix_malloc_thresholds), or glibc's adaptive defaults")
     return parser
 
 
+# mallopt(3) parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: The mmap threshold set by ``fix_malloc_thresholds``: the largest glibc accepts on 64-bit
+#: systems (mallopt(3)), above the roll_conv2d cases' outputs (8 MiB).
+MMAP_THRESHOLD_BYTES = 32 << 20
+#: The trim threshold set by ``fix_malloc_thresholds``: freed memory stays in the process.
+TRIM_THRESHOLD_BYTES = 1 << 30
+
+
+def fix_malloc_thresholds():
+    """Fix glibc malloc's mmap and trim thresholds (``mallopt``: 32 MiB and 1 GiB) for this
+    process; returns a description for the run's facts.
+
+    By default glibc moves both thresholds as blocks are freed, so whether a fresh tensor of
+    some MiB is served from memory already mapped or from new pages (one page fault per
+    page or per small folio, each zeroed by the kernel) depends on the process's history.
+    Measured on a 2-core VM (bench/roll_conv2d_limits.md, 2026-12-02): the same script gave
+    0 to 2438 page faults per roll_conv2d forward+backward and 0 to 16320 for the
+    filter-bank method, from run to run, up to a quarter of the wall time in the kernel.
+    With the thresholds fixed both ran without faults. PyTorch's CPU tuning guide makes the
+    same point for jemalloc and tcmalloc (memory reused instead of returned and refaulted).
+    Other C libraries are left alone."""
+    if platform.libc_ver()[0] != "glibc":
+        return "unchanged (not glibc)"
+    libc = ctypes.CDLL(None)  # the C library the process already uses
+    if libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) != 1:
+        return "glibc's adaptive thresholds (mallopt refused the fixed ones)"
+    return f"glibc, mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB and trim threshold {TRIM_THRESHOLD_BYTES >> 30} GiB, fixed"
+
+
 def setup(args):
-    """Apply the parsed options (threads, rounds) and return the facts of the run."""
+    """Apply the parsed options (threads, rounds, malloc) and return the facts of the run."""
     if args.quick and args.rounds == 7:
         args.rounds = 3
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = fix_malloc_thresholds() if args.malloc == "fixed" else "adaptive (the C library's defaults)"
     facts = build_facts()
     facts.update(threads=torch.get_num_threads(), rounds=args.rounds, device=args.device,
                  python=platform.python_version(),
                  # libgomp's default policy spins at every barrier before it sleeps: on a machine
                  # shared with other jobs that changes every timing (torch's and ours), so say which
-                 OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "unset (libgomp: spin, then sleep)"))
+                 OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "unset (libgomp: spin, then sleep)"),
+                 malloc=malloc)
     return facts
 
 

@@ -2,6 +2,7 @@
 build's size (no debug info), and `python -m rollconv bench`."""
 import importlib.util
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -86,12 +87,17 @@ def test_bench_command_runs_tiny_cases():
     for case in ("conv2d N=1 64->64 3x3 s1 p1 @8x8", "roll_conv2d C=4 F=64", "roll_conv2d C=64 F=4"):
         assert case in out, out
     assert out.count("forward+backward: rollconv") == 3
+    if platform.libc_ver()[0] == "glibc":  # the run fixes glibc malloc's thresholds (benchmark.fix_malloc_thresholds)
+        assert "malloc: glibc, mmap threshold 32 MiB and trim threshold 1 GiB, fixed" in out, out
 
 
 def test_bench_options_select_cases(capsys):
     from rollconv import __main__ as cli
 
-    assert cli.main(["rollconv", "bench", "--only", "max_pool2d", "--batch", "1", "--size", "6", "--rounds", "1"]) == 0
+    # (--malloc adaptive: the fixed thresholds would stay set in this test process)
+    assert cli.main(["rollconv", "bench", "--only", "max_pool2d", "--batch", "1", "--size", "6", "--rounds", "1",
+                     "--malloc", "adaptive"]) == 0
     out = capsys.readouterr().out
     assert "max_pool2d N=1 C=64 @6x6" in out and "roll_conv2d" not in out
+    assert "malloc: adaptive (the C library's defaults)" in out
     assert cli.main(["rollconv", "frobnicate"]) == 2
