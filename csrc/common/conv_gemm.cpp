@@ -29,13 +29,6 @@ Tensor channels_first(const Tensor& nchw_chunk) {
   return nchw_chunk.reshape({nchw_chunk.size(0), nchw_chunk.size(1), -1}).transpose(0, 1);
 }
 
-// One bias entry per output channel, the (period,) bias tiled: channel c gets bias[c % period].
-// (expand and one copy: Tensor::repeat runs several small ATen ops, ~tens of us per call.)
-Tensor bias_per_channel(const Tensor& bias, int64_t channels) {
-  const int64_t period = bias.size(0);
-  return bias.view({1, period}).expand({channels / period, period}).contiguous().view({channels});
-}
-
 Tensor block_weight(const Tensor& weight_mat, const GemmBlock& blk) {
   return weight_mat.narrow(0, blk.weight_row, blk.rows).narrow(1, 0, blk.inner);
 }

@@ -136,6 +136,12 @@ Tensor conv2d_backward_weight(const DevicePrimitives& prims, const Tensor& grad_
   return in_memory_format_of(grad_weight, {grad_output, input});
 }
 
+// (expand and one copy: Tensor::repeat runs several small ATen ops, ~tens of us per call.)
+Tensor bias_per_channel(const Tensor& bias, int64_t out_channels) {
+  const int64_t period = bias.size(0), copies = period == 0 ? 0 : out_channels / period;  // (no filters: empty)
+  return bias.view({1, period}).expand({copies, period}).contiguous().view({out_channels});
+}
+
 Tensor bias_backward(const DevicePrimitives& prims, const Tensor& grad_output, int64_t channels) {
   constexpr const char* op = "rollconv.bias_backward";
   check_input(op, "grad_output", grad_output, -2, prims);

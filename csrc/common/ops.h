@@ -28,6 +28,9 @@ Tensor conv2d_backward_weight(const DevicePrimitives& prims, const Tensor& grad_
 // Bias gradient: grad_output summed over every dim but 1, whose entries are folded modulo
 // `channels` (rolling convolution: R*F output channels share F biases).
 Tensor bias_backward(const DevicePrimitives& prims, const Tensor& grad_output, int64_t channels);
+// Its forward counterpart: the (period,) bias tiled to one entry per output channel, channel c
+// getting bias[c % period] ((out_channels,), contiguous; period divides out_channels).
+Tensor bias_per_channel(const Tensor& bias, int64_t out_channels);
 
 // --- rolling-filter convolution (rolls as GEMM blocks over one shared im2col) -----------
 // Roll r moves the filter by r * shift input channels (shift divides C; rolls <= C / shift).

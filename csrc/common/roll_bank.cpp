@@ -50,8 +50,9 @@ Tensor fold_bank(const Tensor& grad_bank, int64_t rolls, int64_t shift) {
 Tensor roll_bank_forward(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                          IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t rolls, int64_t shift,
                          bool relu) {
-  const std::optional<Tensor> bank_bias =
-      bias.has_value() && bias->defined() ? std::optional<Tensor>(bias->repeat({rolls})) : std::nullopt;
+  const std::optional<Tensor> bank_bias = bias.has_value() && bias->defined()
+                                              ? std::optional<Tensor>(bias_per_channel(*bias, rolls * bias->size(0)))
+                                              : std::nullopt;
   Tensor out = at::convolution(input, expand_bank(weight, rolls, shift), bank_bias, stride, padding, dilation, false,
                                {0, 0}, 1);
   if (relu) out.relu_();
