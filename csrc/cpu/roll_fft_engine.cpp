@@ -185,12 +185,6 @@ struct ThreadBuffers {
   AlignedBuffer<T> scratch, tile, sums, rows;
 };
 
-// Whether frequency k of a length-n transform is real (0, and n / 2 when n is even).
-template <typename T>
-bool real_frequency(const Plan<T>& plan, int64_t k) {
-  return k == 0 || (plan.even() && k == plan.freqs() - 1);
-}
-
 // The taps: the weight's rfft over its channels, / C, as (re, im) pairs [F][kh * kw][K],
 // by the channel transform the engine uses for the input (filter f's weight is C rows of
 // kh * kw pixels). Not a torch.fft call: on small layers its per-call set-up cost more
@@ -207,7 +201,7 @@ AlignedBuffer<T> scaled_taps(const MicroKernels<T>& micro, const Plan<T>& plan, 
       T* pairs = taps.get() + 2 * (f * kk + t) * freqs;
       for (int64_t k = 0; k < freqs; ++k) {
         pairs[2 * k] = spectrum.get()[2 * k * kk + t] * scale;
-        pairs[2 * k + 1] = real_frequency(plan, k) ? T(0) : spectrum.get()[(2 * k + 1) * kk + t] * scale;
+        pairs[2 * k + 1] = plan.real_frequency(k) ? T(0) : spectrum.get()[(2 * k + 1) * kk + t] * scale;
       }
     }
   }

@@ -38,6 +38,10 @@ struct Stage {
   int64_t roots;        // radix > 5: offset of exp(-2 pi i q / radix), q < radix
 };
 
+// Whether frequency k of a real transform over n = 2 (freqs - 1) + (even ? 0 : 1) points is
+// real: k = 0, and k = n / 2 when n is even.
+inline bool real_frequency(int64_t k, int64_t freqs, bool even) { return k == 0 || (even && k == freqs - 1); }
+
 // A complex FFT of length n (forward sign: exp(-2 pi i k c / n)), as Stockham stages.
 template <typename T>
 struct Plan {
@@ -48,6 +52,7 @@ struct Plan {
   int64_t max_radix = 1;
   int64_t freqs() const { return n / 2 + 1; }
   bool even() const { return n % 2 == 0; }  // frequency n / 2 exists and is real
+  bool real_frequency(int64_t k) const { return channel_fft::real_frequency(k, freqs(), even()); }
   // Scratch elements (T) one transform call needs: the groups staged at once, a ping-pong
   // buffer and a DFT temporary.
   int64_t scratch_size() const { return ((kStagedGroups + 1) * n + max_radix) * group_pixels<T>(); }

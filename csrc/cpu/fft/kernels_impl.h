@@ -562,7 +562,7 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
     // The inverse as conj(FFT(conj Z)), Z = A + iB over the whole circle (A, B Hermitian);
     // the imaginary parts at frequency 0 and n/2 are dropped, as irfft does.
     for (int64_t k = 0; k < freqs; ++k) {
-      const bool real = k == 0 || 2 * k == n;
+      const bool real = plan.real_frequency(k);
       CV<T> re, im{V{}, V{}};  // A.re | B.re, A.im | B.im
       load_group(spectrum + 2 * k * plane + p0, valid, &re);
       if (!real) load_group(spectrum + (2 * k + 1) * plane + p0, valid, &im);
@@ -809,10 +809,6 @@ void forward_all_filters(const ForwardBlock<T>& b, int64_t filters, int64_t posi
   }
   for (; f < filters; ++f) forward_filters<T, 1, S, Unit, Real, K>(b, f, positions);
 }
-
-// Whether frequency k of a real transform over n = 2 (freqs - 1) + (odd ? 1 : 0) points is
-// real: k = 0, and k = n / 2 when n is even.
-inline bool real_frequency(int64_t k, int64_t freqs, bool even) { return k == 0 || (even && k == freqs - 1); }
 
 // All filters' sums for the output rows [oh0, oh1): out [filters][freqs][2][px].
 template <typename T>
