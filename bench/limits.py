@@ -207,11 +207,9 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--algorithm", default=None, help="force an algorithm (default: 'auto's choice)")
-    parser.add_argument("--malloc", choices=("fixed", "adaptive"), default="fixed",
-                        help="glibc malloc's thresholds: fixed (default) or glibc's adaptive ones (as make bench)")
+    benchmark.add_malloc_option(parser)
     args = parser.parse_args()
-    if args.malloc == "fixed":
-        print("malloc:", benchmark.fix_malloc_thresholds())
+    print("malloc:", benchmark.apply_malloc_option(args.malloc))
     limits = machine_limits(args.threads)
     print(format_limits(limits))
     print(PASS_HEADER)

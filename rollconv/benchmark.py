@@ -209,10 +209,15 @@ def argument_parser(prog=None, threads=None):
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     parser.add_argument("--batch", type=int, help="batch size of every case (default: each case's own)")
     parser.add_argument("--size", type=int, help="image height and width of every case (default: each case's own)")
+    add_malloc_option(parser)
+    return parser
+
+
+def add_malloc_option(parser):
+    """--malloc fixed|adaptive (also bench/limits.py's); apply it with ``apply_malloc_option``."""
     parser.add_argument("--malloc", choices=("fixed", "adaptive"), default="fixed",
                         help="glibc malloc's mmap and trim thresholds: fixed for the run (default; see "
                              "fix_malloc_thresholds), or glibc's adaptive defaults")
-    return parser
 
 
 # mallopt(3) parameters (glibc's malloc.h).
@@ -245,13 +250,18 @@ def fix_malloc_thresholds():
     return f"glibc, mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB and trim threshold {TRIM_THRESHOLD_BYTES >> 30} GiB, fixed"
 
 
+def apply_malloc_option(choice):
+    """Apply ``--malloc`` (``add_malloc_option``); returns its description for the run's facts."""
+    return fix_malloc_thresholds() if choice == "fixed" else "adaptive (the C library's defaults)"
+
+
 def setup(args):
     """Apply the parsed options (threads, rounds, malloc) and return the facts of the run."""
     if args.quick and args.rounds == 7:
         args.rounds = 3
     if args.threads:
         torch.set_num_threads(args.threads)
-    malloc = fix_malloc_thresholds() if args.malloc == "fixed" else "adaptive (the C library's defaults)"
+    malloc = apply_malloc_option(args.malloc)
     facts = build_facts()
     facts.update(threads=torch.get_num_threads(), rounds=args.rounds, device=args.device,
                  python=platform.python_version(),
