@@ -161,14 +161,16 @@ for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
     for a, b in ((y, y2), (gx, rx), (gw, rw)):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
     # the channel FFT's kernels (same ISA choice): fft against bank
-    x = torch.randn(2, 12, 9, 37, dtype=dtype, requires_grad=True)
-    w = torch.randn(3, 12, 3, 3, dtype=dtype, requires_grad=True)
-    outs = []
-    for algorithm in ("fft", "bank"):
-        y = RF.roll_conv2d(x, w, padding=1, algorithm=algorithm)
-        outs.append((y,) + torch.autograd.grad(y.square().sum(), (x, w)))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
+    # (3x3, and a kernel with row dilation: dX's strips of rows then take the general path)
+    for kernel, dilation, padding in (((3, 3), 1, 1), ((5, 2), (2, 1), (4, 1))):
+        x = torch.randn(2, 12, 9, 37, dtype=dtype, requires_grad=True)
+        w = torch.randn(3, 12, *kernel, dtype=dtype, requires_grad=True)
+        outs = []
+        for algorithm in ("fft", "bank"):
+            y = RF.roll_conv2d(x, w, padding=padding, dilation=dilation, algorithm=algorithm)
+            outs.append((y,) + torch.autograd.grad(y.square().sum(), (x, w)))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
 print("ok")
 """
 
