@@ -616,31 +616,59 @@ __attribute__((always_inline)) inline void zero_run(T* dst, int64_t n) {
   store(dst + n - L, V{});
 }
 
-// tile[r * pitch + q] = plane[(row0 + r) * width + col0 + q], 0 outside the plane; the
-// imaginary tile follows the real one (at + rows * pitch), unless plane_im is null (a real
-// frequency: only the real tile is read).
-template <typename T>
-void fill_tile(const T* plane_re, const T* plane_im, int64_t height, int64_t width, int64_t row0,
-               int64_t col0, int64_t rows, int64_t pitch, T* tile) {
-  constexpr int64_t L = lanes_of<T>();
+// Where a tile of rows x pitch whose first element lies at plane position (row0, col0) meets
+// a plane of height x width: tile rows [r0, r1), columns [q0, q1).
+struct TileSpan {
+  int64_t r0, r1, q0, q1;
+};
+inline TileSpan tile_span(int64_t height, int64_t width, int64_t row0, int64_t col0, int64_t rows, int64_t pitch) {
   const int64_t q0 = std::clamp<int64_t>(-col0, 0, pitch), q1 = std::clamp<int64_t>(width - col0, q0, pitch);
+  const int64_t r0 = std::clamp<int64_t>(-row0, 0, rows), r1 = std::clamp<int64_t>(height - row0, r0, rows);
+  return TileSpan{r0, r1, q0, q1};
+}
+
+// Zeros in `parts` tiles of one span (rows x pitch each, one after the other) outside it. A
+// kernel that fills several tiles of one geometry zeroes them once and then only copies
+// the span (copy_tile_span) per tile: the padding is the same for all.
+template <typename T>
+void zero_tile_padding(const TileSpan& s, int64_t rows, int64_t pitch, int64_t parts, T* tile) {
+  constexpr int64_t L = lanes_of<T>();
   // The padding runs [0, q0) and [q1, pitch) zeroed as runs of at least a lane vector where
   // the row has one (the copy then overwrites what they cover of the plane's run).
-  const int64_t head = std::max(q0, std::min(L, pitch)), tail = std::min(q1, std::max<int64_t>(0, pitch - L));
-  for (int part = 0; part < (plane_im ? 2 : 1); ++part) {
-    const T* plane = part == 0 ? plane_re : plane_im;
+  const int64_t head = std::max(s.q0, std::min(L, pitch)), tail = std::min(s.q1, std::max<int64_t>(0, pitch - L));
+  for (int64_t part = 0; part < parts; ++part) {
     T* dst = tile + part * rows * pitch;
     for (int64_t r = 0; r < rows; ++r, dst += pitch) {
-      const int64_t h = row0 + r;
-      if (h < 0 || h >= height) {
+      if (r < s.r0 || r >= s.r1) {
         zero_run(dst, pitch);
         continue;
       }
-      if (q0 > 0) zero_run(dst, head);
-      if (q1 < pitch) zero_run(dst + tail, pitch - tail);
-      copy_run(plane + h * width + col0 + q0, q1 - q0, dst + q0);
+      if (s.q0 > 0) zero_run(dst, head);
+      if (s.q1 < pitch) zero_run(dst + tail, pitch - tail);
     }
   }
+}
+
+// The span of a tile: tile[r * pitch + q] = plane[(row0 + r) * width + col0 + q]; the
+// imaginary tile follows the real one (at + rows * pitch), unless plane_im is null (a real
+// frequency: only the real tile is read).
+template <typename T>
+void copy_tile_span(const T* plane_re, const T* plane_im, int64_t width, int64_t row0, int64_t col0,
+                    const TileSpan& s, int64_t rows, int64_t pitch, T* tile) {
+  for (int part = 0; part < (plane_im ? 2 : 1); ++part) {
+    const T* plane = (part == 0 ? plane_re : plane_im) + col0 + s.q0;
+    T* dst = tile + part * rows * pitch + s.q0;
+    for (int64_t r = s.r0; r < s.r1; ++r) copy_run(plane + (row0 + r) * width, s.q1 - s.q0, dst + r * pitch);
+  }
+}
+
+// A whole tile: its span copied from the plane, 0 elsewhere.
+template <typename T>
+void fill_tile(const T* plane_re, const T* plane_im, int64_t height, int64_t width, int64_t row0,
+               int64_t col0, int64_t rows, int64_t pitch, T* tile) {
+  const TileSpan s = tile_span(height, width, row0, col0, rows, pitch);
+  zero_tile_padding(s, rows, pitch, plane_im ? 2 : 1, tile);
+  copy_tile_span(plane_re, plane_im, width, row0, col0, s, rows, pitch, tile);
 }
 
 // `lanes` pixels `step` apart; Unit: step is 1. (A compile-time Unit keeps the common case a
@@ -820,10 +848,13 @@ void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, 
   const int64_t tile_rows = (rows - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1;
   const int64_t pitch = (chunks * L - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1;
   const Positions at{chunks, w.stride_h * pitch, L * w.stride_w, w.out_w};
+  const int64_t row0 = oh0 * w.stride_h - w.pad_h;
+  const TileSpan span = tile_span(w.in_h, w.in_w, row0, -w.pad_w, tile_rows, pitch);
+  zero_tile_padding(span, tile_rows, pitch, 2, tile);
   for (int64_t k = 0; k < freqs; ++k) {
     const bool real = real_frequency(k, freqs, even);
-    fill_tile(spectrum + 2 * k * in_px, real ? nullptr : spectrum + (2 * k + 1) * in_px, w.in_h, w.in_w,
-              oh0 * w.stride_h - w.pad_h, -w.pad_w, tile_rows, pitch, tile);
+    copy_tile_span(spectrum + 2 * k * in_px, real ? nullptr : spectrum + (2 * k + 1) * in_px, w.in_w, row0, -w.pad_w,
+                   span, tile_rows, pitch, tile);
     const ForwardBlock<T> b{w, at, tile, tile_rows * pitch, pitch, taps + 2 * k, 2 * freqs,
                             2 * w.kernel_h * w.kernel_w * freqs, out + 2 * k * px, 2 * freqs * px, px};
     const auto all_filters = [&](auto unit, auto is_real, auto k3) {
@@ -967,6 +998,9 @@ void input_grad_rows(const Window2d& w, int64_t freqs, bool even, int64_t filter
   const int64_t pitch = chunks * L + (w.kernel_w - 1) * w.dil_w;
   const int64_t kk = w.kernel_h * w.kernel_w, plane = tile_rows * pitch;
   const int64_t group = std::clamp<int64_t>(tile_size<T>(w, rows) / (2 * plane), 1, filters);
+  const int64_t row0 = h0 + w.pad_h - (w.kernel_h - 1) * w.dil_h, col0 = w.pad_w - (w.kernel_w - 1) * w.dil_w;
+  const TileSpan span = tile_span(w.out_h, w.out_w, row0, col0, tile_rows, pitch);
+  zero_tile_padding(span, tile_rows, pitch, 2 * group, tile);
   for (int64_t k = 0; k < freqs; ++k) {
     T* g = out + 2 * k * px;
     const bool real = real_frequency(k, freqs, even);  // (see forward_all_filters)
@@ -974,8 +1008,8 @@ void input_grad_rows(const Window2d& w, int64_t freqs, bool even, int64_t filter
       const int64_t count = std::min(group, filters - f0);
       for (int64_t f = 0; f < count; ++f) {
         const T* dy = grad + ((f0 + f) * freqs + k) * 2 * out_px;
-        fill_tile(dy, real ? nullptr : dy + out_px, w.out_h, w.out_w, h0 + w.pad_h - (w.kernel_h - 1) * w.dil_h,
-                  w.pad_w - (w.kernel_w - 1) * w.dil_w, tile_rows, pitch, tile + f * 2 * plane);
+        copy_tile_span(dy, real ? nullptr : dy + out_px, w.out_w, row0, col0, span, tile_rows, pitch,
+                       tile + f * 2 * plane);
       }
       const T* t = taps + 2 * (f0 * kk * freqs + k);
       const int64_t filter_step = 2 * kk * freqs;
