@@ -814,6 +814,84 @@ __attribute__((always_inline)) inline void forward_chunks(const ForwardBlock<T>&
   }
 }
 
+// fn(std::integral_constant<int, m>{}, row) over the rows [0, rows) in strips of m = R rows,
+// the last strip shorter (m < R) when R does not divide rows.
+template <int R, typename Fn>
+__attribute__((always_inline)) inline void for_strips(int64_t rows, Fn&& fn) {
+  int64_t row = 0;
+  for (; row + R <= rows; row += R) fn(std::integral_constant<int, R>{}, row);
+  if constexpr (R > 1) {
+    if (row < rows) for_strips<R - 1>(rows - row, [&](auto m, int64_t r) { fn(m, row + r); });
+  }
+}
+
+// The sums of a strip of R output rows of one chunk column, each tile row the strip meets
+// loaded once per kernel column and used for every kernel row that reaches it: at 3x3,
+// 6 row loads for 4 output rows instead of 12 (a load per 2 FMAs bound the sums that
+// shared no load between filters: the AVX-512 dX, and the forward of a lone filter).
+//   forward (Backward false): out = sum over taps of X * conj(taps), one filter's taps;
+//     tile row ro * 1 + i * dil_h, column + j * dil_w (row stride 1; any column stride);
+//   dX (Backward true, stride 1): out += sum over the filters and taps of dY(f) * taps, a
+//     gather from tiles of dY (one per filter, `tile_step` apart) whose rows and columns run
+//     backwards over the taps; first: out starts at zero.
+// src: the strip's tile offset; dst: its plane offset (rows `width` apart), of which `valid`
+// lanes are pixels. The lane sums stay in registers over the filters; each adds filter by
+// filter, then kernel column by kernel column, then kernel row by kernel row. K = 3: a 3x3
+// kernel with row dilation 1 (compiled with every index known).
+template <typename T, int R, bool Real, int K, bool Backward, bool Unit>
+__attribute__((always_inline)) inline void strip_sums(const Window2d& w, const T* tiles, int64_t tile_step,
+                                                      int64_t tile_plane, int64_t pitch, int64_t filters,
+                                                      const T* taps, int64_t filter_step, int64_t tap_step,
+                                                      bool first, int64_t src, T* out, int64_t dst, int64_t width,
+                                                      int64_t valid, int64_t px) {
+  using V = typename LanesOf<T>::type;
+  const int64_t kh = kernel_h<K>(w), kw = kernel_w<K>(w), dil_h = K > 0 ? 1 : w.dil_h;
+  const int64_t tile_rows = R + (kh - 1) * dil_h;
+  V sum_re[R], sum_im[R];
+#pragma GCC unroll 8
+  for (int ro = 0; ro < R; ++ro) {
+    sum_re[ro] = first ? V{} : load_prefix(out + dst + ro * width, valid);
+    sum_im[ro] = first || Real ? V{} : load_prefix(out + px + dst + ro * width, valid);
+  }
+  for (int64_t f = 0; f < filters; ++f) {
+    const T* tile = tiles + f * tile_step + src;
+    for (int64_t j = 0; j < kw; ++j) {
+      const T* column = tile + (Backward ? kw - 1 - j : j) * w.dil_w;
+      const T* t = taps + f * filter_step + j * tap_step;  // tap (i, j) at + i * kw * tap_step
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < tile_rows; ++r) {
+        const V a = load_lanes<Unit>(column + r * pitch, w.stride_w);
+        [[maybe_unused]] const V b = Real ? V{} : load_lanes<Unit>(column + tile_plane + r * pitch, w.stride_w);
+        // Output row ro meets tile row r through kernel row d / dil_h (d = r - ro), counted
+        // from the bottom when Backward.
+#pragma GCC unroll 8
+        for (int ro = 0; ro < R; ++ro) {
+          const int64_t d = r - ro;
+          if (d < 0 || d % dil_h != 0 || d / dil_h >= kh) continue;
+          const T* tap = t + (Backward ? kh - 1 - d / dil_h : d / dil_h) * kw * tap_step;
+          const T tr = tap[0];
+          if constexpr (Real) {
+            sum_re[ro] += a * tr;
+          } else if constexpr (Backward) {
+            const T ti = tap[1];
+            sum_re[ro] += a * tr - b * ti;
+            sum_im[ro] += a * ti + b * tr;
+          } else {
+            const T ti = tap[1];
+            sum_re[ro] += a * tr + b * ti;
+            sum_im[ro] += b * tr - a * ti;
+          }
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int ro = 0; ro < R; ++ro) {
+    store_prefix(out + dst + ro * width, sum_re[ro], valid);
+    if constexpr (!Real) store_prefix(out + px + dst + ro * width, sum_im[ro], valid);
+  }
+}
+
 // Filters [f0, f0 + NF) over every position: NC positions at a time, then one by one.
 template <typename T, int NF, int NC, bool Unit, bool Real, int K>
 void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
@@ -822,8 +900,28 @@ void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
   });
 }
 
+// A lone filter (row stride 1): its sums in strips of rows (strip_sums).
+template <typename T, bool Unit, bool Real, int K>
+void forward_lone_filter(const ForwardBlock<T>& b, int64_t f) {
+  constexpr int64_t L = lanes_of<T>();
+  const Window2d& w = b.w;
+  const int64_t rows = b.px / w.out_w;
+  const auto strips = [&](auto k3) {
+    constexpr int K3 = decltype(k3)::value ? 3 : 0;
+    for (int64_t ch = 0; ch < b.at.chunks; ++ch) {
+      const int64_t valid = std::min(L, w.out_w - ch * L);
+      for_strips<kSums<T>>(rows, [&](auto r, int64_t ro) {
+        strip_sums<T, decltype(r)::value, Real, K3, false, Unit>(
+            w, b.tile, 0, b.tile_plane, b.pitch, 1, b.taps + f * b.filter_step, 0, b.tap_step, true,
+            ro * b.pitch + ch * b.at.chunk_step, b.out + f * b.out_step, ro * w.out_w + ch * L, w.out_w, valid, b.px);
+      });
+    }
+  };
+  with_flags(strips, K == 3 && w.dil_h == 1);
+}
+
 // Every filter: up to four at a time share each tap's loads; a lone filter takes S
-// positions at a time. Real (frequency 0, and n/2 for an even n, where X and the taps are
+// positions at a time (strips of rows where the row stride is 1). Real (frequency 0, and n/2 for an even n, where X and the taps are
 // real): a quarter of the multiplies and no imaginary sums, so twice as many sums in flight.
 template <typename T, bool Unit, bool Real, int K>
 void forward_all_filters(const ForwardBlock<T>& b, int64_t filters, int64_t positions) {
@@ -835,7 +933,13 @@ void forward_all_filters(const ForwardBlock<T>& b, int64_t filters, int64_t posi
   if constexpr (S >= 2) {
     for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2, Unit, Real, K>(b, f, positions);
   }
-  for (; f < filters; ++f) forward_filters<T, 1, S, Unit, Real, K>(b, f, positions);
+  for (; f < filters; ++f) {
+    if (b.w.stride_h == 1) {
+      forward_lone_filter<T, Unit, Real, K>(b, f);
+    } else {
+      forward_filters<T, 1, S, Unit, Real, K>(b, f, positions);
+    }
+  }
 }
 
 // All filters' sums for the output rows [oh0, oh1): out [filters][freqs][2][px].
@@ -862,75 +966,6 @@ void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, 
       forward_all_filters<T, decltype(unit)::value, decltype(is_real)::value, K>(b, filters, positions);
     };
     with_flags(all_filters, w.stride_w == 1, real, is_3x3(w));
-  }
-}
-
-// fn(std::integral_constant<int, m>{}, row) over the rows [0, rows) in strips of m = R rows,
-// the last strip shorter (m < R) when R does not divide rows.
-template <int R, typename Fn>
-__attribute__((always_inline)) inline void for_strips(int64_t rows, Fn&& fn) {
-  int64_t row = 0;
-  for (; row + R <= rows; row += R) fn(std::integral_constant<int, R>{}, row);
-  if constexpr (R > 1) {
-    if (row < rows) for_strips<R - 1>(rows - row, [&](auto m, int64_t r) { fn(m, row + r); });
-  }
-}
-
-// dX (stride 1): out[k] += sum over the filters and taps of dY(f) * taps[f][t][k], as a
-// gather from tiles of dY (one per filter, `tile_step` apart) whose rows and columns run
-// backwards over the taps, for a strip of R rows of one chunk column (tile offset src,
-// plane offset dst; `valid` lanes are pixels). Each tile row the strip meets is loaded once
-// per kernel column and used for every kernel row that reaches it: at 3x3, 6 row loads for 4
-// output rows instead of 12 (the AVX-512 sums were bound by the loads, 1 per 2 FMAs). The
-// lane sums stay in registers over the filters; each adds filter by filter, then kernel
-// column by kernel column, then kernel row by kernel row. K = 3: a 3x3 kernel with row
-// dilation 1 (compiled with every index known).
-template <typename T, int R, bool Real, int K>
-__attribute__((always_inline)) inline void input_grad_strip(const Window2d& w, const T* tiles, int64_t tile_step,
-                                                            int64_t tile_plane, int64_t pitch, int64_t filters,
-                                                            const T* taps, int64_t filter_step, int64_t tap_step,
-                                                            bool first, int64_t src, T* out, int64_t dst,
-                                                            int64_t width, int64_t valid, int64_t px) {
-  using V = typename LanesOf<T>::type;
-  const int64_t kh = kernel_h<K>(w), kw = kernel_w<K>(w), dil_h = K > 0 ? 1 : w.dil_h;
-  const int64_t tile_rows = R + (kh - 1) * dil_h;
-  V sum_re[R], sum_im[R];
-#pragma GCC unroll 8
-  for (int ro = 0; ro < R; ++ro) {
-    sum_re[ro] = first ? V{} : load_prefix(out + dst + ro * width, valid);
-    sum_im[ro] = first || Real ? V{} : load_prefix(out + px + dst + ro * width, valid);
-  }
-  for (int64_t f = 0; f < filters; ++f) {
-    const T* tile = tiles + f * tile_step + src;
-    for (int64_t j = 0; j < kw; ++j) {
-      const T* column = tile + (kw - 1 - j) * w.dil_w;
-      const T* t = taps + f * filter_step + j * tap_step;  // tap (i, j) at + i * kw * tap_step
-#pragma GCC unroll 8
-      for (int64_t r = 0; r < tile_rows; ++r) {
-        const V gr = load<V>(column + r * pitch);
-        [[maybe_unused]] const V gi = Real ? V{} : load<V>(column + tile_plane + r * pitch);
-        // Output row ro meets tile row r through kernel row i = kh - 1 - (r - ro) / dil_h.
-#pragma GCC unroll 8
-        for (int ro = 0; ro < R; ++ro) {
-          const int64_t d = r - ro;
-          if (d < 0 || d % dil_h != 0 || d / dil_h >= kh) continue;
-          const T* tap = t + (kh - 1 - d / dil_h) * kw * tap_step;
-          const T tr = tap[0];
-          if constexpr (Real) {
-            sum_re[ro] += gr * tr;
-          } else {
-            const T ti = tap[1];
-            sum_re[ro] += gr * tr - gi * ti;
-            sum_im[ro] += gr * ti + gi * tr;
-          }
-        }
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int ro = 0; ro < R; ++ro) {
-    store_prefix(out + dst + ro * width, sum_re[ro], valid);
-    if constexpr (!Real) store_prefix(out + px + dst + ro * width, sum_im[ro], valid);
   }
 }
 
@@ -1019,9 +1054,9 @@ void input_grad_rows(const Window2d& w, int64_t freqs, bool even, int64_t filter
         for (int64_t ch = 0; ch < chunks; ++ch) {
           const int64_t valid = std::min(L, w.in_w - ch * L);
           const auto strip = [&](auto r, int64_t ro) {
-            input_grad_strip<T, decltype(r)::value, Real, K>(w, tile, 2 * plane, plane, pitch, count, t, filter_step,
-                                                             2 * freqs, f0 == 0, ro * pitch + ch * L, g,
-                                                             ro * w.in_w + ch * L, w.in_w, valid, px);
+            strip_sums<T, decltype(r)::value, Real, K, true, true>(w, tile, 2 * plane, plane, pitch, count, t,
+                                                                   filter_step, 2 * freqs, f0 == 0, ro * pitch + ch * L,
+                                                                   g, ro * w.in_w + ch * L, w.in_w, valid, px);
           };
           for_strips<kSums<T>>(rows, strip);
         }
