@@ -87,6 +87,11 @@ FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides,
     ((2, 4, 7, 37), 5, (3, 3), dict(padding=1)),  # C = 4: the written-out transform
     ((3, 4, 9, 10), 2, (3, 2), dict(stride=2, padding=(2, 0))),
     ((2, 16, 6, 21), 3, (3, 3), dict(padding=1)),  # C = 16: the written-out synthesis
+    # strips of rows (dX, a lone filter's forward): strided columns, row dilation (the general
+    # path), heights that leave short strips; dK's registers-only 3x3 kernel
+    ((2, 6, 11, 14), 1, (3, 3), dict(stride=(1, 2), padding=1)),
+    ((2, 8, 13, 20), 3, (3, 3), dict(padding=2, dilation=(2, 1))),
+    ((3, 5, 7, 33), 7, (3, 3), dict(padding=(0, 1))),
 ]
 
 
