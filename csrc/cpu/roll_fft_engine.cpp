@@ -260,8 +260,8 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight, const at::
                    const Window2d& w, bool relu, const at::Tensor& output) {
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
-  const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
+  const Plan<T> plan(channels, micro.widest_radix);
   const int64_t freqs = plan.freqs(), spectrum_size = 2 * freqs * in_px;
   const AlignedBuffer<T> tap_pairs = scaled_taps(micro, plan, weight);
   const T* tp = tap_pairs.get();
@@ -333,8 +333,8 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
                           const at::Tensor& grad_input) {
   const int64_t batch = grad_input.size(0), channels = grad_input.size(1), filters = weight.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
-  const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
+  const Plan<T> plan(channels, micro.widest_radix);
   const int64_t freqs = plan.freqs(), spectrum_size = filters * 2 * freqs * out_px;
   const AlignedBuffer<T> tap_pairs = scaled_taps(micro, plan, weight);
   const T* tp = tap_pairs.get();
@@ -399,8 +399,8 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
                            const at::Tensor& grad_weight) {
   const int64_t batch = input.size(0), channels = input.size(1), filters = grad_weight.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
-  const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
+  const Plan<T> plan(channels, micro.widest_radix);
   const int64_t freqs = plan.freqs();
   const int64_t x_size = 2 * freqs * in_px, dy_size = filters * 2 * freqs * out_px;
   const T* x = input.const_data_ptr<T>();
@@ -437,8 +437,8 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
   const bool want_dx = grad_input.defined(), want_dk = grad_weight.defined(), want_db = grad_bias.defined();
   const int64_t batch = input.size(0), channels = input.size(1), filters = weight.size(0);
   const int64_t in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
-  const Plan<T> plan(channels);
   const MicroKernels<T>& micro = channel_fft::micro_kernels<T>();
+  const Plan<T> plan(channels, micro.widest_radix);
   const int64_t freqs = plan.freqs();
   const int64_t x_size = want_dk ? 2 * freqs * in_px : 0, dy_size = filters * 2 * freqs * out_px;
   const AlignedBuffer<T> tap_pairs = want_dx ? scaled_taps(micro, plan, weight) : AlignedBuffer<T>(0);

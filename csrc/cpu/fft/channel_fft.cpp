@@ -26,16 +26,32 @@ extern const MicroKernels<double> micro_kernels_f64;
 
 namespace {
 
-// n as a product of radices, 4s first (fewest passes), then 2, 3, 5, then other primes
-// (each a plain DFT stage).
-std::vector<int64_t> radices_of(int64_t n) {
+// n as a product of radices: its power of two in as few stages (passes over the data) as
+// radices up to `widest` (8 or 4) give, the widest first (4 x 4 rather than 8 x 2 for 16:
+// the same passes, cheaper butterflies), then 3, 5, then other primes (each a plain DFT
+// stage).
+std::vector<int64_t> radices_of(int64_t n, int64_t widest) {
   std::vector<int64_t> radices;
-  int64_t rest = n;
-  while (rest % 4 == 0) {
-    radices.push_back(4);
-    rest /= 4;
+  int64_t rest = n, twos = 0;
+  while (rest % 2 == 0) {
+    rest /= 2;
+    ++twos;
   }
-  for (int64_t p : {2, 3, 5}) {
+  int64_t eights = 0, fours = twos / 2, pairs = twos % 2;
+  if (widest >= 8) {
+    eights = twos / 3;
+    fours = twos % 3 == 2 ? 1 : 0;
+    pairs = twos % 3 == 1 ? 1 : 0;
+    if (pairs == 1 && eights > 0) {  // 8 x 2 -> 4 x 4
+      --eights;
+      fours = 2;
+      pairs = 0;
+    }
+  }
+  radices.insert(radices.end(), size_t(eights), 8);
+  radices.insert(radices.end(), size_t(fours), 4);
+  radices.insert(radices.end(), size_t(pairs), 2);
+  for (int64_t p : {3, 5}) {
     while (rest % p == 0) {
       radices.push_back(p);
       rest /= p;
@@ -56,18 +72,18 @@ constexpr double kTwoPi = 6.283185307179586476925286766559;
 }  // namespace
 
 template <typename T>
-Plan<T>::Plan(int64_t n_) : n(n_) {
+Plan<T>::Plan(int64_t n_, int64_t widest_radix) : n(n_) {
   int64_t span = 1;
   auto push_unit = [&](double turns) {  // exp(-2 pi i turns)
     table.push_back(static_cast<T>(std::cos(kTwoPi * turns)));
     table.push_back(static_cast<T>(-std::sin(kTwoPi * turns)));
   };
-  for (int64_t radix : radices_of(n)) {
+  for (int64_t radix : radices_of(n, widest_radix)) {
     Stage s{radix, span, int64_t(table.size()), 0};
     for (int64_t jm = 0; jm < span; ++jm) {
       for (int64_t r = 0; r < radix; ++r) push_unit(double(r * jm) / double(span * radix));
     }
-    if (radix > 5) {
+    if (!has_butterfly(radix)) {
       s.roots = int64_t(table.size());
       for (int64_t q = 0; q < radix; ++q) push_unit(double(q) / double(radix));
     }

@@ -7,7 +7,7 @@
 // Pixels go through in groups of 2 * lanes: one complex FFT of vectors transforms two real
 // signals at once (the first `lanes` pixels as the real part, the next as the imaginary
 // part), so every butterfly is a few full-width vector operations with scalar twiddles,
-// for any n (Stockham stages of radix 4, 2, 3, 5 and a plain DFT for other primes).
+// for any n (Stockham stages of radix 8, 4, 2, 3, 5 and a plain DFT for other primes).
 //
 // The hot loops (transforms and the per-frequency convolution sums) are written once in
 // kernels_impl.h and compiled per ISA like the GEMM's micro-kernels; cpu::active_isa()
@@ -23,7 +23,9 @@
 namespace rollconv::channel_fft {
 
 // Bytes of one lane vector: 16 float or 8 double pixels per half group, whatever the ISA
-// (AVX2 and SSE2 split it into 2 and 4 registers), so every ISA sums in the same order.
+// (AVX2 and SSE2 split it into 2 and 4 registers), so every ISA pairs the same pixels and
+// sums in the same order, except where a kernel follows the registers it has: the radix-8
+// stages and dK's 3x3 sums with AVX-512's 32 (results then differ in the last bits).
 constexpr int kLaneBytes = 64;
 // Groups whose rows analyze loads together.
 constexpr int64_t kStagedGroups = 4;
@@ -32,20 +34,24 @@ constexpr int64_t group_pixels() {
   return 2 * kLaneBytes / int64_t(sizeof(T));
 }
 
+// The radices with a butterfly written out (kernels_impl.h); others are a plain DFT.
+inline bool has_butterfly(int64_t radix) { return radix <= 5 || radix == 8; }
+
 struct Stage {
   int64_t radix, span;  // span: the product of the radices of the stages before
   int64_t twiddles;     // offset of this stage's twiddles [j mod span][r] (re, im pairs)
-  int64_t roots;        // radix > 5: offset of exp(-2 pi i q / radix), q < radix
+  int64_t roots;        // no butterfly: offset of exp(-2 pi i q / radix), q < radix
 };
 
 // Whether frequency k of a real transform over n = 2 (freqs - 1) + (even ? 0 : 1) points is
 // real: k = 0, and k = n / 2 when n is even.
 inline bool real_frequency(int64_t k, int64_t freqs, bool even) { return k == 0 || (even && k == freqs - 1); }
 
-// A complex FFT of length n (forward sign: exp(-2 pi i k c / n)), as Stockham stages.
+// A complex FFT of length n (forward sign: exp(-2 pi i k c / n)), as Stockham stages, of
+// radices up to widest_radix (8 or 4) for n's power of two.
 template <typename T>
 struct Plan {
-  explicit Plan(int64_t n);
+  Plan(int64_t n, int64_t widest_radix);
   int64_t n;
   std::vector<Stage> stages;
   std::vector<T> table;  // twiddles and roots (re, im pairs)
@@ -92,6 +98,9 @@ struct MicroKernels {
   // threshold_backward(src, mask, 0)).
   void (*analyze_masked)(const Plan<T>& plan, const T* src, const T* mask, int64_t step, int64_t count,
                          T* spectrum, int64_t plane, T* scratch);
+  // The widest power-of-two radix whose butterfly the ISA's registers hold (a plan's
+  // widest_radix): 8 complex vectors take 16 registers, AVX-512 has 32, AVX2 and SSE2 16.
+  int64_t widest_radix;
 };
 
 // Scratch elements the per-frequency sums need for blocks of up to `rows` rows: zero-padded

@@ -220,10 +220,29 @@ __attribute__((always_inline)) inline Complex<V> scaled(const Complex<V>& a, S s
   return Complex<V>{a.re * s, a.im * s};
 }
 
-// The forward DFT of R points in place (sign -), R = 2, 3, 4, 5.
+// The forward DFT of R points in place (sign -), R = 2, 3, 4, 5, 8.
 template <typename T, int R, typename C>
 inline void butterfly(C* v) {
-  if constexpr (R == 2) {
+  if constexpr (R == 8) {
+    // The DFT-4s of the even and the odd points, then X_k = E_k + W^k O_k and X_(k+4) =
+    // E_k - W^k O_k, W = exp(-2 pi i / 8): W O = (1 - i) O / sqrt 2, W^2 O = -i O, W^3 O =
+    // -(1 + i) O / sqrt 2.
+    constexpr T half_sqrt2 = T(0.70710678118654752440084436210485);
+    C e[4] = {v[0], v[2], v[4], v[6]}, o[4] = {v[1], v[3], v[5], v[7]};
+    butterfly<T, 4>(e);
+    butterfly<T, 4>(o);
+    const C o1{(o[1].re + o[1].im) * half_sqrt2, (o[1].im - o[1].re) * half_sqrt2};
+    const C o2 = times_minus_i(o[2]);
+    const C o3{(o[3].im - o[3].re) * half_sqrt2, -(o[3].re + o[3].im) * half_sqrt2};
+    v[0] = e[0] + o[0];
+    v[4] = e[0] - o[0];
+    v[1] = e[1] + o1;
+    v[5] = e[1] - o1;
+    v[2] = e[2] + o2;
+    v[6] = e[2] - o2;
+    v[3] = e[3] + o3;
+    v[7] = e[3] - o3;
+  } else if constexpr (R == 2) {
     const C a = v[0];
     v[0] = a + v[1];
     v[1] = a - v[1];
@@ -243,7 +262,7 @@ inline void butterfly(C* v) {
     v[1] = t1 + t3;
     v[3] = t1 - t3;
   } else {
-    static_assert(R == 5, "radix 2, 3, 4 or 5");
+    static_assert(R == 5, "radix 2, 3, 4, 5 or 8");
     constexpr T cos1 = T(0.30901699437494742410229341718282);   // cos(2 pi / 5)
     constexpr T cos2 = T(-0.80901699437494742410229341718282);  // cos(4 pi / 5)
     constexpr T sin1 = T(0.95105651629515357211643933337938);   // sin(2 pi / 5)
@@ -308,6 +327,7 @@ C* transform(const Plan<T>& plan, C* a, C* b, C* temp) {
       case 3: stage_pass<T, 3>(plan, s, a, b, temp); break;
       case 4: stage_pass<T, 4>(plan, s, a, b, temp); break;
       case 5: stage_pass<T, 5>(plan, s, a, b, temp); break;
+      case 8: stage_pass<T, 8>(plan, s, a, b, temp); break;
       default: stage_pass<T, 0>(plan, s, a, b, temp); break;
     }
     std::swap(a, b);
@@ -1241,8 +1261,9 @@ void weight_grad_freq(const Window2d& w, int64_t freqs, bool even, int64_t k, in
 
 template <typename T>
 constexpr MicroKernels<T> make_micro_kernels() {
-  return MicroKernels<T>{&analyze<T>, &synthesize<T>, &forward_rows<T>, &input_grad_rows<T>,
-                         &weight_grad_freq<T>, &analyze_masked<T>};
+  return MicroKernels<T>{&analyze<T>,          &synthesize<T>,      &forward_rows<T>,
+                         &input_grad_rows<T>,  &weight_grad_freq<T>, &analyze_masked<T>,
+                         ROLLCONV_NATIVE_VECTOR_BYTES == 64 ? 8 : 4};
 }
 
 }  // namespace
