@@ -40,8 +40,8 @@ T* align64(std::vector<T>& v) {
 template <typename T>
 void test_length(std::mt19937& rng, int64_t n, int64_t count) {
   std::uniform_real_distribution<double> dist(-1, 1);
-  const Plan<T> plan(n);
   const MicroKernels<T>& micro = micro_kernels<T>();
+  const Plan<T> plan(n, micro.widest_radix);
   const int64_t freqs = plan.freqs(), step = count + 3, plane = count + 5;
   auto scratch_store = aligned_scratch<T>(plan.scratch_size());
   T* scratch = align64(scratch_store);
