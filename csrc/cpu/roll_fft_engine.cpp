@@ -141,17 +141,6 @@ inline void select_row(const T* row, const T* mask, int64_t n, T* dst, Read read
     }
   }
 }
-// The `count` elements after block [block, block + count): the same rows of this thread's
-// next analysis item (the items of a thread are consecutive pixel ranges of a plane). A
-// work item reads one row per roll, far apart: more streams than the hardware prefetchers
-// follow (the kernels' analysis prefetches its rows the same way). A prefetch past the end
-// of the array is harmless: it never faults.
-template <typename T>
-inline void prefetch_next_block(const T* block, int64_t count) {
-  constexpr int64_t kLine = 64 / int64_t(sizeof(T));
-  for (int64_t q = 0; q < count; q += kLine) __builtin_prefetch(block + count + q);
-}
-
 // One analysis item's rows of a dY of any strides (an expanded grad_output, as y.sum()'s
 // or y.mean()'s backward hands over, or a channels_last one), so that it is read in place
 // instead of first made contiguous whole: rows [roll][it.count] into rows, zeroed where
@@ -168,7 +157,8 @@ void gather_grad_rows(const at::Tensor& grad_output, const T* mask, int64_t samp
     const T* plane = dy + sample * s[0] + c * s[1];
     const T* mask_plane = mask ? mask + (sample * rolls * filters + c) * pixels : nullptr;
     T* dst = rows + r * it.count;
-    if (mask_plane != nullptr) prefetch_next_block(mask_plane + it.first, it.count);
+    // (the same rows of the thread's next item, as the kernels' analysis does)
+    if (mask_plane != nullptr) channel_fft::prefetch_next_block(mask_plane + it.first, it.count);
     for (int64_t q = 0, p = it.first; q < it.count;) {  // output row by output row
       const int64_t h = p / out_w, x0 = p % out_w, run = std::min(out_w - x0, it.count - q);
       const T* src = plane + h * s[2] + x0 * s[3];

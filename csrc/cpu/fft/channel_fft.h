@@ -34,6 +34,16 @@ constexpr int64_t group_pixels() {
   return 2 * kLaneBytes / int64_t(sizeof(T));
 }
 
+// Prefetches the `count` elements after [block, block + count): the same rows' block of
+// the thread's next work item (a thread's items are consecutive pixel ranges). An item
+// reads one row per channel or roll, far apart: more streams than the hardware
+// prefetchers follow. A prefetch past the end of the array is harmless: it never faults.
+template <typename T>
+inline void prefetch_next_block(const T* block, int64_t count) {
+  constexpr int64_t kLine = 64 / int64_t(sizeof(T));  // elements per cache line
+  for (int64_t q = 0; q < count; q += kLine) __builtin_prefetch(block + count + q);
+}
+
 // The radices with a butterfly written out (kernels_impl.h); others are a plain DFT.
 inline bool has_butterfly(int64_t radix) { return radix <= 5 || radix == 8; }
 

@@ -335,8 +335,6 @@ C* transform(const Plan<T>& plan, C* a, C* b, C* temp) {
   return a;
 }
 
-constexpr int64_t kLineBytes = 64;  // a cache line
-
 // v where m > 0, else 0 (lane-wise; a NaN in m keeps v): ReLU's derivative as
 // threshold_backward(v, m, 0) applies it.
 template <typename T>
@@ -514,13 +512,9 @@ void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step
     // row keep the loads streaming.
     const int64_t groups = std::min(kStagedGroups, ceil_div(count - p0, G));
     for (int64_t c = 0; c < n; ++c) {
-      // The same pixels' block after this one, which the next call (the next work item of
-      // this thread) reads: n rows far apart are more streams than the hardware prefetchers
-      // follow. (A prefetch past the end of the array is harmless: it never faults.)
-      for (int64_t q = 0; q < kStagedGroups * G; q += kLineBytes / int64_t(sizeof(T))) {
-        __builtin_prefetch(src + c * step + p0 + kStagedGroups * G + q);
-        if constexpr (Masked) __builtin_prefetch(mask + c * step + p0 + kStagedGroups * G + q);
-      }
+      // The same pixels' block after this one, which the next call reads.
+      prefetch_next_block(src + c * step + p0, kStagedGroups * G);
+      if constexpr (Masked) prefetch_next_block(mask + c * step + p0, kStagedGroups * G);
       for (int64_t g = 0; g < groups; ++g) {
         const int64_t at = c * step + p0 + g * G, valid = std::min(G, count - p0 - g * G);
         CV<T> v;
