@@ -92,6 +92,7 @@ FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides,
     ((2, 6, 11, 14), 1, (3, 3), dict(stride=(1, 2), padding=1)),
     ((2, 8, 13, 20), 3, (3, 3), dict(padding=2, dilation=(2, 1))),
     ((3, 5, 7, 33), 7, (3, 3), dict(padding=(0, 1))),
+    ((2, 6, 9, 21), 2, (3, 3), dict(padding=(1, 2), dilation=(1, 2))),  # dK's 3x3 rows, column dilation
     ((2, 64, 5, 9), 2, (3, 3), dict(padding=1)),  # radix-8 stages with twiddles (AVX-512)
     ((2, 40, 6, 7), 1, (3, 3), dict(padding=1)),  # 8 x 5
 ]

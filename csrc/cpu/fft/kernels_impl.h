@@ -1092,7 +1092,7 @@ struct WeightGradTiles {
 template <typename T, bool Real, typename V>
 inline void add_lane_totals(const V& re, const V& im, T* acc) {
   T total_re = 0, total_im = 0;
-  for (int64_t l = 0; l < lanes_of<T>(); ++l) {
+  for (int64_t l = 0; l < int64_t(sizeof(V) / sizeof(T)); ++l) {
     total_re += re[l];
     total_im += im[l];
   }
@@ -1139,65 +1139,77 @@ void weight_grad_taps(const Window2d& w, const WeightGradTiles& at, const T* x_t
   for (int g = 0; g < G; ++g) add_lane_totals<T, Real>(sum_re[g], sum_im[g], acc + 2 * (t0 + g) * freqs);
 }
 
-// 3x3 taps, stride 1 and row dilation 1, where a lane vector is one register (AVX-512: its
-// 32 registers hold the nine taps' sums): each chunk column walked down X's tile rows, row r
-// meeting dY's rows r, r - 1 and r - 2 through kernel rows 0, 1 and 2, so that each X row is
-// loaded once per kernel column instead of once per tap (the tap groups' sums were bound by
-// the loads: 5 per 8 FMAs). The three dY rows in reach stay in registers, row r in slot
-// r % 3 (zero outside the plane). Each lane sums its pixels chunk column by chunk column,
-// row by row; the lanes are added up in order.
+// 3x3 taps, stride 1 and row dilation 1, on native vectors: each column of W = kPer pixels
+// walked down X's tile rows, row r meeting dY's rows r, r - 1 and r - 2 through kernel rows
+// 0, 1 and 2, so that each X row is loaded once per kernel column instead of once per tap
+// (the tap groups' sums were bound by the loads: 5 per 8 FMAs). The three dY rows in reach
+// stay in registers, row r in slot r % 3 (zero outside the plane). A walk covers J kernel
+// columns, as many as the registers hold: all three with 32 registers (AVX-512: 18 sums, 6
+// dY rows, 2 X vectors), or at a real frequency (9 + 3 + 1); else one column per walk
+// (6 + 6 + 2 of 16 registers). Each lane sums its pixels column by column, row by row; the
+// lanes are added up in order.
 template <typename T, bool Real>
 void weight_grad_3x3_rows(const Window2d& w, const WeightGradTiles& at, const T* x_tile, const T* g_tile,
                           int64_t freqs, T* acc) {
-  using V = typename LanesOf<T>::type;
-  constexpr int64_t L = lanes_of<T>();
-  const int64_t x_rows = w.out_h + 2;
-  V sum_re[3][3], sum_im[3][3];  // [kernel row][kernel column] (zeroed one by one: see forward_chunks)
+  using V = typename Lanes<T>::Native;
+  constexpr int64_t W = Lanes<T>::kPer;
+  constexpr int J = ROLLCONV_NATIVE_VECTOR_BYTES == 64 || Real ? 3 : 1;
+  const auto load_native = [](const T* p) __attribute__((always_inline)) {
+    V v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    return v;
+  };
+  const int64_t x_rows = w.out_h + 2, columns = at.chunks * Lanes<T>::kParts;
+  for (int j0 = 0; j0 < 3; j0 += J) {
+    V sum_re[3][J], sum_im[3][J];  // [kernel row][kernel column - j0] (zeroed one by one: see forward_chunks)
 #pragma GCC unroll 3
-  for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 3; ++i) {
 #pragma GCC unroll 3
-    for (int j = 0; j < 3; ++j) sum_re[i][j] = sum_im[i][j] = V{};
-  }
-  for (int64_t ch = 0; ch < at.chunks; ++ch) {
-    const T* x_column = x_tile + ch * L;
-    const T* g_column = g_tile + ch * L;
-    V g_re[3] = {V{}, V{}, V{}}, g_im[3] = {V{}, V{}, V{}};
-    const auto row = [&](auto slot, int64_t r) __attribute__((always_inline)) {
-      constexpr int S = decltype(slot)::value;  // r % 3
-      g_re[S] = r < w.out_h ? load<V>(g_column + r * at.g_pitch) : V{};
-      if constexpr (!Real) g_im[S] = r < w.out_h ? load<V>(g_column + at.g_plane + r * at.g_pitch) : V{};
+      for (int j = 0; j < J; ++j) sum_re[i][j] = sum_im[i][j] = V{};
+    }
+    for (int64_t col = 0; col < columns; ++col) {
+      const T* x_column = x_tile + col * W + j0 * w.dil_w;
+      const T* g_column = g_tile + col * W;
+      V g_re[3] = {V{}, V{}, V{}}, g_im[3] = {V{}, V{}, V{}};
+      const auto row = [&](auto slot, int64_t r) __attribute__((always_inline)) {
+        constexpr int S = decltype(slot)::value;  // r % 3
+        g_re[S] = r < w.out_h ? load_native(g_column + r * at.g_pitch) : V{};
+        if constexpr (!Real) g_im[S] = r < w.out_h ? load_native(g_column + at.g_plane + r * at.g_pitch) : V{};
 #pragma GCC unroll 3
-      for (int j = 0; j < 3; ++j) {
-        const T* x = x_column + r * at.x_pitch + j * w.dil_w;
-        const V a = load<V>(x);
-        [[maybe_unused]] const V b = Real ? V{} : load<V>(x + at.x_plane);
+        for (int j = 0; j < J; ++j) {
+          const T* x = x_column + r * at.x_pitch + j * w.dil_w;
+          const V a = load_native(x);
+          [[maybe_unused]] const V b = Real ? V{} : load_native(x + at.x_plane);
 #pragma GCC unroll 3
-        for (int i = 0; i < 3; ++i) {
-          constexpr int kSlot[3][3] = {{0, 2, 1}, {1, 0, 2}, {2, 1, 0}};  // [r % 3][i]: slot of row r - i
-          const V& c = g_re[kSlot[S][i]];
-          if constexpr (Real) {
-            sum_re[i][j] += a * c;
-          } else {
-            const V& d = g_im[kSlot[S][i]];
-            sum_re[i][j] += a * c + b * d;
-            sum_im[i][j] += b * c - a * d;
+          for (int i = 0; i < 3; ++i) {
+            constexpr int kSlot[3][3] = {{0, 2, 1}, {1, 0, 2}, {2, 1, 0}};  // [r % 3][i]: slot of row r - i
+            const V& c = g_re[kSlot[S][i]];
+            if constexpr (Real) {
+              sum_re[i][j] += a * c;
+            } else {
+              const V& d = g_im[kSlot[S][i]];
+              sum_re[i][j] += a * c + b * d;
+              sum_im[i][j] += b * c - a * d;
+            }
           }
         }
+      };
+      int64_t r = 0;
+      for (; r + 3 <= x_rows; r += 3) {
+        row(std::integral_constant<int, 0>{}, r);
+        row(std::integral_constant<int, 1>{}, r + 1);
+        row(std::integral_constant<int, 2>{}, r + 2);
       }
-    };
-    int64_t r = 0;
-    for (; r + 3 <= x_rows; r += 3) {
-      row(std::integral_constant<int, 0>{}, r);
-      row(std::integral_constant<int, 1>{}, r + 1);
-      row(std::integral_constant<int, 2>{}, r + 2);
+      if (r < x_rows) row(std::integral_constant<int, 0>{}, r);
+      if (r + 1 < x_rows) row(std::integral_constant<int, 1>{}, r + 1);
     }
-    if (r < x_rows) row(std::integral_constant<int, 0>{}, r);
-    if (r + 1 < x_rows) row(std::integral_constant<int, 1>{}, r + 1);
-  }
 #pragma GCC unroll 3
-  for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 3; ++i) {
 #pragma GCC unroll 3
-    for (int j = 0; j < 3; ++j) add_lane_totals<T, Real>(sum_re[i][j], sum_im[i][j], acc + 2 * (i * 3 + j) * freqs);
+      for (int j = 0; j < J; ++j) {
+        add_lane_totals<T, Real>(sum_re[i][j], sum_im[i][j], acc + 2 * (i * 3 + j0 + j) * freqs);
+      }
+    }
   }
 }
 
@@ -1236,12 +1248,10 @@ void weight_grad_freq(const Window2d& w, int64_t freqs, bool even, int64_t k, in
       g = g_tile;
     }
     T* a = acc + f * acc_step;
-    if constexpr (Lanes<T>::kParts == 1) {
-      if (is_3x3(w) && w.stride_h == 1 && w.stride_w == 1 && w.dil_h == 1) {
-        real ? weight_grad_3x3_rows<T, true>(w, at, x_tile, g, freqs, a)
-             : weight_grad_3x3_rows<T, false>(w, at, x_tile, g, freqs, a);
-        continue;
-      }
+    if (is_3x3(w) && w.stride_h == 1 && w.stride_w == 1 && w.dil_h == 1) {
+      real ? weight_grad_3x3_rows<T, true>(w, at, x_tile, g, freqs, a)
+           : weight_grad_3x3_rows<T, false>(w, at, x_tile, g, freqs, a);
+      continue;
     }
     if (w.stride_w == 1) {
       real ? weight_grad_all_taps<T, true, true>(w, at, x_tile, g, freqs, a)
