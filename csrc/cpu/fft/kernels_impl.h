@@ -140,6 +140,17 @@ __attribute__((always_inline)) inline typename LanesOf<T>::type load_prefix(cons
   return load<V>(lanes);
 }
 
+// fn(std::bool_constant<flag>...): run-time flags as compile-time ones.
+template <typename Fn>
+void with_flags(Fn&& fn) {
+  fn();
+}
+template <typename Fn, typename... Rest>
+void with_flags(Fn&& fn, bool first, Rest... rest) {
+  with_flags([&](auto... later) { first ? fn(std::true_type{}, later...) : fn(std::false_type{}, later...); },
+             rest...);
+}
+
 // A loop over count pixels one lane vector at a time: body(whole, p, valid), whole a
 // std::bool_constant, true for each full lane vector and false for the partial one at the
 // end. With Whole known, load_valid and store_valid have no partial path where every lane
@@ -167,30 +178,20 @@ __attribute__((always_inline)) inline void store_valid(T* p, const V& v, int64_t
 }
 
 // The lanes of a group of 2 * lanes pixels of which `valid` are real: the first half, the
-// second half; the pixels past `valid` read as zero and are not written.
-// (The whole-group case first: it is the transforms' hot path.)
-template <typename T>
+// second half; the pixels past `valid` read as zero and are not written. Whole: valid is
+// 2 * lanes (known at compile time, so that a loop over whole groups has no partial path:
+// with one, GCC kept the split transforms' values on the stack).
+template <bool Whole, typename T>
 __attribute__((always_inline)) inline void load_group(const T* p, int64_t valid, CV<T>* out) {
-  using V = typename LanesOf<T>::type;
   constexpr int64_t L = lanes_of<T>();
-  if (valid == 2 * L) {
-    out->re = load<V>(p);
-    out->im = load<V>(p + L);
-    return;
-  }
-  out->re = load_prefix(p, std::min(valid, L));
-  out->im = load_prefix(p + L, std::max<int64_t>(0, valid - L));
+  out->re = load_valid<Whole>(p, std::min(valid, L));
+  out->im = load_valid<Whole>(p + L, std::max<int64_t>(0, valid - L));
 }
-template <typename T>
+template <bool Whole, typename T>
 __attribute__((always_inline)) inline void store_group(T* p, int64_t valid, const CV<T>& in) {
   constexpr int64_t L = lanes_of<T>();
-  if (valid == 2 * L) {
-    store(p, in.re);
-    store(p + L, in.im);
-    return;
-  }
-  store_prefix(p, in.re, std::min(valid, L));
-  store_prefix(p + L, in.im, std::max<int64_t>(0, valid - L));
+  store_valid<Whole>(p, in.re, std::min(valid, L));
+  store_valid<Whole>(p + L, in.im, std::max<int64_t>(0, valid - L));
 }
 
 // v *= (wr + i wi)
@@ -511,35 +512,40 @@ void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step
     // Row by row, several groups at a time: the n rows are far apart, and longer runs per
     // row keep the loads streaming.
     const int64_t groups = std::min(kStagedGroups, ceil_div(count - p0, G));
-    for (int64_t c = 0; c < n; ++c) {
-      // The same pixels' block after this one, which the next call reads.
-      prefetch_next_block(src + c * step + p0, kStagedGroups * G);
-      if constexpr (Masked) prefetch_next_block(mask + c * step + p0, kStagedGroups * G);
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t at = c * step + p0 + g * G, valid = std::min(G, count - p0 - g * G);
-        CV<T> v;
-        load_group(src + at, valid, &v);
-        if constexpr (Masked) {
-          CV<T> m;
-          load_group(mask + at, valid, &m);
-          v = masked_by(v, m);
+    // (Whole: every group of the block is; only the last block may have a partial one.)
+    const auto block = [&](auto whole) __attribute__((always_inline)) {
+      constexpr bool Whole = decltype(whole)::value;
+      for (int64_t c = 0; c < n; ++c) {
+        // The same pixels' block after this one, which the next call reads.
+        prefetch_next_block(src + c * step + p0, kStagedGroups * G);
+        if constexpr (Masked) prefetch_next_block(mask + c * step + p0, kStagedGroups * G);
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t at = c * step + p0 + g * G, valid = std::min(G, count - p0 - g * G);
+          CV<T> v;
+          load_group<Whole>(src + at, valid, &v);
+          if constexpr (Masked) {
+            CV<T> m;
+            load_group<Whole>(mask + at, valid, &m);
+            v = masked_by(v, m);
+          }
+          scatter_parts(v, staged + g * P * n + c, n);
         }
-        scatter_parts(v, staged + g * P * n + c, n);
       }
-    }
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t first = p0 + g * G, valid = std::min(G, count - first);
-      const PartCV<T>* z = transform_parts(plan, staged + g * P * n, work, work + P * n);
-      // Two real signals from one complex one: A = (Z[k] + conj Z[n-k]) / 2 (first lanes),
-      // B = (Z[k] - conj Z[n-k]) / 2i (second lanes).
-      for (int64_t k = 0; k < freqs; ++k) {
-        const CV<T> zk = gather_parts<T>(z + k, n), zm = gather_parts<T>(z + (k == 0 ? 0 : n - k), n);
-        const CV<T> re{(zk.re + zm.re) * T(0.5), (zk.im + zm.im) * T(0.5)};  // A.re | B.re
-        const CV<T> im{(zk.im - zm.im) * T(0.5), (zm.re - zk.re) * T(0.5)};  // A.im | B.im
-        store_group(spectrum + 2 * k * plane + first, valid, re);
-        store_group(spectrum + (2 * k + 1) * plane + first, valid, im);
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t first = p0 + g * G, valid = std::min(G, count - first);
+        const PartCV<T>* z = transform_parts(plan, staged + g * P * n, work, work + P * n);
+        // Two real signals from one complex one: A = (Z[k] + conj Z[n-k]) / 2 (first lanes),
+        // B = (Z[k] - conj Z[n-k]) / 2i (second lanes).
+        for (int64_t k = 0; k < freqs; ++k) {
+          const CV<T> zk = gather_parts<T>(z + k, n), zm = gather_parts<T>(z + (k == 0 ? 0 : n - k), n);
+          const CV<T> re{(zk.re + zm.re) * T(0.5), (zk.im + zm.im) * T(0.5)};  // A.re | B.re
+          const CV<T> im{(zk.im - zm.im) * T(0.5), (zm.re - zk.re) * T(0.5)};  // A.im | B.im
+          store_group<Whole>(spectrum + 2 * k * plane + first, valid, re);
+          store_group<Whole>(spectrum + (2 * k + 1) * plane + first, valid, im);
+        }
       }
-    }
+    };
+    with_flags(block, p0 + groups * G <= count);
   }
 }
 
@@ -571,15 +577,15 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
   const int64_t n = plan.n, freqs = plan.freqs();
   PartCV<T>* a = reinterpret_cast<PartCV<T>*>(scratch);  // P parts of n (see scatter_parts)
   PartCV<T>* b = a + P * n;                              // the same, then the DFT temporary
-  for (int64_t p0 = 0; p0 < count; p0 += G) {
-    const int64_t valid = std::min(G, count - p0);
+  const auto group = [&](auto whole, int64_t p0, int64_t valid) __attribute__((always_inline)) {
+    constexpr bool Whole = decltype(whole)::value;
     // The inverse as conj(FFT(conj Z)), Z = A + iB over the whole circle (A, B Hermitian);
     // the imaginary parts at frequency 0 and n/2 are dropped, as irfft does.
     for (int64_t k = 0; k < freqs; ++k) {
       const bool real = plan.real_frequency(k);
       CV<T> re, im{V{}, V{}};  // A.re | B.re, A.im | B.im
-      load_group(spectrum + 2 * k * plane + p0, valid, &re);
-      if (!real) load_group(spectrum + (2 * k + 1) * plane + p0, valid, &im);
+      load_group<Whole>(spectrum + 2 * k * plane + p0, valid, &re);
+      if (!real) load_group<Whole>(spectrum + (2 * k + 1) * plane + p0, valid, &im);
       scatter_parts(CV<T>{re.re - im.im, -(im.re + re.im)}, a + k, n);
       if (!real) scatter_parts(CV<T>{re.re + im.im, im.re - re.im}, a + n - k, n);
     }
@@ -591,9 +597,12 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
         y.re = relu_lanes(y.re);
         y.im = relu_lanes(y.im);
       }
-      store_group(dst + r * step + p0, valid, y);
+      store_group<Whole>(dst + r * step + p0, valid, y);
     }
-  }
+  };
+  int64_t p0 = 0;
+  for (; p0 + G <= count; p0 += G) group(std::true_type{}, p0, G);
+  if (p0 < count) group(std::false_type{}, p0, count - p0);
 }
 
 // --- the per-frequency convolution sums ----------------------------------------------------
@@ -729,17 +738,6 @@ inline int64_t kernel_w(const Window2d& w) {
   return K > 0 ? K : w.kernel_w;
 }
 inline bool is_3x3(const Window2d& w) { return w.kernel_h == 3 && w.kernel_w == 3; }
-
-// fn(std::bool_constant<flag>...): run-time flags as compile-time ones.
-template <typename Fn>
-void with_flags(Fn&& fn) {
-  fn();
-}
-template <typename Fn, typename... Rest>
-void with_flags(Fn&& fn, bool first, Rest... rest) {
-  with_flags([&](auto... later) { first ? fn(std::true_type{}, later...) : fn(std::false_type{}, later...); },
-             rest...);
-}
 
 // Where position (ro, ch) of a block reads its tile and writes its plane, and how many of its
 // lanes are pixels.
