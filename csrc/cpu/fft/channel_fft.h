@@ -25,7 +25,8 @@ namespace rollconv::channel_fft {
 // Bytes of one lane vector: 16 float or 8 double pixels per half group, whatever the ISA
 // (AVX2 and SSE2 split it into 2 and 4 registers), so every ISA pairs the same pixels and
 // sums in the same order, except where a kernel follows the registers it has: the radix-8
-// stages and dK's 3x3 sums with AVX-512's 32 (results then differ in the last bits).
+// stages with AVX-512's 32, and dK's 3x3 sums, which sum one native vector of pixels per
+// lane (results then differ in the last bits between ISAs).
 constexpr int kLaneBytes = 64;
 // Groups whose rows analyze loads together.
 constexpr int64_t kStagedGroups = 4;
