@@ -496,6 +496,26 @@ PartCV<T>* transform_parts(const Plan<T>& plan, PartCV<T>* a, PartCV<T>* b, Part
   return z;
 }
 
+// The transforms of a block of up to kStagedGroups groups, in scratch: kStagedGroups + 1
+// slots of P parts of n, then the DFT temporary. The stages alternate between two buffers;
+// group g's input goes where its results then land in slot g (slot g with an even number of
+// stages, the last slot the other buffer; else slot g + 1, slot g the other buffer), so
+// that the whole block's results are there together: the analysis stores and the
+// synthesis reads them plane by plane (row by row) in runs of several groups.
+template <typename T>
+struct StagedGroups {
+  StagedGroups(const Plan<T>& plan, T* scratch)
+      : n(plan.n), odd(int64_t(plan.stages.size() % 2)), slots(reinterpret_cast<PartCV<T>*>(scratch)) {}
+  PartCV<T>* slot(int64_t i) const { return slots + i * Lanes<T>::kParts * n; }
+  PartCV<T>* input(int64_t g) const { return slot(g + odd); }
+  const PartCV<T>* result(int64_t g) const { return slot(g); }
+  void transform(const Plan<T>& plan, int64_t g) const {
+    transform_parts(plan, input(g), odd ? slot(g) : slot(kStagedGroups), slot(kStagedGroups + 1));
+  }
+  int64_t n, odd;
+  PartCV<T>* slots;
+};
+
 // analyze, of src masked by `mask` (laid out as src) when Masked.
 template <typename T, bool Masked>
 void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step, int64_t count, T* spectrum,
@@ -504,10 +524,9 @@ void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step
     analyze_rows4<T, Masked>(src, mask, step, count, spectrum, plane);
     return;
   }
-  constexpr int64_t G = group_pixels<T>(), P = Lanes<T>::kParts;
+  constexpr int64_t G = group_pixels<T>();
   const int64_t n = plan.n, freqs = plan.freqs();
-  PartCV<T>* staged = reinterpret_cast<PartCV<T>*>(scratch);  // kStagedGroups groups of P parts of n
-  PartCV<T>* work = staged + kStagedGroups * P * n;            // P parts of n, then the DFT temporary
+  const StagedGroups<T> staged(plan, scratch);
   for (int64_t p0 = 0; p0 < count; p0 += kStagedGroups * G) {
     // Row by row, several groups at a time: the n rows are far apart, and longer runs per
     // row keep the loads streaming.
@@ -528,15 +547,16 @@ void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step
             load_group<Whole>(mask + at, valid, &m);
             v = masked_by(v, m);
           }
-          scatter_parts(v, staged + g * P * n + c, n);
+          scatter_parts(v, staged.input(g) + c, n);
         }
       }
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t first = p0 + g * G, valid = std::min(G, count - first);
-        const PartCV<T>* z = transform_parts(plan, staged + g * P * n, work, work + P * n);
-        // Two real signals from one complex one: A = (Z[k] + conj Z[n-k]) / 2 (first lanes),
-        // B = (Z[k] - conj Z[n-k]) / 2i (second lanes).
-        for (int64_t k = 0; k < freqs; ++k) {
+      for (int64_t g = 0; g < groups; ++g) staged.transform(plan, g);
+      // Two real signals from one complex one: A = (Z[k] + conj Z[n-k]) / 2 (first lanes),
+      // B = (Z[k] - conj Z[n-k]) / 2i (second lanes). Each plane in runs of several groups.
+      for (int64_t k = 0; k < freqs; ++k) {
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t first = p0 + g * G, valid = std::min(G, count - first);
+          const PartCV<T>* z = staged.result(g);
           const CV<T> zk = gather_parts<T>(z + k, n), zm = gather_parts<T>(z + (k == 0 ? 0 : n - k), n);
           const CV<T> re{(zk.re + zm.re) * T(0.5), (zk.im + zm.im) * T(0.5)};  // A.re | B.re
           const CV<T> im{(zk.im - zm.im) * T(0.5), (zm.re - zk.re) * T(0.5)};  // A.im | B.im
@@ -573,36 +593,45 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
     return;
   }
   using V = typename LanesOf<T>::type;
-  constexpr int64_t G = group_pixels<T>(), P = Lanes<T>::kParts;
+  constexpr int64_t G = group_pixels<T>();
   const int64_t n = plan.n, freqs = plan.freqs();
-  PartCV<T>* a = reinterpret_cast<PartCV<T>*>(scratch);  // P parts of n (see scatter_parts)
-  PartCV<T>* b = a + P * n;                              // the same, then the DFT temporary
-  const auto group = [&](auto whole, int64_t p0, int64_t valid) __attribute__((always_inline)) {
-    constexpr bool Whole = decltype(whole)::value;
-    // The inverse as conj(FFT(conj Z)), Z = A + iB over the whole circle (A, B Hermitian);
-    // the imaginary parts at frequency 0 and n/2 are dropped, as irfft does.
-    for (int64_t k = 0; k < freqs; ++k) {
-      const bool real = plan.real_frequency(k);
-      CV<T> re, im{V{}, V{}};  // A.re | B.re, A.im | B.im
-      load_group<Whole>(spectrum + 2 * k * plane + p0, valid, &re);
-      if (!real) load_group<Whole>(spectrum + (2 * k + 1) * plane + p0, valid, &im);
-      scatter_parts(CV<T>{re.re - im.im, -(im.re + re.im)}, a + k, n);
-      if (!real) scatter_parts(CV<T>{re.re + im.im, im.re - re.im}, a + n - k, n);
-    }
-    const PartCV<T>* z = transform_parts(plan, a, b, b + P * n);
-    for (int64_t r = 0; r < n; ++r) {
-      const CV<T> zr = gather_parts<T>(z + r, n);
-      CV<T> y{zr.re + bias, bias - zr.im};
-      if (relu) {
-        y.re = relu_lanes(y.re);
-        y.im = relu_lanes(y.im);
+  const StagedGroups<T> staged(plan, scratch);
+  for (int64_t p0 = 0; p0 < count; p0 += kStagedGroups * G) {
+    // Several groups at a time, as the analysis reads them: each spectrum plane, then each
+    // output row, in runs of several groups (the n rows are far apart).
+    const int64_t groups = std::min(kStagedGroups, ceil_div(count - p0, G));
+    const auto block = [&](auto whole) __attribute__((always_inline)) {
+      constexpr bool Whole = decltype(whole)::value;  // (see analyze_rows)
+      // The inverse as conj(FFT(conj Z)), Z = A + iB over the whole circle (A, B Hermitian);
+      // the imaginary parts at frequency 0 and n/2 are dropped, as irfft does.
+      for (int64_t k = 0; k < freqs; ++k) {
+        const bool real = plan.real_frequency(k);
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t at = p0 + g * G, valid = std::min(G, count - at);
+          PartCV<T>* in = staged.input(g);
+          CV<T> re, im{V{}, V{}};  // A.re | B.re, A.im | B.im
+          load_group<Whole>(spectrum + 2 * k * plane + at, valid, &re);
+          if (!real) load_group<Whole>(spectrum + (2 * k + 1) * plane + at, valid, &im);
+          scatter_parts(CV<T>{re.re - im.im, -(im.re + re.im)}, in + k, n);
+          if (!real) scatter_parts(CV<T>{re.re + im.im, im.re - re.im}, in + n - k, n);
+        }
       }
-      store_group<Whole>(dst + r * step + p0, valid, y);
-    }
-  };
-  int64_t p0 = 0;
-  for (; p0 + G <= count; p0 += G) group(std::true_type{}, p0, G);
-  if (p0 < count) group(std::false_type{}, p0, count - p0);
+      for (int64_t g = 0; g < groups; ++g) staged.transform(plan, g);
+      for (int64_t r = 0; r < n; ++r) {
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t at = p0 + g * G, valid = std::min(G, count - at);
+          const CV<T> zr = gather_parts<T>(staged.result(g) + r, n);
+          CV<T> y{zr.re + bias, bias - zr.im};
+          if (relu) {
+            y.re = relu_lanes(y.re);
+            y.im = relu_lanes(y.im);
+          }
+          store_group<Whole>(dst + r * step + at, valid, y);
+        }
+      }
+    };
+    with_flags(block, p0 + groups * G <= count);
+  }
 }
 
 // --- the per-frequency convolution sums ----------------------------------------------------
