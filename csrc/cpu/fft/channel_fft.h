@@ -28,7 +28,8 @@ namespace rollconv::channel_fft {
 // stages with AVX-512's 32, and dK's 3x3 sums, which sum one native vector of pixels per
 // lane (results then differ in the last bits between ISAs).
 constexpr int kLaneBytes = 64;
-// Groups whose rows analyze loads together.
+// Groups the general analysis and synthesis transform together: each row or spectrum plane
+// is read and written in runs of this many groups.
 constexpr int64_t kStagedGroups = 4;
 template <typename T>
 constexpr int64_t group_pixels() {
