@@ -144,6 +144,32 @@ def test_roll_fft_independent_of_thread_count(channels, activation):
             assert torch.equal(a, c)
 
 
+def test_roll_fft_by_samples_independent_of_thread_count():
+    """The forward and combined backward sample by sample on each thread (2 and 3 threads:
+    9 samples) and chunked (1 and 4 threads) give the same bits; dK's per-sample sums here
+    take several rounds (845 KiB per sample), the last one partial."""
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(9, 64, 6, 6, generator=gen)
+    w = torch.randn(128, 64, 5, 5, generator=gen) * 0.05
+    b = torch.randn(128, generator=gen)
+    fn = lambda x, w, b: RF.roll_conv2d(x, w, b, padding=2, activation="relu", algorithm="fft")
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3, 4):
+            torch.set_num_threads(n)
+            results.append(_conv_and_grads(fn, x, w, b))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert torch.equal(a, c)
+    bank = _conv_and_grads(lambda x, w, b: RF.roll_conv2d(x, w, b, padding=2, activation="relu", algorithm="bank"),
+                           x, w, b)
+    for got, want in zip(results[0], bank):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 def test_deterministic():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(6, 16, 20, 20, generator=gen)

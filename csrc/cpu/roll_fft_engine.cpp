@@ -13,6 +13,13 @@
 // Before and after, on one thread: the taps (the weight's transform over its channels) and
 // dK from its spectrum, by the same channel transforms.
 //
+// On several threads whose shares of the batch are (nearly) equal, the forward and the
+// combined backward go sample by sample on each thread instead (by_samples): each thread
+// analyzes its sample's rows just before the blocks that read them and waits for no other
+// thread until the end (or, in the backward, a round of samples, whose dK and bias sums it
+// keeps per sample and adds up in sample order). The same blocks, items and orders: the
+// same bits as the chunked passes.
+//
 // The 1/C of the inverse transform is folded into the taps. Every sum has a fixed order
 // that does not depend on the thread count: results are bitwise reproducible for any.
 #include <ATen/ATen.h>
@@ -20,6 +27,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <functional>
 #include <vector>
 
 #include "common/conv_engine.h"
@@ -55,6 +63,15 @@ int64_t samples_per_chunk(int64_t batch, int64_t bytes_per_sample) {
 // few to share among threads. Not a function of the thread count: the block bounds decide
 // which pixels share an inverse transform (and so its rounding).
 constexpr int64_t kMinBlocks = 8;
+// Samples per thread from which a pass goes sample by sample on each thread even where the
+// threads' shares differ by one.
+constexpr int64_t kSamplesPerThread = 4;
+// Whether a pass goes sample by sample on each thread (the forward and the combined
+// backward): on several threads, where their shares of the batch are equal or differ by
+// one of several. (On one thread, the chunked passes measured as fast or faster.)
+inline bool by_samples(int64_t batch, int threads) {
+  return threads > 1 && (batch % threads == 0 || batch >= kSamplesPerThread * threads);
+}
 int64_t rows_per_block(int64_t rows, int64_t row_bytes, int64_t samples) {
   int64_t per_block = std::clamp<int64_t>(kTileBytes / std::max<int64_t>(1, row_bytes), 1, std::max<int64_t>(1, rows));
   while (per_block > 1 && samples * ceil_div(rows, per_block) < kMinBlocks) per_block = ceil_div(per_block, 2);
@@ -245,6 +262,29 @@ int64_t sum_flops(int64_t batch, int64_t filters, int64_t freqs, const Window2d&
   return 8 * batch * filters * freqs * w.out_h * w.out_w * w.kernel_h * w.kernel_w;
 }
 
+// The forward's work on one block of output rows [oh0, oh1) of one sample, from its input
+// spectrum: every filter's sums over the taps, then the inverse transform over the rolls,
+// bias and ReLU, into the roll-major output y_sample (roll r of filter f is output channel
+// r * F + f).
+template <typename T>
+void forward_block(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
+                   const T* spectrum, const T* taps, const T* bias, bool relu, int64_t oh0, int64_t oh1,
+                   T* y_sample, ThreadBuffers<T>& t) {
+  const int64_t freqs = plan.freqs(), out_px = w.out_h * w.out_w, count = (oh1 - oh0) * w.out_w;
+  micro.forward_rows(w, freqs, plan.even(), filters, spectrum, taps, oh0, oh1, t.tile.get(), t.sums.get());
+  for (int64_t f = 0; f < filters; ++f) {
+    micro.synthesize(plan, t.sums.get() + f * 2 * freqs * count, count, count, y_sample + f * out_px + oh0 * w.out_w,
+                     filters * out_px, bias ? bias[f] : T(0), relu, t.scratch.get());
+  }
+}
+
+// The analysis items (pixel ranges) of the input that output rows [0, oh1) read.
+template <typename T>
+int64_t input_items_for_rows(const Window2d& w, int64_t oh1) {
+  const int64_t last_row = std::min(w.in_h - 1, (oh1 - 1) * w.stride_h - w.pad_h + (w.kernel_h - 1) * w.dil_h);
+  return ceil_div(std::max<int64_t>(0, last_row + 1) * w.in_w, analysis_pixels<T>());
+}
+
 template <typename T>
 void forward_typed(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                    const Window2d& w, bool relu, const at::Tensor& output) {
@@ -263,12 +303,37 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight, const at::
   const int64_t rows = rows_per_block(w.out_h, filters * 2 * freqs * w.out_w * int64_t(sizeof(T)), chunk);
   const int64_t blocks = ceil_div(w.out_h, rows), block_px = rows * w.out_w;
   const int threads = engine_threads(chunk * blocks, sum_flops(batch, filters, freqs, w));
+  const auto buffers = [&] { return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), filters * 2 * freqs * block_px); };
+  const auto block = [&](const T* spectrum, int64_t sample, int64_t oh0, ThreadBuffers<T>& t) {
+    forward_block(micro, plan, w, filters, spectrum, tp, b, relu, oh0, std::min(w.out_h, oh0 + rows),
+                  y + sample * channels * filters * out_px, t);
+  };
+  if (by_samples(batch, threads)) {
+    // Sample by sample on each thread, the analysis of each block's input rows just before
+    // its synthesis: the spectrum is read while it is still in the thread's caches, and no
+    // thread waits for another. The same blocks and analysis items as below: the same bits.
+    AlignedBuffer<T> spectra(threads * spectrum_size);
+    parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
+      T* spectrum = spectra.get() + omp_get_thread_num() * spectrum_size;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t s = 0; s < batch; ++s) {
+        for (int64_t bl = 0, item = 0; bl < blocks; ++bl) {
+          const int64_t needed = input_items_for_rows<T>(w, std::min(w.out_h, (bl + 1) * rows));
+          for (; item < needed; ++item) {
+            analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), x + s * channels * in_px, in_px, spectrum,
+                          t.scratch.get());
+          }
+          block(spectrum, s, bl * rows, t);
+        }
+      }
+    });
+    return;
+  }
   // Two chunks' spectra when several threads share several chunks: a thread done with its
   // share of one chunk's synthesis goes on to the next chunk's analysis (into the other
   // buffer) instead of waiting at a barrier for the others.
   const int64_t in_flight = threads > 1 && batch > chunk ? 2 : 1;
   AlignedBuffer<T> spectra(in_flight * chunk * spectrum_size);
-  const auto buffers = [&] { return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), filters * 2 * freqs * block_px); };
   parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
     for (int64_t n0 = 0, index = 0; n0 < batch; n0 += chunk, ++index) {
       const int64_t nb = std::min(chunk, batch - n0);
@@ -283,25 +348,27 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight, const at::
       }
 #pragma omp for schedule(dynamic, 1) nowait
       for (int64_t item = 0; item < nb * blocks; ++item) {
-        const int64_t s = item / blocks, oh0 = (item % blocks) * rows;
-        const int64_t oh1 = std::min(w.out_h, oh0 + rows), count = (oh1 - oh0) * w.out_w;
-        micro.forward_rows(w, freqs, plan.even(), filters, chunk_spectra + s * spectrum_size, tp, oh0, oh1, t.tile.get(),
-                          t.sums.get());
-        for (int64_t f = 0; f < filters; ++f) {
-          // roll r of filter f is output channel r * F + f
-          micro.synthesize(plan, t.sums.get() + f * 2 * freqs * count, count, count,
-                          y + ((n0 + s) * channels * filters + f) * out_px + oh0 * w.out_w,
-                          filters * out_px, b ? b[f] : T(0), relu, t.scratch.get());
-        }
+        const int64_t s = item / blocks;
+        block(chunk_spectra + s * spectrum_size, n0 + s, (item % blocks) * rows, t);
       }
     }
   });
 }
 
+// dX of one sample's input rows [h0, h1) from its dY spectrum: the sums over the filters,
+// then the inverse transform into dx_sample.
+template <typename T>
+void input_grad_block(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
+                      const T* dy_spectrum, const T* taps, int64_t h0, int64_t h1, T* dx_sample, ThreadBuffers<T>& t) {
+  const int64_t in_px = w.in_h * w.in_w, count = (h1 - h0) * w.in_w;
+  micro.input_grad_rows(w, plan.freqs(), plan.even(), filters, dy_spectrum, taps, h0, h1, t.tile.get(), t.sums.get());
+  micro.synthesize(plan, t.sums.get(), count, count, dx_sample + h0 * w.in_w, in_px, T(0), false, t.scratch.get());
+}
+
 // dX of a chunk's nb samples from their dY spectra (dy_size apart), one item per (sample,
-// block of `rows` input rows): the sums over the filters, then the inverse transform into
-// dx_chunk. Called inside a parallel region: its threads share the items, and go on without
-// a barrier at the end (the caller orders what must follow all of them).
+// block of `rows` input rows). Called inside a parallel region: its threads share the
+// items, and go on without a barrier at the end (the caller orders what must follow all of
+// them).
 template <typename T>
 void input_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
                       int64_t nb, int64_t rows, const T* dy_spectra, int64_t dy_size, const T* taps, T* dx_chunk,
@@ -310,11 +377,8 @@ void input_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, const W
 #pragma omp for schedule(dynamic, 1) nowait
   for (int64_t item = 0; item < nb * blocks; ++item) {
     const int64_t s = item / blocks, h0 = (item % blocks) * rows;
-    const int64_t h1 = std::min(w.in_h, h0 + rows), count = (h1 - h0) * w.in_w;
-    micro.input_grad_rows(w, plan.freqs(), plan.even(), filters, dy_spectra + s * dy_size, taps, h0, h1,
-                          t.tile.get(), t.sums.get());
-    micro.synthesize(plan, t.sums.get(), count, count, dx_chunk + s * plan.n * in_px + h0 * w.in_w, in_px, T(0),
-                     false, t.scratch.get());
+    input_grad_block(micro, plan, w, filters, dy_spectra + s * dy_size, taps, h0, std::min(w.in_h, h0 + rows),
+                     dx_chunk + s * plan.n * in_px, t);
   }
 }
 
@@ -415,11 +479,133 @@ void backward_weight_typed(const at::Tensor& grad_output, const at::Tensor& inpu
   weight_from_spectrum(micro, plan, acc, grad_weight);
 }
 
+// One analysis item of the combined backward's dY, of the samples from n0 on: read in
+// place whatever its strides (gather_grad_rows), zeroed where the mask (the output, laid
+// out as a contiguous dY; null: none) is <= 0.
+template <typename T>
+void analyze_grad_any(const MicroKernels<T>& micro, const Plan<T>& plan, const at::Tensor& grad_output,
+                      const T* mask, int64_t n0, const AnalysisItem& it, int64_t filters, const Window2d& w,
+                      T* spectra, ThreadBuffers<T>& t) {
+  const int64_t out_px = w.out_h * w.out_w, offset = n0 * plan.n * filters * out_px;
+  if (grad_output.is_contiguous()) {
+    analyze_grad(micro, plan, it, grad_output.const_data_ptr<T>() + offset, mask ? mask + offset : nullptr, filters,
+                 out_px, spectra, t.scratch.get());
+  } else {
+    gather_grad_rows(grad_output, mask, n0 + it.sample, it, plan.n, filters, w.out_w, t.rows.get());
+    micro.analyze(plan, t.rows.get(), it.count, it.count, grad_spectrum(plan, it, filters, out_px, spectra), out_px,
+                  t.scratch.get());
+  }
+}
+
+// The bias gradient's sum over one sample of filter f's dY: frequency 0 of the transform
+// over the rolls is their sum, summed over the pixels in order (in double).
+template <typename T>
+double bias_sum(const T* dy_spectrum, int64_t f, int64_t freqs, int64_t out_px) {
+  const T* dc = dy_spectrum + f * 2 * freqs * out_px;
+  double sum = 0;
+  for (int64_t p = 0; p < out_px; ++p) sum += double(dc[p]);
+  return sum;
+}
+
+// The analysis ranges of dY (analysis_pixels each) that dX's input rows [0, h1) read.
+template <typename T>
+int64_t grad_ranges_for_rows(const Window2d& w, int64_t h1) {
+  const int64_t last_row = std::min(w.out_h - 1, (h1 - 1 + w.pad_h) / w.stride_h);
+  return ceil_div((last_row + 1) * w.out_w, analysis_pixels<T>());
+}
+
+// Samples whose dK and bias contributions the by-sample backward keeps before adding them
+// up in order: about this many bytes of them, and at least one per thread.
+constexpr int64_t kContributionBytes = int64_t(4) << 20;
+
+// What the combined backward computes, and where.
+template <typename T>
+struct BackwardJob {
+  const at::Tensor& grad_output;
+  const T* mask;  // the output (ReLU's derivative), or null
+  const T* x;
+  const T* taps;  // dX's (null without dX)
+  T* dx;          // null without dX
+  T* acc;         // dK's spectrum sums ((re, im) pairs [F][kh * kw][K]), null without dK
+  double* bias_sums;  // null without the bias gradient
+};
+
+// The combined backward sample by sample on each thread (as forward_by_samples): per
+// sample, dY's spectra range by range, each block of dX right after the ranges it reads,
+// then the bias's sums and dK's over the whole sample, kept per sample and added up in
+// sample order after each round of samples: the bits of the chunked path's.
+template <typename T>
+void backward_by_samples(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t batch,
+                         int64_t filters, int64_t rows, int threads, const BackwardJob<T>& job,
+                         const std::function<ThreadBuffers<T>()>& buffers) {
+  const int64_t channels = plan.n, freqs = plan.freqs(), in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
+  const int64_t kk = w.kernel_h * w.kernel_w;
+  const int64_t x_size = job.acc ? 2 * freqs * in_px : 0, dy_size = filters * 2 * freqs * out_px;
+  const int64_t acc_size = job.acc ? filters * kk * 2 * freqs : 0, bias_size = job.bias_sums ? filters : 0;
+  const int64_t ranges = ceil_div(out_px, analysis_pixels<T>());
+  const int64_t round = std::clamp<int64_t>(kContributionBytes / std::max<int64_t>(1, acc_size * int64_t(sizeof(T))),
+                                            threads, std::max<int64_t>(1, batch));
+  AlignedBuffer<T> spectra(threads * (x_size + dy_size)), weight_parts(round * acc_size);
+  std::vector<double> bias_parts(round * bias_size);
+  parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
+    T* x_spectrum = spectra.get() + omp_get_thread_num() * (x_size + dy_size);
+    T* dy_spectrum = x_spectrum + x_size;
+    for (int64_t s0 = 0; s0 < batch; s0 += round) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t s = s0; s < std::min(batch, s0 + round); ++s) {
+        int64_t analyzed = 0;
+        // (plane by plane: each plane's ranges in a row, as the analysis prefetches them)
+        const auto analyze_ranges = [&](int64_t upto) {
+          for (int64_t f = 0; f < filters; ++f) {
+            for (int64_t range = analyzed; range < upto; ++range) {
+              const int64_t first = range * analysis_pixels<T>();
+              const AnalysisItem it{0, f, first, std::min(analysis_pixels<T>(), out_px - first)};
+              analyze_grad_any(micro, plan, job.grad_output, job.mask, s, it, filters, w, dy_spectrum, t);
+            }
+          }
+          analyzed = std::max(analyzed, upto);
+        };
+        if (job.dx != nullptr) {
+          for (int64_t h0 = 0; h0 < w.in_h; h0 += rows) {
+            const int64_t h1 = std::min(w.in_h, h0 + rows);
+            analyze_ranges(grad_ranges_for_rows<T>(w, h1));
+            input_grad_block(micro, plan, w, filters, dy_spectrum, job.taps, h0, h1, job.dx + s * channels * in_px, t);
+          }
+        }
+        analyze_ranges(ranges);
+        for (int64_t f = 0; f < bias_size; ++f) bias_parts[(s - s0) * filters + f] = bias_sum(dy_spectrum, f, freqs, out_px);
+        if (job.acc != nullptr) {
+          for (int64_t item = 0; item < analysis_items<T>(1, 1, in_px); ++item) {
+            analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), job.x + s * channels * in_px, in_px,
+                          x_spectrum, t.scratch.get());
+          }
+          T* part = weight_parts.get() + (s - s0) * acc_size;
+          std::fill(part, part + acc_size, T(0));
+          for (int64_t k = 0; k < freqs; ++k) {
+            micro.weight_grad_freq(w, freqs, plan.even(), k, filters, x_spectrum, dy_spectrum, 2 * freqs * out_px,
+                                   t.tile.get(), part + 2 * k, 2 * kk * freqs);
+          }
+        }
+      }
+      const int64_t ns = std::min(round, batch - s0);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < acc_size; ++i) {
+        for (int64_t s = 0; s < ns; ++s) job.acc[i] += weight_parts.get()[s * acc_size + i];
+      }
+#pragma omp single
+      for (int64_t f = 0; f < bias_size; ++f) {
+        for (int64_t s = 0; s < ns; ++s) job.bias_sums[f] += bias_parts[s * filters + f];
+      }
+    }
+  });
+}
+
 // The combined backward (RollFftEngine::backward): per chunk, one analysis phase (the
 // input's spectra when dK is wanted, the masked dY's always), the bias gradient from dY's
 // spectra at frequency 0 (the sums over the rolls), then dX's synthesis and dK's sums, as in
 // the separate passes (the same chunks, blocks and orders: bitwise the same dX and dK).
 // grad_output may have any strides (read in place, gather_grad_rows); output is contiguous.
+// Sample by sample on each thread where the batch allows (backward_by_samples).
 template <typename T>
 void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input,
                     const at::Tensor& weight, const Window2d& w, const at::Tensor& grad_input,
@@ -432,70 +618,63 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
   const int64_t freqs = plan.freqs();
   const int64_t x_size = want_dk ? 2 * freqs * in_px : 0, dy_size = filters * 2 * freqs * out_px;
   const AlignedBuffer<T> tap_pairs = want_dx ? scaled_taps(micro, plan, weight) : AlignedBuffer<T>(0);
-  const T* tp = tap_pairs.get();
-  const T* x = input.const_data_ptr<T>();
-  const bool dy_dense = grad_output.is_contiguous();
-  const T* dy = grad_output.const_data_ptr<T>();
-  const T* mask = output.defined() ? output.const_data_ptr<T>() : nullptr;
-  T* dx = want_dx ? grad_input.data_ptr<T>() : nullptr;
   AlignedBuffer<T> sums = weight_spectrum_sums(plan, want_dk ? filters : 0, w);
-  T* acc = sums.get();
   std::vector<double> bias_sums(want_db ? filters : 0, 0.0);
+  const BackwardJob<T> job{grad_output,
+                           output.defined() ? output.const_data_ptr<T>() : nullptr,
+                           input.const_data_ptr<T>(),
+                           tap_pairs.get(),
+                           want_dx ? grad_input.data_ptr<T>() : nullptr,
+                           want_dk ? sums.get() : nullptr,
+                           want_db ? bias_sums.data() : nullptr};
 
   // dK's chunks when dK is wanted (so that its sums run in the separate pass's order), dX's otherwise.
   const int64_t chunk = samples_per_chunk(batch, (x_size + dy_size) * int64_t(sizeof(T)));
   const int64_t rows = rows_per_block(w.in_h, 2 * freqs * w.in_w * int64_t(sizeof(T)), chunk);
   const int64_t blocks = ceil_div(w.in_h, rows);
-  AlignedBuffer<T> x_spectra(chunk * x_size), dy_spectra(chunk * dy_size);
   const int64_t passes = int64_t(want_dx) + int64_t(want_dk);
   const int threads = engine_threads(std::max(chunk * blocks, filters * freqs),
                                      std::max<int64_t>(1, passes) * sum_flops(batch, filters, freqs, w));
-  const auto buffers = [&] {
+  const std::function<ThreadBuffers<T>()> buffers = [&] {
     return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), want_dx ? 2 * freqs * rows * w.in_w : 0,
-                            dy_dense ? 0 : channels * analysis_pixels<T>());
+                            grad_output.is_contiguous() ? 0 : channels * analysis_pixels<T>());
   };
-  parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
-    for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
-      const int64_t nb = std::min(chunk, batch - n0);
-      const int64_t dy_offset = n0 * channels * filters * out_px;
-      if (want_dk) analyze_input_items(micro, plan, nb, x + n0 * channels * in_px, in_px, x_spectra.get(), t.scratch.get());
+  if (by_samples(batch, threads)) {
+    backward_by_samples(micro, plan, w, batch, filters, rows, threads, job, buffers);
+  } else {
+    AlignedBuffer<T> x_spectra(chunk * x_size), dy_spectra(chunk * dy_size);
+    parallel_with_state(threads, buffers, [&](ThreadBuffers<T>& t) {
+      for (int64_t n0 = 0; n0 < batch; n0 += chunk) {
+        const int64_t nb = std::min(chunk, batch - n0);
+        if (want_dk) analyze_input_items(micro, plan, nb, job.x + n0 * channels * in_px, in_px, x_spectra.get(), t.scratch.get());
 #pragma omp for schedule(static)
-      for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
-        const AnalysisItem it = analysis_item<T>(item, filters, out_px);
-        if (dy_dense) {
-          analyze_grad(micro, plan, it, dy + dy_offset, mask ? mask + dy_offset : nullptr, filters, out_px,
-                       dy_spectra.get(), t.scratch.get());
-        } else {
-          gather_grad_rows(grad_output, mask, n0 + it.sample, it, channels, filters, w.out_w, t.rows.get());
-          micro.analyze(plan, t.rows.get(), it.count, it.count, grad_spectrum(plan, it, filters, out_px, dy_spectra.get()),
-                        out_px, t.scratch.get());
+        for (int64_t item = 0; item < analysis_items<T>(nb, filters, out_px); ++item) {
+          analyze_grad_any(micro, plan, grad_output, job.mask, n0, analysis_item<T>(item, filters, out_px), filters, w,
+                           dy_spectra.get(), t);
         }
-      }
-      // The bias and dX items go on without a barrier (a thread done with its share takes
-      // more of the next loop's items): they only read the spectra. dK's loop closes the
-      // chunk with one (without dK, the barrier below).
-      if (want_db) {
-        // Frequency 0 of the transform over the rolls is their sum; summed in a fixed order.
+        // The bias and dX items go on without a barrier (a thread done with its share takes
+        // more of the next loop's items): they only read the spectra. dK's loop closes the
+        // chunk with one (without dK, the barrier below).
+        if (want_db) {
 #pragma omp for schedule(static) nowait
-        for (int64_t f = 0; f < filters; ++f) {
-          double sum = 0;
-          for (int64_t s = 0; s < nb; ++s) {
-            const T* dc = dy_spectra.get() + (s * filters + f) * 2 * freqs * out_px;
-            for (int64_t p = 0; p < out_px; ++p) sum += double(dc[p]);
+          for (int64_t f = 0; f < filters; ++f) {
+            for (int64_t s = 0; s < nb; ++s) bias_sums[f] += bias_sum(dy_spectra.get() + s * dy_size, f, freqs, out_px);
           }
-          bias_sums[f] += sum;
+        }
+        if (want_dx) {
+          input_grad_items(micro, plan, w, filters, nb, rows, dy_spectra.get(), dy_size, job.taps,
+                           job.dx + n0 * channels * in_px, t);
+        }
+        if (want_dk) {
+          weight_grad_items(micro, plan, w, filters, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
+                            t.tile.get(), job.acc);
+        } else {
+#pragma omp barrier  // before the next chunk's analysis overwrites the spectra
         }
       }
-      if (want_dx) input_grad_items(micro, plan, w, filters, nb, rows, dy_spectra.get(), dy_size, tp, dx + n0 * channels * in_px, t);
-      if (want_dk) {
-        weight_grad_items(micro, plan, w, filters, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,
-                          t.tile.get(), acc);
-      } else {
-#pragma omp barrier  // before the next chunk's analysis overwrites the spectra
-      }
-    }
-  });
-  if (want_dk) weight_from_spectrum(micro, plan, acc, grad_weight);
+    });
+  }
+  if (want_dk) weight_from_spectrum(micro, plan, job.acc, grad_weight);
   if (want_db) {
     T* db = grad_bias.data_ptr<T>();
     for (int64_t f = 0; f < filters; ++f) db[f] = T(bias_sums[f]);
