@@ -25,6 +25,23 @@ def _conv_and_grads(fn, x, w, b):
     return y.detach(), x.grad, w.grad, b.grad
 
 
+def _assert_same_bits_on_thread_counts(fn, x, w, b, thread_counts):
+    """fn's output and gradients (_conv_and_grads) bitwise the same on each thread count;
+    returns them."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in thread_counts:
+            torch.set_num_threads(n)
+            results.append(_conv_and_grads(fn, x, w, b))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert torch.equal(a, c)
+    return results[0]
+
+
 def _assert_engine_on_and_off_match(ours, reference, x, w, b):
     """`ours` with the CPU engines (default) and without (ROLLCONV_CPU_ENGINE=0: CUDA's code
     paths) against `reference`, float64: output and the three gradients."""
@@ -131,17 +148,7 @@ def test_roll_fft_independent_of_thread_count(channels, activation):
     w = torch.randn(3, channels, 3, 3, generator=gen)
     b = torch.randn(3, generator=gen)
     fn = lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, activation=activation, algorithm="fft")
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(_conv_and_grads(fn, x, w, b))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for a, c in zip(results[0], other):
-            assert torch.equal(a, c)
+    _assert_same_bits_on_thread_counts(fn, x, w, b, (1, 2, 3))
 
 
 def test_roll_fft_by_samples_independent_of_thread_count():
@@ -153,20 +160,10 @@ def test_roll_fft_by_samples_independent_of_thread_count():
     w = torch.randn(128, 64, 5, 5, generator=gen) * 0.05
     b = torch.randn(128, generator=gen)
     fn = lambda x, w, b: RF.roll_conv2d(x, w, b, padding=2, activation="relu", algorithm="fft")
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3, 4):
-            torch.set_num_threads(n)
-            results.append(_conv_and_grads(fn, x, w, b))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for a, c in zip(results[0], other):
-            assert torch.equal(a, c)
+    ours = _assert_same_bits_on_thread_counts(fn, x, w, b, (1, 2, 3, 4))
     bank = _conv_and_grads(lambda x, w, b: RF.roll_conv2d(x, w, b, padding=2, activation="relu", algorithm="bank"),
                            x, w, b)
-    for got, want in zip(results[0], bank):
+    for got, want in zip(ours, bank):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
