@@ -27,7 +27,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <functional>
 #include <vector>
 
 #include "common/conv_engine.h"
@@ -281,7 +280,7 @@ void forward_block(const MicroKernels<T>& micro, const Plan<T>& plan, const Wind
 // The analysis items (pixel ranges) of the input that output rows [0, oh1) read.
 template <typename T>
 int64_t input_items_for_rows(const Window2d& w, int64_t oh1) {
-  const int64_t last_row = std::min(w.in_h - 1, (oh1 - 1) * w.stride_h - w.pad_h + (w.kernel_h - 1) * w.dil_h);
+  const int64_t last_row = std::min(w.in_h - 1, input_coord(oh1 - 1, w.kernel_h - 1, w.stride_h, w.pad_h, w.dil_h));
   return ceil_div(std::max<int64_t>(0, last_row + 1) * w.in_w, analysis_pixels<T>());
 }
 
@@ -530,14 +529,14 @@ struct BackwardJob {
   double* bias_sums;  // null without the bias gradient
 };
 
-// The combined backward sample by sample on each thread (as forward_by_samples): per
-// sample, dY's spectra range by range, each block of dX right after the ranges it reads,
-// then the bias's sums and dK's over the whole sample, kept per sample and added up in
-// sample order after each round of samples: the bits of the chunked path's.
-template <typename T>
+// The combined backward sample by sample on each thread (as the forward's by_samples
+// path): per sample, dY's spectra range by range, each block of dX right after the ranges
+// it reads, then the bias's sums and dK's over the whole sample, kept per sample and added
+// up in sample order after each round of samples: the bits of the chunked path's.
+template <typename T, typename MakeBuffers>
 void backward_by_samples(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t batch,
                          int64_t filters, int64_t rows, int threads, const BackwardJob<T>& job,
-                         const std::function<ThreadBuffers<T>()>& buffers) {
+                         const MakeBuffers& buffers) {
   const int64_t channels = plan.n, freqs = plan.freqs(), in_px = w.in_h * w.in_w, out_px = w.out_h * w.out_w;
   const int64_t kk = w.kernel_h * w.kernel_w;
   const int64_t x_size = job.acc ? 2 * freqs * in_px : 0, dy_size = filters * 2 * freqs * out_px;
@@ -575,10 +574,7 @@ void backward_by_samples(const MicroKernels<T>& micro, const Plan<T>& plan, cons
         analyze_ranges(ranges);
         for (int64_t f = 0; f < bias_size; ++f) bias_parts[(s - s0) * filters + f] = bias_sum(dy_spectrum, f, freqs, out_px);
         if (job.acc != nullptr) {
-          for (int64_t item = 0; item < analysis_items<T>(1, 1, in_px); ++item) {
-            analyze_input(micro, plan, analysis_item<T>(item, 1, in_px), job.x + s * channels * in_px, in_px,
-                          x_spectrum, t.scratch.get());
-          }
+          micro.analyze(plan, job.x + s * channels * in_px, in_px, in_px, x_spectrum, in_px, t.scratch.get());
           T* part = weight_parts.get() + (s - s0) * acc_size;
           std::fill(part, part + acc_size, T(0));
           for (int64_t k = 0; k < freqs; ++k) {
@@ -635,7 +631,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
   const int64_t passes = int64_t(want_dx) + int64_t(want_dk);
   const int threads = engine_threads(std::max(chunk * blocks, filters * freqs),
                                      std::max<int64_t>(1, passes) * sum_flops(batch, filters, freqs, w));
-  const std::function<ThreadBuffers<T>()> buffers = [&] {
+  const auto buffers = [&] {
     return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), want_dx ? 2 * freqs * rows * w.in_w : 0,
                             grad_output.is_contiguous() ? 0 : channels * analysis_pixels<T>());
   };
