@@ -71,6 +71,13 @@ constexpr int64_t kSamplesPerThread = 4;
 inline bool by_samples(int64_t batch, int threads) {
   return threads > 1 && (batch % threads == 0 || batch >= kSamplesPerThread * threads);
 }
+// Outputs (y, dX) from this size on are written by streaming stores (MicroKernels::synthesize):
+// larger than the caches keep, they would otherwise be read from memory before each line is
+// written, and evict the spectra and tiles the passes work in.
+constexpr int64_t kStreamingOutputBytes = int64_t(4) << 20;
+inline bool streams_output(const at::Tensor& out) {
+  return out.numel() * int64_t(out.element_size()) >= kStreamingOutputBytes;
+}
 int64_t rows_per_block(int64_t rows, int64_t row_bytes, int64_t samples) {
   int64_t per_block = std::clamp<int64_t>(kTileBytes / std::max<int64_t>(1, row_bytes), 1, std::max<int64_t>(1, rows));
   while (per_block > 1 && samples * ceil_div(rows, per_block) < kMinBlocks) per_block = ceil_div(per_block, 2);
@@ -242,7 +249,7 @@ void weight_from_spectrum(const MicroKernels<T>& micro, const Plan<T>& plan, con
         spectrum.get()[(2 * k + 1) * kk + t] = pairs[2 * k + 1] * scale;
       }
     }
-    micro.synthesize(plan, spectrum.get(), kk, kk, dw + f * plan.n * kk, kk, T(0), false, scratch.get());
+    micro.synthesize(plan, spectrum.get(), kk, kk, dw + f * plan.n * kk, kk, T(0), false, false, scratch.get());
   }
 }
 
@@ -268,12 +275,12 @@ int64_t sum_flops(int64_t batch, int64_t filters, int64_t freqs, const Window2d&
 template <typename T>
 void forward_block(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
                    const T* spectrum, const T* taps, const T* bias, bool relu, int64_t oh0, int64_t oh1,
-                   T* y_sample, ThreadBuffers<T>& t) {
+                   T* y_sample, bool stream, ThreadBuffers<T>& t) {
   const int64_t freqs = plan.freqs(), out_px = w.out_h * w.out_w, count = (oh1 - oh0) * w.out_w;
   micro.forward_rows(w, freqs, plan.even(), filters, spectrum, taps, oh0, oh1, t.tile.get(), t.sums.get());
   for (int64_t f = 0; f < filters; ++f) {
     micro.synthesize(plan, t.sums.get() + f * 2 * freqs * count, count, count, y_sample + f * out_px + oh0 * w.out_w,
-                     filters * out_px, bias ? bias[f] : T(0), relu, t.scratch.get());
+                     filters * out_px, bias ? bias[f] : T(0), relu, stream, t.scratch.get());
   }
 }
 
@@ -297,6 +304,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight, const at::
   const T* x = input.const_data_ptr<T>();
   const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
   T* y = output.data_ptr<T>();
+  const bool stream = streams_output(output);
 
   const int64_t chunk = samples_per_chunk(batch, spectrum_size * int64_t(sizeof(T)));
   const int64_t rows = rows_per_block(w.out_h, filters * 2 * freqs * w.out_w * int64_t(sizeof(T)), chunk);
@@ -305,7 +313,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight, const at::
   const auto buffers = [&] { return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), filters * 2 * freqs * block_px); };
   const auto block = [&](const T* spectrum, int64_t sample, int64_t oh0, ThreadBuffers<T>& t) {
     forward_block(micro, plan, w, filters, spectrum, tp, b, relu, oh0, std::min(w.out_h, oh0 + rows),
-                  y + sample * channels * filters * out_px, t);
+                  y + sample * channels * filters * out_px, stream, t);
   };
   if (by_samples(batch, threads)) {
     // Sample by sample on each thread, the analysis of each block's input rows just before
@@ -358,10 +366,12 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight, const at::
 // then the inverse transform into dx_sample.
 template <typename T>
 void input_grad_block(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
-                      const T* dy_spectrum, const T* taps, int64_t h0, int64_t h1, T* dx_sample, ThreadBuffers<T>& t) {
+                      const T* dy_spectrum, const T* taps, int64_t h0, int64_t h1, T* dx_sample, bool stream,
+                      ThreadBuffers<T>& t) {
   const int64_t in_px = w.in_h * w.in_w, count = (h1 - h0) * w.in_w;
   micro.input_grad_rows(w, plan.freqs(), plan.even(), filters, dy_spectrum, taps, h0, h1, t.tile.get(), t.sums.get());
-  micro.synthesize(plan, t.sums.get(), count, count, dx_sample + h0 * w.in_w, in_px, T(0), false, t.scratch.get());
+  micro.synthesize(plan, t.sums.get(), count, count, dx_sample + h0 * w.in_w, in_px, T(0), false, stream,
+                   t.scratch.get());
 }
 
 // dX of a chunk's nb samples from their dY spectra (dy_size apart), one item per (sample,
@@ -371,13 +381,13 @@ void input_grad_block(const MicroKernels<T>& micro, const Plan<T>& plan, const W
 template <typename T>
 void input_grad_items(const MicroKernels<T>& micro, const Plan<T>& plan, const Window2d& w, int64_t filters,
                       int64_t nb, int64_t rows, const T* dy_spectra, int64_t dy_size, const T* taps, T* dx_chunk,
-                      ThreadBuffers<T>& t) {
+                      bool stream, ThreadBuffers<T>& t) {
   const int64_t in_px = w.in_h * w.in_w, blocks = ceil_div(w.in_h, rows);
 #pragma omp for schedule(dynamic, 1) nowait
   for (int64_t item = 0; item < nb * blocks; ++item) {
     const int64_t s = item / blocks, h0 = (item % blocks) * rows;
     input_grad_block(micro, plan, w, filters, dy_spectra + s * dy_size, taps, h0, std::min(w.in_h, h0 + rows),
-                     dx_chunk + s * plan.n * in_px, t);
+                     dx_chunk + s * plan.n * in_px, stream, t);
   }
 }
 
@@ -393,6 +403,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
   const T* tp = tap_pairs.get();
   const T* dy = grad_output.const_data_ptr<T>();
   T* dx = grad_input.data_ptr<T>();
+  const bool stream = streams_output(grad_input);
 
   const int64_t chunk = samples_per_chunk(batch, spectrum_size * int64_t(sizeof(T)));
   const int64_t rows = rows_per_block(w.in_h, 2 * freqs * w.in_w * int64_t(sizeof(T)), chunk);
@@ -405,7 +416,8 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
       const int64_t nb = std::min(chunk, batch - n0);
       analyze_grad_items(micro, plan, nb, dy + n0 * channels * filters * out_px, filters, out_px, spectra.get(),
                          t.scratch.get());
-      input_grad_items(micro, plan, w, filters, nb, rows, spectra.get(), spectrum_size, tp, dx + n0 * channels * in_px, t);
+      input_grad_items(micro, plan, w, filters, nb, rows, spectra.get(), spectrum_size, tp, dx + n0 * channels * in_px,
+                       stream, t);
 #pragma omp barrier  // before the next chunk's analysis overwrites the spectra
     }
   });
@@ -525,6 +537,7 @@ struct BackwardJob {
   const T* x;
   const T* taps;  // dX's (null without dX)
   T* dx;          // null without dX
+  bool stream_dx;  // dX by streaming stores (streams_output)
   T* acc;         // dK's spectrum sums ((re, im) pairs [F][kh * kw][K]), null without dK
   double* bias_sums;  // null without the bias gradient
 };
@@ -568,7 +581,8 @@ void backward_by_samples(const MicroKernels<T>& micro, const Plan<T>& plan, cons
           for (int64_t h0 = 0; h0 < w.in_h; h0 += rows) {
             const int64_t h1 = std::min(w.in_h, h0 + rows);
             analyze_ranges(grad_ranges_for_rows<T>(w, h1));
-            input_grad_block(micro, plan, w, filters, dy_spectrum, job.taps, h0, h1, job.dx + s * channels * in_px, t);
+            input_grad_block(micro, plan, w, filters, dy_spectrum, job.taps, h0, h1, job.dx + s * channels * in_px,
+                             job.stream_dx, t);
           }
         }
         analyze_ranges(ranges);
@@ -621,6 +635,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
                            input.const_data_ptr<T>(),
                            tap_pairs.get(),
                            want_dx ? grad_input.data_ptr<T>() : nullptr,
+                           want_dx && streams_output(grad_input),
                            want_dk ? sums.get() : nullptr,
                            want_db ? bias_sums.data() : nullptr};
 
@@ -659,7 +674,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
         }
         if (want_dx) {
           input_grad_items(micro, plan, w, filters, nb, rows, dy_spectra.get(), dy_size, job.taps,
-                           job.dx + n0 * channels * in_px, t);
+                           job.dx + n0 * channels * in_px, job.stream_dx, t);
         }
         if (want_dk) {
           weight_grad_items(micro, plan, w, filters, nb, x_spectra.get(), x_size, dy_spectra.get(), dy_size,

@@ -90,9 +90,11 @@ struct MicroKernels {
   void (*analyze)(const Plan<T>& plan, const T* src, int64_t step, int64_t count, T* spectrum,
                   int64_t plane, T* scratch);
   // dst[r * step + p] = relu?(n * irfft(spectrum[., p])[r] + bias) for p < count (the taps
-  // carry the 1 / n).
+  // carry the 1 / n). stream: by non-temporal stores (for a large output not read back soon),
+  // where dst and step are whole cache lines and the path gains from them (not n = 4 or 16);
+  // fenced before the call returns.
   void (*synthesize)(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t count, T* dst,
-                     int64_t step, T bias, bool relu, T* scratch);
+                     int64_t step, T bias, bool relu, bool stream, T* scratch);
   // out [filters][freqs][2][(oh1 - oh0) * out_w] = sum over taps of X(tap-shifted) *
   // conj(taps[f]) for the output rows [oh0, oh1).
   void (*forward_rows)(const Window2d& w, int64_t freqs, bool even, int64_t filters, const T* spectrum,

@@ -201,6 +201,51 @@ __attribute__((always_inline)) inline void store_group(T* p, int64_t valid, cons
   store_valid<Whole>(p + L, in.im, std::max<int64_t>(0, valid - L));
 }
 
+// A lane vector (one cache line: kLaneBytes) to a 64-byte aligned p by a non-temporal
+// ("streaming") store: no read of the line first, and the caches keep their working set (see
+// synthesize). Weakly ordered: stream_fence() after the last.
+template <typename T>
+__attribute__((always_inline)) inline void stream_lanes(T* p, const Lanes<T>& v) {
+  static_assert(kLaneBytes == 64, "a lane vector is one cache line");
+#if defined(__x86_64__)
+  constexpr bool kFloat = std::is_same_v<T, float>;
+#pragma GCC unroll 4
+  for (int q = 0; q < Lanes<T>::kParts; ++q) {
+    T* at = p + q * Lanes<T>::kPer;
+#if ROLLCONV_NATIVE_VECTOR_BYTES == 64
+    if constexpr (kFloat) _mm512_stream_ps(at, __m512(v.part[q])); else _mm512_stream_pd(at, __m512d(v.part[q]));
+#elif ROLLCONV_NATIVE_VECTOR_BYTES == 32
+    if constexpr (kFloat) _mm256_stream_ps(at, __m256(v.part[q])); else _mm256_stream_pd(at, __m256d(v.part[q]));
+#else
+    if constexpr (kFloat) _mm_stream_ps(at, __m128(v.part[q])); else _mm_stream_pd(at, __m128d(v.part[q]));
+#endif
+  }
+#else
+  store(p, v);
+#endif
+}
+inline void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+// Whether rows dst + r * step are whole cache lines from each lane vector boundary on.
+template <typename T>
+inline bool line_aligned(const T* dst, int64_t step) {
+  return reinterpret_cast<uintptr_t>(dst) % kLaneBytes == 0 && (step * int64_t(sizeof(T))) % kLaneBytes == 0;
+}
+// An output lane vector: streamed when whole and `stream` (line-aligned rows), else stored.
+template <bool Whole, typename T>
+__attribute__((always_inline)) inline void store_output(T* p, const Lanes<T>& v, int64_t valid, bool stream) {
+  if constexpr (Whole) {
+    if (stream) {
+      stream_lanes(p, v);
+      return;
+    }
+  }
+  store_valid<Whole>(p, v, valid);
+}
+
 // v *= (wr + i wi)
 template <typename V, typename S>
 __attribute__((always_inline)) inline void rotate(Complex<V>& v, S wr, S wi) {
@@ -589,16 +634,8 @@ void analyze_masked(const Plan<T>& plan, const T* src, const T* mask, int64_t st
 }
 
 template <typename T>
-void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t count, T* dst,
-                int64_t step, T bias, bool relu, T* scratch) {
-  if (plan.n == 4) {
-    synthesize4(spectrum, plane, count, dst, step, bias, relu);
-    return;
-  }
-  if (plan.n == 16) {
-    synthesize16(spectrum, plane, count, dst, step, bias, relu);
-    return;
-  }
+void synthesize_staged(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t count, T* dst, int64_t step,
+                       T bias, bool relu, bool stream, T* scratch) {
   using V = typename LanesOf<T>::type;
   constexpr int64_t G = group_pixels<T>();
   const int64_t n = plan.n, freqs = plan.freqs();
@@ -633,11 +670,33 @@ void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t c
             y.re = relu_lanes(y.re);
             y.im = relu_lanes(y.im);
           }
-          store_group<Whole>(dst + r * step + at, valid, y);
+          store_output<Whole>(dst + r * step + at, y.re, std::min(valid, lanes_of<T>()), stream);
+          store_output<Whole>(dst + r * step + at + lanes_of<T>(), y.im, std::max<int64_t>(0, valid - lanes_of<T>()),
+                              stream);
         }
       }
     };
     with_flags(block, p0 + groups * G <= count);
+  }
+}
+
+// stream: the output rows written by non-temporal stores where they are whole cache lines
+// (the engine's large outputs, which the caches would not keep until they are read): in the
+// staged path, which writes each row in runs of several lines. The written-out n = 4 and 16
+// store as usual: they write one line of each of 4 or 16 rows in turn, and streamed there
+// measured 10-25% slower (bench/roll_conv2d_limits.md).
+template <typename T>
+void synthesize(const Plan<T>& plan, const T* spectrum, int64_t plane, int64_t count, T* dst,
+                int64_t step, T bias, bool relu, bool stream, T* scratch) {
+  if (plan.n == 4) {
+    synthesize4(spectrum, plane, count, dst, step, bias, relu);
+  } else if (plan.n == 16) {
+    synthesize16(spectrum, plane, count, dst, step, bias, relu);
+  } else if (stream && line_aligned(dst, step)) {
+    synthesize_staged(plan, spectrum, plane, count, dst, step, bias, relu, true, scratch);
+    stream_fence();
+  } else {
+    synthesize_staged(plan, spectrum, plane, count, dst, step, bias, relu, false, scratch);
   }
 }
 

@@ -7,6 +7,10 @@
 
 #include "cpu/fft/channel_fft.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>  // streaming stores (kernels_impl.h: stream_lanes)
+#endif
+
 #define ROLLCONV_NATIVE_VECTOR_BYTES 16
 #define ROLLCONV_ISA portable
 #include "cpu/isa_target.h"
