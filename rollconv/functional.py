@@ -192,8 +192,9 @@ ROLL_ALGORITHMS = ("auto", "direct", "bank", "fft")
 #: channels on (with rolls == C).
 FFT_MIN_CHANNELS = 48
 #: On the CPU with rolls == C, 'auto' picks 'direct' over 'fft' for at most this many
-#: channels (an RGB lifting layer: the transforms' fixed costs outweigh the sums they save).
-DIRECT_MAX_CHANNELS = 3
+#: channels (where neither is faster in every mode: measured in the README, "Choosing the
+#: rolling-convolution algorithm"; from C = 3, an RGB lifting layer, 'fft' is).
+DIRECT_MAX_CHANNELS = 2
 #: shift > 1 on the CPU: 'fft' with rolls == C // shift >= SHIFTED_FFT_MIN_BLOCKS, else
 #: 'direct' for at most SHIFTED_DIRECT_MAX_ROLLS rolls, else 'bank'.
 SHIFTED_FFT_MIN_BLOCKS = 32

@@ -104,7 +104,7 @@ def test_auto_rule():
 
     # CPU, every roll: the fused fft, but direct for the fewest channels (whatever F).
     assert pick(16, f=16) == pick(256) == pick(64, dtype=torch.float64) == "fft"
-    assert pick(RF.DIRECT_MAX_CHANNELS + 1) == pick(4, f=256) == pick(8, f=4) == "fft"
+    assert pick(RF.DIRECT_MAX_CHANNELS + 1) == pick(3, f=8) == pick(4, f=256) == pick(8, f=4) == "fft"
     assert pick(RF.DIRECT_MAX_CHANNELS, f=64) == pick(1) == pick(2, f=8) == "direct"
     # Fewer rolls: no fft.
     assert pick(256, rolls=255) == "bank" and pick(4, f=64, rolls=3) == "direct"
