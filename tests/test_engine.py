@@ -167,6 +167,29 @@ def test_roll_fft_by_samples_independent_of_thread_count():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
+@pytest.mark.parametrize("width", [24, 28, 40, 33])
+def test_roll_fft_block_rows_for_whole_groups(width):
+    """Widths whose blocks of rows the engine resizes so that they end on whole transform
+    groups (rows_per_block: 24 and the dX passes fewer rows, 28 and 40 more; 33 none, the
+    partial group alone then), with outputs large enough to be written by streaming stores
+    (over 4 MiB): with ReLU bitwise the same on 1 and 2 threads; without, against the
+    filter-bank method in float64 (with ReLU, outputs within float32's rounding of zero
+    would take the other side of the mask there; and the float32 bank's bias gradient, a
+    sum of 10^6 terms, is the less exact of the two)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(12, 64, 32, width, generator=gen)  # 4 filters: 5, 4, 3 and 3 rows
+    w = torch.randn(4, 64, 3, 3, generator=gen) * 0.1  # per forward block before the rule
+    b = torch.randn(4, generator=gen)
+    for activation in ("relu", None):
+        fn = lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, activation=activation, algorithm="fft")
+        ours = _assert_same_bits_on_thread_counts(fn, x, w, b, (1, 2))
+    assert ours[0].numel() * ours[0].element_size() > 4 << 20
+    bank = _conv_and_grads(lambda x, w, b: RF.roll_conv2d(x, w, b, padding=1, algorithm="bank"),
+                           x.double(), w.double(), b.double())
+    for got, want in zip(ours, bank):
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 def test_deterministic():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(6, 16, 20, 20, generator=gen)

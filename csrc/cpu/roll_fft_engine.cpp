@@ -27,6 +27,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "common/conv_engine.h"
@@ -58,10 +59,6 @@ int64_t samples_per_chunk(int64_t batch, int64_t bytes_per_sample) {
   return std::clamp<int64_t>(kSpectrumBytes / std::max<int64_t>(1, bytes_per_sample), 1, batch);
 }
 
-// Rows per synthesis block: as many as the tile holds, fewer when the blocks would be too
-// few to share among threads. Not a function of the thread count: the block bounds decide
-// which pixels share an inverse transform (and so its rounding).
-constexpr int64_t kMinBlocks = 8;
 // Samples per thread from which a pass goes sample by sample on each thread even where the
 // threads' shares differ by one.
 constexpr int64_t kSamplesPerThread = 4;
@@ -78,10 +75,31 @@ constexpr int64_t kStreamingOutputBytes = int64_t(4) << 20;
 inline bool streams_output(const at::Tensor& out) {
   return out.numel() * int64_t(out.element_size()) >= kStreamingOutputBytes;
 }
-int64_t rows_per_block(int64_t rows, int64_t row_bytes, int64_t samples) {
+
+// Rows per synthesis block: as many as the tile holds, fewer when the blocks would be too
+// few to share among threads. Then, where a block's pixels (rows * width) would end inside
+// a transform group, a count of rows that does not: fewer, or else up to twice as many
+// where that still gives enough blocks. (Otherwise every block's synthesis takes the
+// partial path for its last group, and the next block's rows start off a cache line, so
+// that its stores cannot stream: at width 24 the forward took 15-25% longer; see
+// bench/roll_conv2d_limits.md.) Failing both, a count that keeps the blocks' starts on
+// cache lines. Not a function of the thread count: the block bounds decide which pixels
+// share an inverse transform (and so its rounding).
+constexpr int64_t kMinBlocks = 8;
+template <typename T>
+int64_t rows_per_block(int64_t rows, int64_t row_bytes, int64_t samples, int64_t width) {
   int64_t per_block = std::clamp<int64_t>(kTileBytes / std::max<int64_t>(1, row_bytes), 1, std::max<int64_t>(1, rows));
   while (per_block > 1 && samples * ceil_div(rows, per_block) < kMinBlocks) per_block = ceil_div(per_block, 2);
-  return per_block;
+  // The fewest rows whose pixels fill whole units of `pixels`.
+  const auto rows_filling = [&](int64_t pixels) { return pixels / std::gcd(pixels, width); };
+  const int64_t group_rows = rows_filling(channel_fft::group_pixels<T>());
+  const int64_t line_rows = rows_filling(channel_fft::kLaneBytes / int64_t(sizeof(T)));
+  if (per_block >= rows || per_block % group_rows == 0) return per_block;
+  if (per_block >= group_rows) return per_block - per_block % group_rows;
+  if (2 * per_block >= group_rows && group_rows <= rows && samples * ceil_div(rows, group_rows) >= kMinBlocks) {
+    return group_rows;
+  }
+  return per_block >= line_rows ? per_block - per_block % line_rows : per_block;
 }
 
 // The analysis items of `planes` transforms of `pixels` pixels each, per sample.
@@ -307,7 +325,7 @@ void forward_typed(const at::Tensor& input, const at::Tensor& weight, const at::
   const bool stream = streams_output(output);
 
   const int64_t chunk = samples_per_chunk(batch, spectrum_size * int64_t(sizeof(T)));
-  const int64_t rows = rows_per_block(w.out_h, filters * 2 * freqs * w.out_w * int64_t(sizeof(T)), chunk);
+  const int64_t rows = rows_per_block<T>(w.out_h, filters * 2 * freqs * w.out_w * int64_t(sizeof(T)), chunk, w.out_w);
   const int64_t blocks = ceil_div(w.out_h, rows), block_px = rows * w.out_w;
   const int threads = engine_threads(chunk * blocks, sum_flops(batch, filters, freqs, w));
   const auto buffers = [&] { return ThreadBuffers<T>(plan, channel_fft::tile_size<T>(w, rows), filters * 2 * freqs * block_px); };
@@ -406,7 +424,7 @@ void backward_input_typed(const at::Tensor& grad_output, const at::Tensor& weigh
   const bool stream = streams_output(grad_input);
 
   const int64_t chunk = samples_per_chunk(batch, spectrum_size * int64_t(sizeof(T)));
-  const int64_t rows = rows_per_block(w.in_h, 2 * freqs * w.in_w * int64_t(sizeof(T)), chunk);
+  const int64_t rows = rows_per_block<T>(w.in_h, 2 * freqs * w.in_w * int64_t(sizeof(T)), chunk, w.in_w);
   const int64_t blocks = ceil_div(w.in_h, rows);
   AlignedBuffer<T> spectra(chunk * spectrum_size);
   const int threads = engine_threads(chunk * blocks, sum_flops(batch, filters, freqs, w));
@@ -641,7 +659,7 @@ void backward_typed(const at::Tensor& grad_output, const at::Tensor& output, con
 
   // dK's chunks when dK is wanted (so that its sums run in the separate pass's order), dX's otherwise.
   const int64_t chunk = samples_per_chunk(batch, (x_size + dy_size) * int64_t(sizeof(T)));
-  const int64_t rows = rows_per_block(w.in_h, 2 * freqs * w.in_w * int64_t(sizeof(T)), chunk);
+  const int64_t rows = rows_per_block<T>(w.in_h, 2 * freqs * w.in_w * int64_t(sizeof(T)), chunk, w.in_w);
   const int64_t blocks = ceil_div(w.in_h, rows);
   const int64_t passes = int64_t(want_dx) + int64_t(want_dk);
   const int threads = engine_threads(std::max(chunk * blocks, filters * freqs),

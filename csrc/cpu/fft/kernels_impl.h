@@ -568,6 +568,16 @@ struct StagedGroups {
   PartCV<T>* slots;
 };
 
+// The groups of the staged transforms' next block, of `left` pixels: up to kStagedGroups
+// whole groups, or the partial last group alone, so that the whole groups before it keep
+// the full-width loads and stores (the partial path goes through the stack, lane by lane).
+// Each group is its own transform: the blocks' bounds do not change the results.
+template <typename T>
+inline int64_t staged_groups(int64_t left) {
+  const int64_t whole = left / group_pixels<T>();
+  return whole > 0 ? std::min(kStagedGroups, whole) : 1;
+}
+
 // analyze, of src masked by `mask` (laid out as src) when Masked.
 template <typename T, bool Masked>
 void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step, int64_t count, T* spectrum,
@@ -579,11 +589,12 @@ void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step
   constexpr int64_t G = group_pixels<T>();
   const int64_t n = plan.n, freqs = plan.freqs();
   const StagedGroups<T> staged(plan, scratch);
-  for (int64_t p0 = 0; p0 < count; p0 += kStagedGroups * G) {
+  for (int64_t p0 = 0, groups = 0; p0 < count; p0 += groups * G) {
     // Row by row, several groups at a time: the n rows are far apart, and longer runs per
-    // row keep the loads streaming.
-    const int64_t groups = std::min(kStagedGroups, ceil_div(count - p0, G));
-    // (Whole: every group of the block is; only the last block may have a partial one.)
+    // row keep the loads streaming. (Whole: every group of the block is; a partial last
+    // group goes alone, so that the whole groups before it keep full-width loads and
+    // stores: see staged_groups.)
+    groups = staged_groups<T>(count - p0);
     const auto block = [&](auto whole) __attribute__((always_inline)) {
       constexpr bool Whole = decltype(whole)::value;
       for (int64_t c = 0; c < n; ++c) {
@@ -617,7 +628,7 @@ void analyze_rows(const Plan<T>& plan, const T* src, const T* mask, int64_t step
         }
       }
     };
-    with_flags(block, p0 + groups * G <= count);
+    with_flags(block, groups * G <= count - p0);
   }
 }
 
@@ -640,10 +651,10 @@ void synthesize_staged(const Plan<T>& plan, const T* spectrum, int64_t plane, in
   constexpr int64_t G = group_pixels<T>();
   const int64_t n = plan.n, freqs = plan.freqs();
   const StagedGroups<T> staged(plan, scratch);
-  for (int64_t p0 = 0; p0 < count; p0 += kStagedGroups * G) {
+  for (int64_t p0 = 0, groups = 0; p0 < count; p0 += groups * G) {
     // Several groups at a time, as the analysis reads them: each spectrum plane, then each
     // output row, in runs of several groups (the n rows are far apart).
-    const int64_t groups = std::min(kStagedGroups, ceil_div(count - p0, G));
+    groups = staged_groups<T>(count - p0);
     const auto block = [&](auto whole) __attribute__((always_inline)) {
       constexpr bool Whole = decltype(whole)::value;  // (see analyze_rows)
       // The inverse as conj(FFT(conj Z)), Z = A + iB over the whole circle (A, B Hermitian);
@@ -676,7 +687,7 @@ void synthesize_staged(const Plan<T>& plan, const T* spectrum, int64_t plane, in
         }
       }
     };
-    with_flags(block, p0 + groups * G <= count);
+    with_flags(block, groups * G <= count - p0);
   }
 }
 
