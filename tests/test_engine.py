@@ -112,6 +112,11 @@ FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides,
     ((2, 6, 9, 21), 2, (3, 3), dict(padding=(1, 2), dilation=(1, 2))),  # dK's 3x3 rows, column dilation
     ((2, 64, 5, 9), 2, (3, 3), dict(padding=1)),  # radix-8 stages with twiddles (AVX-512)
     ((2, 40, 6, 7), 1, (3, 3), dict(padding=1)),  # 8 x 5
+    # rows of at most half a lane vector (4 float64) go two to a position in the forward's
+    # sums: whole halves, partial ones, an odd last row, row and column strides
+    ((2, 12, 7, 4), 3, (3, 3), dict(padding=1)),
+    ((2, 10, 9, 5), 2, (3, 2), dict(stride=(2, 1), padding=(1, 0))),
+    ((3, 6, 5, 9), 1, (3, 3), dict(stride=(1, 2), padding=1)),
 ]
 
 
@@ -167,6 +172,27 @@ def test_roll_fft_by_samples_independent_of_thread_count():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
+@pytest.mark.parametrize("channels, filters", [(4, 3), (16, 2), (64, 2), (256, 1)])
+@pytest.mark.parametrize("x_size, kw", [((9, 8), dict(padding=1)), ((7, 5), dict(padding=(1, 0))),
+                                        ((10, 15), dict(stride=2, padding=1))])
+def test_roll_fft_paired_rows_float32(channels, filters, x_size, kw):
+    """Output rows of at most 8 float32 pixels, two to a position in the forward's sums
+    (forward_rows): widths 8 (whole halves), 3 (partial ones), odd rows, strides, the
+    written-out transforms (C = 4, 16) and a lone filter; bitwise the same on 1 and 2
+    threads, and against the filter-bank method in float64."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(6, channels, *x_size, generator=gen)
+    w = torch.randn(filters, channels, 3, 3, generator=gen) / channels**0.5
+    b = torch.randn(filters, generator=gen)
+    fn = lambda x, w, b: RF.roll_conv2d(x, w, b, algorithm="fft", **kw)
+    ours = _assert_same_bits_on_thread_counts(fn, x, w, b, (1, 2))
+    assert ours[0].shape[-1] <= 8
+    bank = _conv_and_grads(lambda x, w, b: RF.roll_conv2d(x, w, b, algorithm="bank", **kw),
+                           x.double(), w.double(), b.double())
+    for got, want in zip(ours, bank):  # (one filter: its bias gradient, a sum of dY, is ~0)
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()))
+
+
 @pytest.mark.parametrize("width", [24, 28, 40, 33])
 def test_roll_fft_block_rows_for_whole_groups(width):
     """Widths whose blocks of rows the engine resizes so that they end on whole transform
@@ -216,8 +242,9 @@ for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
     # the channel FFT's kernels (same ISA choice): fft against bank
     # (3x3, and a kernel with row dilation: dX's strips of rows then take the general path)
-    for kernel, dilation, padding in (((3, 3), 1, 1), ((5, 2), (2, 1), (4, 1))):
-        x = torch.randn(2, 12, 9, 37, dtype=dtype, requires_grad=True)
+    # (and a width of 8, whose rows the float32 forward pairs)
+    for kernel, dilation, padding, width in (((3, 3), 1, 1, 37), ((5, 2), (2, 1), (4, 1), 37), ((3, 3), 1, 1, 8)):
+        x = torch.randn(2, 12, 9, width, dtype=dtype, requires_grad=True)
         w = torch.randn(3, 12, *kernel, dtype=dtype, requires_grad=True)
         outs = []
         for algorithm in ("fft", "bank"):

@@ -812,11 +812,59 @@ inline typename LanesOf<T>::type load_lanes(const T* p, int64_t step) {
   return load<V>(lanes);
 }
 
-// The tap-independent geometry of a block of positions: chunk n of row ro reads the tile
-// at ro * row_step + chunk * chunk_step (+ the tap's offset) and writes row ro, pixels
-// [chunk * lanes, + width) of a plane with rows `width` long.
+// A lane vector whose first half is read from p and second half from q (`lanes` / 2 pixels
+// `step` apart each), and back: the first `valid` of the first half to p, the first
+// `valid2` of the second to q. (Where a lane vector is several native vectors, whole
+// halves are native loads and stores.)
+template <bool Unit, typename T>
+__attribute__((always_inline)) inline typename LanesOf<T>::type load_pair(const T* p, const T* q, int64_t step) {
+  using V = typename LanesOf<T>::type;
+  constexpr int64_t H = lanes_of<T>() / 2;
+  if constexpr (Unit && V::kParts >= 2) {
+    V v;
+#pragma GCC unroll 4
+    for (int i = 0; i < V::kParts; ++i) {
+      const T* half = i < V::kParts / 2 ? p + i * V::kPer : q + (i - V::kParts / 2) * V::kPer;
+      __builtin_memcpy(&v.part[i], half, sizeof(v.part[i]));
+    }
+    return v;
+  }
+  T lanes[2 * H];  // (see store_prefix)
+  for (int64_t l = 0; l < H; ++l) {
+    lanes[l] = p[l * step];
+    lanes[H + l] = q[l * step];
+  }
+  return load<V>(lanes);
+}
+template <typename T, typename V>
+__attribute__((always_inline)) inline void store_pair(T* p, T* q, const V& v, int64_t valid, int64_t valid2) {
+  constexpr int64_t H = int64_t(sizeof(V) / sizeof(T)) / 2;
+  if constexpr (V::kParts >= 2) {
+    if (valid == H && (valid2 == H || valid2 == 0)) {
+#pragma GCC unroll 4
+      for (int i = 0; i < V::kParts / 2; ++i) __builtin_memcpy(p + i * V::kPer, &v.part[i], sizeof(v.part[i]));
+      if (valid2 == 0) return;
+#pragma GCC unroll 4
+      for (int i = V::kParts / 2; i < V::kParts; ++i) {
+        __builtin_memcpy(q + (i - V::kParts / 2) * V::kPer, &v.part[i], sizeof(v.part[i]));
+      }
+      return;
+    }
+  }
+  T lanes[2 * H];
+  store(lanes, v);
+  for (int64_t l = 0; l < valid; ++l) p[l] = lanes[l];
+  for (int64_t l = 0; l < valid2; ++l) q[l] = lanes[H + l];
+}
+
+// The tap-independent geometry of a block of `rows` rows of positions: chunk n of row ro
+// reads the tile at ro * row_step + chunk * chunk_step (+ the tap's offset) and writes row
+// ro, pixels [chunk * lanes, + width) of a plane with rows `width` long. Rows of at most
+// half a lane vector go two to a position (paired), one chunk each: without, half of every
+// position's sums and loads were padding, and its stores partial (at width 8 the forward's
+// sums took 40% of its time, and those stores another 9%).
 struct Positions {
-  int64_t chunks, row_step, chunk_step, width;
+  int64_t chunks, row_step, chunk_step, width, rows;
 };
 
 // forward: out[f][k] (re, im planes of px pixels) = sum over taps of X * conj(taps[f][t][k]).
@@ -846,18 +894,48 @@ inline int64_t kernel_w(const Window2d& w) {
 inline bool is_3x3(const Window2d& w) { return w.kernel_h == 3 && w.kernel_w == 3; }
 
 // Where position (ro, ch) of a block reads its tile and writes its plane, and how many of its
-// lanes are pixels.
+// lanes are pixels; paired, where the second half of its lanes reads and writes (row
+// ro + 1: src2, dst2, valid2; valid2 = 0 past the block's last row, src2 = src then).
 struct Position {
   int64_t src, dst, valid;
+  int64_t src2, dst2, valid2;
 };
+template <bool Unit, bool Paired, typename T>
+__attribute__((always_inline)) inline typename LanesOf<T>::type load_position(const T* tile, const Position& at,
+                                                                             int64_t step) {
+  if constexpr (Paired) return load_pair<Unit>(tile + at.src, tile + at.src2, step);
+  return load_lanes<Unit>(tile + at.src, step);
+}
+template <bool Paired, typename T, typename V>
+__attribute__((always_inline)) inline void store_position(T* plane, const Position& at, const V& v) {
+  if constexpr (Paired) {
+    store_pair(plane + at.dst, plane + at.dst2, v, at.valid, at.valid2);
+  } else {
+    store_prefix(plane + at.dst, v, at.valid);
+  }
+}
+// The positions of a block: rows * chunks, or paired ceil(rows / 2).
+template <bool Paired>
+inline int64_t positions_of(const Positions& at) {
+  return Paired ? ceil_div(at.rows, 2) : at.rows * at.chunks;
+}
 // fn(std::integral_constant<int, m>{}, positions) over a block's positions in order, row
 // by row (no division per position): N at a time (m = N), then the rest one by one (m = 1).
-template <typename T, int N, typename Fn>
-__attribute__((always_inline)) inline void for_positions(const Positions& at, int64_t positions, Fn&& fn) {
+template <typename T, int N, bool Paired, typename Fn>
+__attribute__((always_inline)) inline void for_positions(const Positions& at, Fn&& fn) {
   constexpr int64_t L = lanes_of<T>();
+  const int64_t positions = positions_of<Paired>(at);
   int64_t ro = 0, ch = 0;
   const auto next = [&]() __attribute__((always_inline)) {
-    const Position p{ro * at.row_step + ch * at.chunk_step, ro * at.width + ch * L, std::min(L, at.width - ch * L)};
+    if constexpr (Paired) {
+      const bool second = ro + 1 < at.rows;
+      const Position p{ro * at.row_step, ro * at.width, at.width,
+                       (second ? ro + 1 : ro) * at.row_step, (ro + 1) * at.width, second ? at.width : 0};
+      ro += 2;
+      return p;
+    }
+    const Position p{ro * at.row_step + ch * at.chunk_step, ro * at.width + ch * L, std::min(L, at.width - ch * L),
+                     0, 0, 0};
     if (++ch == at.chunks) {
       ch = 0;
       ++ro;
@@ -878,7 +956,7 @@ __attribute__((always_inline)) inline void for_positions(const Positions& at, in
 
 // The sums of filters [f0, f0 + NF) at NC positions. (Inlined into the walk over the
 // positions: a call per position cost as much as its sums at small channel counts.)
-template <typename T, int NF, int NC, bool Unit, bool Real, int K>
+template <typename T, int NF, int NC, bool Unit, bool Real, int K, bool Paired>
 __attribute__((always_inline)) inline void forward_chunks(const ForwardBlock<T>& b, int64_t f0, const Position* at) {
   using V = typename LanesOf<T>::type;
   const Window2d& w = b.w;
@@ -906,12 +984,12 @@ __attribute__((always_inline)) inline void forward_chunks(const ForwardBlock<T>&
       }
 #pragma GCC unroll 4
       for (int n = 0; n < NC; ++n) {
-        const V xr = load_lanes<Unit>(b.tile + at[n].src + off, w.stride_w);
+        const V xr = load_position<Unit, Paired>(b.tile + off, at[n], w.stride_w);
         if constexpr (Real) {
 #pragma GCC unroll 8
           for (int f = 0; f < NF; ++f) sum_re[f][n] += xr * tr[f];
         } else {
-          const V xi = load_lanes<Unit>(b.tile + b.tile_plane + at[n].src + off, w.stride_w);
+          const V xi = load_position<Unit, Paired>(b.tile + b.tile_plane + off, at[n], w.stride_w);
 #pragma GCC unroll 4
           for (int f = 0; f < NF; ++f) {
             sum_re[f][n] += xr * tr[f] + xi * ti[f];
@@ -925,9 +1003,9 @@ __attribute__((always_inline)) inline void forward_chunks(const ForwardBlock<T>&
   for (int n = 0; n < NC; ++n) {
 #pragma GCC unroll 4
     for (int f = 0; f < NF; ++f) {
-      T* out = b.out + (f0 + f) * b.out_step + at[n].dst;
-      store_prefix(out, sum_re[f][n], at[n].valid);
-      if constexpr (!Real) store_prefix(out + b.px, sum_im[f][n], at[n].valid);
+      T* out = b.out + (f0 + f) * b.out_step;
+      store_position<Paired>(out, at[n], sum_re[f][n]);
+      if constexpr (!Real) store_position<Paired>(out + b.px, at[n], sum_im[f][n]);
     }
   }
 }
@@ -1011,10 +1089,10 @@ __attribute__((always_inline)) inline void strip_sums(const Window2d& w, const T
 }
 
 // Filters [f0, f0 + NF) over every position: NC positions at a time, then one by one.
-template <typename T, int NF, int NC, bool Unit, bool Real, int K>
-void forward_filters(const ForwardBlock<T>& b, int64_t f0, int64_t positions) {
-  for_positions<T, NC>(b.at, positions, [&](auto m, const Position* at) {
-    forward_chunks<T, NF, decltype(m)::value, Unit, Real, K>(b, f0, at);
+template <typename T, int NF, int NC, bool Unit, bool Real, int K, bool Paired>
+void forward_filters(const ForwardBlock<T>& b, int64_t f0) {
+  for_positions<T, NC, Paired>(b.at, [&](auto m, const Position* at) {
+    forward_chunks<T, NF, decltype(m)::value, Unit, Real, K, Paired>(b, f0, at);
   });
 }
 
@@ -1039,23 +1117,24 @@ void forward_lone_filter(const ForwardBlock<T>& b, int64_t f) {
 }
 
 // Every filter: up to four at a time share each tap's loads; a lone filter takes S
-// positions at a time (strips of rows where the row stride is 1). Real (frequency 0, and n/2 for an even n, where X and the taps are
-// real): a quarter of the multiplies and no imaginary sums, so twice as many sums in flight.
-template <typename T, bool Unit, bool Real, int K>
-void forward_all_filters(const ForwardBlock<T>& b, int64_t filters, int64_t positions) {
+// positions at a time (strips of rows where the row stride is 1 and the rows are not
+// paired). Real (frequency 0, and n/2 for an even n, where X and the taps are real): a
+// quarter of the multiplies and no imaginary sums, so twice as many sums in flight.
+template <typename T, bool Unit, bool Real, int K, bool Paired>
+void forward_all_filters(const ForwardBlock<T>& b, int64_t filters) {
   constexpr int S = Real ? 2 * kSums<T> : kSums<T>;
   int64_t f = 0;
   if constexpr (S >= 4) {
-    for (; f + 4 <= filters; f += 4) forward_filters<T, 4, S / 4, Unit, Real, K>(b, f, positions);
+    for (; f + 4 <= filters; f += 4) forward_filters<T, 4, S / 4, Unit, Real, K, Paired>(b, f);
   }
   if constexpr (S >= 2) {
-    for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2, Unit, Real, K>(b, f, positions);
+    for (; f + 2 <= filters; f += 2) forward_filters<T, 2, S / 2, Unit, Real, K, Paired>(b, f);
   }
   for (; f < filters; ++f) {
-    if (b.w.stride_h == 1) {
+    if (b.w.stride_h == 1 && !Paired) {
       forward_lone_filter<T, Unit, Real, K>(b, f);
     } else {
-      forward_filters<T, 1, S, Unit, Real, K>(b, f, positions);
+      forward_filters<T, 1, S, Unit, Real, K, Paired>(b, f);
     }
   }
 }
@@ -1066,10 +1145,11 @@ void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, 
                   int64_t oh0, int64_t oh1, T* tile, T* out) {
   constexpr int64_t L = lanes_of<T>();
   const int64_t in_px = w.in_h * w.in_w, rows = oh1 - oh0, px = rows * w.out_w;
-  const int64_t chunks = ceil_div(w.out_w, L), positions = rows * chunks;
+  const int64_t chunks = ceil_div(w.out_w, L);
+  const bool paired = 2 * w.out_w <= L && rows > 1;
   const int64_t tile_rows = (rows - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1;
   const int64_t pitch = (chunks * L - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1;
-  const Positions at{chunks, w.stride_h * pitch, L * w.stride_w, w.out_w};
+  const Positions at{chunks, w.stride_h * pitch, L * w.stride_w, w.out_w, rows};
   const int64_t row0 = oh0 * w.stride_h - w.pad_h;
   const TileSpan span = tile_span(w.in_h, w.in_w, row0, -w.pad_w, tile_rows, pitch);
   zero_tile_padding(span, tile_rows, pitch, 2, tile);
@@ -1079,11 +1159,11 @@ void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, 
                    span, tile_rows, pitch, tile);
     const ForwardBlock<T> b{w, at, tile, tile_rows * pitch, pitch, taps + 2 * k, 2 * freqs,
                             2 * w.kernel_h * w.kernel_w * freqs, out + 2 * k * px, 2 * freqs * px, px};
-    const auto all_filters = [&](auto unit, auto is_real, auto k3) {
+    const auto all_filters = [&](auto unit, auto is_real, auto k3, auto pairs) {
       constexpr int K = decltype(k3)::value ? 3 : 0;
-      forward_all_filters<T, decltype(unit)::value, decltype(is_real)::value, K>(b, filters, positions);
+      forward_all_filters<T, decltype(unit)::value, decltype(is_real)::value, K, decltype(pairs)::value>(b, filters);
     };
-    with_flags(all_filters, w.stride_w == 1, real, is_3x3(w));
+    with_flags(all_filters, w.stride_w == 1, real, is_3x3(w), paired);
   }
 }
 
