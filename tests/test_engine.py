@@ -112,8 +112,8 @@ FFT_CONFIGS = [  # (x shape, F, kernel, kwargs): lane groups cut short, strides,
     ((2, 6, 9, 21), 2, (3, 3), dict(padding=(1, 2), dilation=(1, 2))),  # dK's 3x3 rows, column dilation
     ((2, 64, 5, 9), 2, (3, 3), dict(padding=1)),  # radix-8 stages with twiddles (AVX-512)
     ((2, 40, 6, 7), 1, (3, 3), dict(padding=1)),  # 8 x 5
-    # rows of at most half a lane vector (4 float64) go two to a position in the forward's
-    # sums: whole halves, partial ones, an odd last row, row and column strides
+    # rows of at most half a lane vector (4 float64) go two to a lane vector in the sums of
+    # the forward and dX: whole halves, partial ones, an odd last row, row and column strides
     ((2, 12, 7, 4), 3, (3, 3), dict(padding=1)),
     ((2, 10, 9, 5), 2, (3, 2), dict(stride=(2, 1), padding=(1, 0))),
     ((3, 6, 5, 9), 1, (3, 3), dict(stride=(1, 2), padding=1)),
@@ -176,10 +176,11 @@ def test_roll_fft_by_samples_independent_of_thread_count():
 @pytest.mark.parametrize("x_size, kw", [((9, 8), dict(padding=1)), ((7, 5), dict(padding=(1, 0))),
                                         ((10, 15), dict(stride=2, padding=1))])
 def test_roll_fft_paired_rows_float32(channels, filters, x_size, kw):
-    """Output rows of at most 8 float32 pixels, two to a position in the forward's sums
-    (forward_rows): widths 8 (whole halves), 3 (partial ones), odd rows, strides, the
-    written-out transforms (C = 4, 16) and a lone filter; bitwise the same on 1 and 2
-    threads, and against the filter-bank method in float64."""
+    """Rows of at most 8 float32 pixels, two to a lane vector in the forward's sums
+    (forward_rows: positions, and a lone filter's strips) and dX's (input_grad_rows' strips,
+    at stride 1): widths 8 (whole halves), 3 and 5 (partial ones), odd rows, strides, the
+    written-out transforms (C = 4, 16) and a lone filter (C = 256); bitwise the same on 1
+    and 2 threads, and against the filter-bank method in float64."""
     gen = torch.Generator().manual_seed(12)
     x = torch.randn(6, channels, *x_size, generator=gen)
     w = torch.randn(filters, channels, 3, 3, generator=gen) / channels**0.5
