@@ -1044,10 +1044,11 @@ __attribute__((always_inline)) inline void for_strips(int64_t rows, Fn&& fn) {
 //     gather from tiles of dY (one per filter, `tile_step` apart) whose rows and columns run
 //     backwards over the taps; first: out starts at zero.
 // src: the strip's tile offset; dst: its plane offset (rows `width` apart), of which `valid`
-// lanes are pixels. Paired (rows of at most half a lane vector): each lane vector holds two
-// output rows (2 ro and 2 ro + 1 of the strip, `valid` pixels each), read from two tile rows. The lane sums stay in registers over the filters; each adds filter by
-// filter, then kernel column by kernel column, then kernel row by kernel row. K = 3: a 3x3
-// kernel with row dilation 1 (compiled with every index known).
+// lanes are pixels. Paired (rows of at most half a lane vector): lane vector ro holds two
+// output rows (2 ro and 2 ro + 1 of the strip, `valid` pixels each), read from two tile
+// rows. The lane sums stay in registers over the filters; each adds filter by filter, then
+// kernel column by kernel column, then kernel row by kernel row. K = 3: a 3x3 kernel with
+// row dilation 1 (compiled with every index known).
 template <typename T, int R, bool Real, int K, bool Backward, bool Unit, bool Paired = false>
 __attribute__((always_inline)) inline void strip_sums(const Window2d& w, const T* tiles, int64_t tile_step,
                                                       int64_t tile_plane, int64_t pitch, int64_t filters,
