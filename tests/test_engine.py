@@ -174,20 +174,22 @@ def test_roll_fft_by_samples_independent_of_thread_count():
 
 @pytest.mark.parametrize("channels, filters", [(4, 3), (16, 2), (64, 2), (256, 1)])
 @pytest.mark.parametrize("x_size, kw", [((9, 8), dict(padding=1)), ((7, 5), dict(padding=(1, 0))),
-                                        ((10, 15), dict(stride=2, padding=1))])
+                                        ((10, 15), dict(stride=2, padding=1)), ((5, 24), dict(padding=1)),
+                                        ((8, 37), dict(stride=(1, 2), padding=1))])
 def test_roll_fft_paired_rows_float32(channels, filters, x_size, kw):
-    """Rows of at most 8 float32 pixels, two to a lane vector in the forward's sums
-    (forward_rows: positions, and a lone filter's strips) and dX's (input_grad_rows' strips,
-    at stride 1): widths 8 (whole halves), 3 and 5 (partial ones), odd rows, strides, the
-    written-out transforms (C = 4, 16) and a lone filter (C = 256); bitwise the same on 1
-    and 2 threads, and against the filter-bank method in float64."""
+    """Rows whose last chunk is at most 8 float32 pixels (half a lane vector): those chunks
+    go two rows to a lane vector in the forward's sums (forward_rows: positions, and a lone
+    filter's strips) and dX's (input_grad_rows' strips, at stride 1). Widths 8 (whole
+    halves), 3 and 5 (partial ones), 24 (a whole chunk, then 8) and 19 (one, then 3); odd
+    rows, strides, the written-out transforms (C = 4, 16) and a lone filter (C = 256);
+    bitwise the same on 1 and 2 threads, and against the filter-bank method in float64."""
     gen = torch.Generator().manual_seed(12)
     x = torch.randn(6, channels, *x_size, generator=gen)
     w = torch.randn(filters, channels, 3, 3, generator=gen) / channels**0.5
     b = torch.randn(filters, generator=gen)
     fn = lambda x, w, b: RF.roll_conv2d(x, w, b, algorithm="fft", **kw)
     ours = _assert_same_bits_on_thread_counts(fn, x, w, b, (1, 2))
-    assert ours[0].shape[-1] <= 8
+    assert ours[0].shape[-1] % 16 <= 8
     bank = _conv_and_grads(lambda x, w, b: RF.roll_conv2d(x, w, b, algorithm="bank", **kw),
                            x.double(), w.double(), b.double())
     for got, want in zip(ours, bank):  # (one filter: its bias gradient, a sum of dY, is ~0)
@@ -243,7 +245,8 @@ for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
     # the channel FFT's kernels (same ISA choice): fft against bank
     # (3x3, and a kernel with row dilation: dX's strips of rows then take the general path)
-    # (and a width of 8, whose rows the float32 forward pairs)
+    # (width 37: the last chunks of two rows, 5 pixels each, share a lane vector in the
+    # float32 sums; width 8: whole rows do)
     for kernel, dilation, padding, width in (((3, 3), 1, 1, 37), ((5, 2), (2, 1), (4, 1), 37), ((3, 3), 1, 1, 8)):
         x = torch.randn(2, 12, 9, width, dtype=dtype, requires_grad=True)
         w = torch.randn(3, 12, *kernel, dtype=dtype, requires_grad=True)

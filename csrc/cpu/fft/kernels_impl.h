@@ -872,10 +872,11 @@ __attribute__((always_inline)) inline typename LanesOf<T>::type load_pair_prefix
 
 // The tap-independent geometry of a block of `rows` rows of positions: chunk n of row ro
 // reads the tile at ro * row_step + chunk * chunk_step (+ the tap's offset) and writes row
-// ro, pixels [chunk * lanes, + width) of a plane with rows `width` long. Rows of at most
-// half a lane vector go two to a position (paired), one chunk each: without, half of every
-// position's sums and loads were padding, and its stores partial (at width 8 the forward's
-// sums took 40% of its time, and those stores another 9%).
+// ro, pixels [chunk * lanes, + width) of a plane with rows `width` long. Where a row's last
+// chunk is at most half a lane vector (paired), the last chunks of two rows go to one
+// position: without, half of every such position's sums and loads were padding, and its
+// stores partial (at width 8, one chunk a row, the forward's sums took 40% of its time and
+// those stores another 9%; at width 24 a quarter of the sums were padding).
 struct Positions {
   int64_t chunks, row_step, chunk_step, width, rows;
 };
@@ -927,44 +928,47 @@ __attribute__((always_inline)) inline void store_position(T* plane, const Positi
     store_prefix(plane + at.dst, v, at.valid);
   }
 }
-// The positions of a block: rows * chunks, or paired ceil(rows / 2).
-template <bool Paired>
-inline int64_t positions_of(const Positions& at) {
-  return Paired ? ceil_div(at.rows, 2) : at.rows * at.chunks;
-}
-// fn(std::integral_constant<int, m>{}, positions) over a block's positions in order, row
-// by row (no division per position): N at a time (m = N), then the rest one by one (m = 1).
+// fn(std::integral_constant<int, m>{}, std::bool_constant<paired>{}, positions) over a
+// block's positions in order, row by row (no division per position): N at a time (m = N),
+// then the rest one by one (m = 1). Paired: the rows' whole chunks first, then their last
+// chunks two rows to a position (the last row's alone when rows is odd).
 template <typename T, int N, bool Paired, typename Fn>
 __attribute__((always_inline)) inline void for_positions(const Positions& at, Fn&& fn) {
   constexpr int64_t L = lanes_of<T>();
-  const int64_t positions = positions_of<Paired>(at);
-  int64_t ro = 0, ch = 0;
-  const auto next = [&]() __attribute__((always_inline)) {
-    if constexpr (Paired) {
-      const bool second = ro + 1 < at.rows;
-      const Position p{ro * at.row_step, ro * at.width, at.width,
-                       (second ? ro + 1 : ro) * at.row_step, (ro + 1) * at.width, second ? at.width : 0};
-      ro += 2;
+  const int64_t chunks = Paired ? at.chunks - 1 : at.chunks;  // unpaired chunks per row
+  const auto walk = [&](auto pairs, int64_t positions) __attribute__((always_inline)) {
+    constexpr bool P = decltype(pairs)::value;
+    int64_t ro = 0, ch = 0;
+    const auto next = [&]() __attribute__((always_inline)) {
+      if constexpr (P) {
+        const int64_t src = chunks * at.chunk_step, dst = chunks * L, valid = at.width - chunks * L;
+        const bool second = ro + 1 < at.rows;
+        const Position p{ro * at.row_step + src, ro * at.width + dst, valid,
+                         (second ? ro + 1 : ro) * at.row_step + src, (ro + 1) * at.width + dst, second ? valid : 0};
+        ro += 2;
+        return p;
+      }
+      const Position p{ro * at.row_step + ch * at.chunk_step, ro * at.width + ch * L, std::min(L, at.width - ch * L),
+                       0, 0, 0};
+      if (++ch == chunks) {
+        ch = 0;
+        ++ro;
+      }
       return p;
+    };
+    int64_t p = 0;
+    for (; p + N <= positions; p += N) {
+      Position some[N];
+      for (int n = 0; n < N; ++n) some[n] = next();
+      fn(std::integral_constant<int, N>{}, pairs, some);
     }
-    const Position p{ro * at.row_step + ch * at.chunk_step, ro * at.width + ch * L, std::min(L, at.width - ch * L),
-                     0, 0, 0};
-    if (++ch == at.chunks) {
-      ch = 0;
-      ++ro;
+    for (; p < positions; ++p) {
+      const Position one = next();
+      fn(std::integral_constant<int, 1>{}, pairs, &one);
     }
-    return p;
   };
-  int64_t p = 0;
-  for (; p + N <= positions; p += N) {
-    Position some[N];
-    for (int n = 0; n < N; ++n) some[n] = next();
-    fn(std::integral_constant<int, N>{}, some);
-  }
-  for (; p < positions; ++p) {
-    const Position one = next();
-    fn(std::integral_constant<int, 1>{}, &one);
-  }
+  walk(std::false_type{}, at.rows * chunks);
+  if constexpr (Paired) walk(std::true_type{}, ceil_div(at.rows, 2));
 }
 
 // The sums of filters [f0, f0 + NF) at NC positions. (Inlined into the walk over the
@@ -1044,11 +1048,12 @@ __attribute__((always_inline)) inline void for_strips(int64_t rows, Fn&& fn) {
 //     gather from tiles of dY (one per filter, `tile_step` apart) whose rows and columns run
 //     backwards over the taps; first: out starts at zero.
 // src: the strip's tile offset; dst: its plane offset (rows `width` apart), of which `valid`
-// lanes are pixels. Paired (rows of at most half a lane vector): lane vector ro holds two
-// output rows (2 ro and 2 ro + 1 of the strip, `valid` pixels each), read from two tile
-// rows. The lane sums stay in registers over the filters; each adds filter by filter, then
-// kernel column by kernel column, then kernel row by kernel row. K = 3: a 3x3 kernel with
-// row dilation 1 (compiled with every index known).
+// lanes are pixels. Paired (a chunk column of at most half a lane vector: the last, see
+// Positions): lane vector ro holds two output rows' chunks (rows 2 ro and 2 ro + 1 of the
+// strip, `valid` pixels each), read from two tile rows. The lane sums stay in registers
+// over the filters; each adds filter by filter, then kernel column by kernel column, then
+// kernel row by kernel row. K = 3: a 3x3 kernel with row dilation 1 (compiled with every
+// index known).
 template <typename T, int R, bool Real, int K, bool Backward, bool Unit, bool Paired = false>
 __attribute__((always_inline)) inline void strip_sums(const Window2d& w, const T* tiles, int64_t tile_step,
                                                       int64_t tile_plane, int64_t pitch, int64_t filters,
@@ -1137,12 +1142,13 @@ __attribute__((always_inline)) inline void for_row_strips(int64_t rows, bool pai
 // Filters [f0, f0 + NF) over every position: NC positions at a time, then one by one.
 template <typename T, int NF, int NC, bool Unit, bool Real, int K, bool Paired>
 void forward_filters(const ForwardBlock<T>& b, int64_t f0) {
-  for_positions<T, NC, Paired>(b.at, [&](auto m, const Position* at) {
-    forward_chunks<T, NF, decltype(m)::value, Unit, Real, K, Paired>(b, f0, at);
+  for_positions<T, NC, Paired>(b.at, [&](auto m, auto pairs, const Position* at) {
+    forward_chunks<T, NF, decltype(m)::value, Unit, Real, K, decltype(pairs)::value>(b, f0, at);
   });
 }
 
-// A lone filter (row stride 1): its sums in strips of rows (strip_sums; Paired: of row pairs).
+// A lone filter (row stride 1): its sums in strips of rows (strip_sums; Paired: the last
+// chunk column's in strips of row pairs).
 template <typename T, bool Unit, bool Real, int K, bool Paired>
 void forward_lone_filter(const ForwardBlock<T>& b, int64_t f) {
   constexpr int64_t L = lanes_of<T>();
@@ -1152,7 +1158,7 @@ void forward_lone_filter(const ForwardBlock<T>& b, int64_t f) {
     constexpr int K3 = decltype(k3)::value ? 3 : 0;
     for (int64_t ch = 0; ch < b.at.chunks; ++ch) {
       const int64_t valid = std::min(L, w.out_w - ch * L);
-      for_row_strips<kSums<T>>(rows, Paired, [&](auto r, int64_t ro, auto pairs) {
+      for_row_strips<kSums<T>>(rows, Paired && ch == b.at.chunks - 1, [&](auto r, int64_t ro, auto pairs) {
         strip_sums<T, decltype(r)::value, Real, K3, false, Unit, decltype(pairs)::value>(
             w, b.tile, 0, b.tile_plane, b.pitch, 1, b.taps + f * b.filter_step, 0, b.tap_step, true,
             ro * b.pitch + ch * b.at.chunk_step, b.out + f * b.out_step, ro * w.out_w + ch * L, w.out_w, valid, b.px);
@@ -1193,7 +1199,7 @@ void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, 
   constexpr int64_t L = lanes_of<T>();
   const int64_t in_px = w.in_h * w.in_w, rows = oh1 - oh0, px = rows * w.out_w;
   const int64_t chunks = ceil_div(w.out_w, L);
-  const bool paired = 2 * w.out_w <= L && rows > 1;
+  const bool paired = 2 * (w.out_w - (chunks - 1) * L) <= L && rows > 1;  // (see Positions)
   const int64_t tile_rows = (rows - 1) * w.stride_h + (w.kernel_h - 1) * w.dil_h + 1;
   const int64_t pitch = (chunks * L - 1) * w.stride_w + (w.kernel_w - 1) * w.dil_w + 1;
   const Positions at{chunks, w.stride_h * pitch, L * w.stride_w, w.out_w, rows};
@@ -1274,7 +1280,6 @@ void input_grad_rows(const Window2d& w, int64_t freqs, bool even, int64_t filter
   constexpr int64_t L = lanes_of<T>();
   const int64_t out_px = w.out_h * w.out_w, rows = h1 - h0, px = rows * w.in_w;
   const int64_t chunks = ceil_div(w.in_w, L);
-  const bool paired = 2 * w.in_w <= L;  // (see Positions)
   const int64_t tile_rows = rows + (w.kernel_h - 1) * w.dil_h;
   const int64_t pitch = chunks * L + (w.kernel_w - 1) * w.dil_w;
   const int64_t kk = w.kernel_h * w.kernel_w, plane = tile_rows * pitch;
@@ -1299,6 +1304,7 @@ void input_grad_rows(const Window2d& w, int64_t freqs, bool even, int64_t filter
         constexpr int K = decltype(k3)::value ? 3 : 0;
         for (int64_t ch = 0; ch < chunks; ++ch) {
           const int64_t valid = std::min(L, w.in_w - ch * L);
+          const bool paired = 2 * valid <= L;  // the last chunk column (see Positions)
           const auto strip = [&](auto r, int64_t ro, auto pairs) {
             strip_sums<T, decltype(r)::value, Real, K, true, true, decltype(pairs)::value>(
                 w, tile, 2 * plane, plane, pitch, count, t, filter_step, 2 * freqs, f0 == 0, ro * pitch + ch * L, g,
