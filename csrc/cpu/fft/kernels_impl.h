@@ -1401,7 +1401,8 @@ void weight_grad_3x3_rows(const Window2d& w, const WeightGradTiles& at, const T*
     __builtin_memcpy(&v, p, sizeof(v));
     return v;
   };
-  const int64_t x_rows = w.out_h + 2, columns = at.chunks * Lanes<T>::kParts;
+  // The native columns that hold pixels: past them dY's tile is all padding (zeros).
+  const int64_t x_rows = w.out_h + 2, columns = ceil_div(w.out_w, W);
   for (int j0 = 0; j0 < 3; j0 += J) {
     V sum_re[3][J], sum_im[3][J];  // [kernel row][kernel column - j0] (zeroed one by one: see forward_chunks)
 #pragma GCC unroll 3
