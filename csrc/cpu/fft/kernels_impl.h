@@ -1220,12 +1220,40 @@ void forward_rows(const Window2d& w, int64_t freqs, bool even, int64_t filters, 
   }
 }
 
-// Any stride: scatter each dY pixel onto the input pixels its taps meet.
+// Any stride: scatter each dY pixel onto the input pixels its taps meet. A row's sums are
+// kept phase by phase while they add up (input column x at phase_at[x % s] + x / s, s the
+// column stride), so that each tap's run of dY pixels lands on consecutive sums, as at
+// stride 1 (a loop GCC vectorizes); then each row is put back in column order. Where each
+// kernel row and column lands is worked out once per block (the divisions of window_hit and
+// valid_outputs per run took most of the time at stride 2). Each sum adds the same terms in
+// the same order either way.
 template <typename T>
 void input_grad_rows_strided(const Window2d& w, int64_t freqs, int64_t filters, const T* grad,
                              const T* taps, int64_t h0, int64_t h1, T* out) {
-  const int64_t out_px = w.out_h * w.out_w, px = (h1 - h0) * w.in_w;
-  const int64_t kk = w.kernel_h * w.kernel_w;
+  const int64_t out_px = w.out_h * w.out_w, rows = h1 - h0, px = rows * w.in_w;
+  const int64_t kk = w.kernel_h * w.kernel_w, s = w.stride_w;
+  std::vector<int64_t> phase_at(s + 1, 0);
+  for (int64_t b = 0; b < s; ++b) phase_at[b + 1] = phase_at[b] + (b < w.in_w ? ceil_div(w.in_w - b, s) : 0);
+  struct RowHit {  // input row h0 + row meets dY row oh through kernel row i
+    int64_t row, i, oh;
+  };
+  struct ColumnRun {  // kernel column j: dY columns [lo, lo + len) onto the sums from `at` on
+    int64_t j, lo, len, at;
+  };
+  std::vector<RowHit> row_hits;
+  for (int64_t h = h0; h < h1; ++h) {
+    for (int64_t i = 0; i < w.kernel_h; ++i) {
+      int64_t oh;
+      if (window_hit(h, i, w.stride_h, w.pad_h, w.dil_h, w.out_h, &oh)) row_hits.push_back({h - h0, i, oh});
+    }
+  }
+  std::vector<ColumnRun> runs;
+  for (int64_t j = 0; j < w.kernel_w; ++j) {
+    int64_t lo, hi;
+    valid_outputs(w.in_w, j, s, w.pad_w, w.dil_w, w.out_w, &lo, &hi);
+    const int64_t x = input_coord(lo, j, s, w.pad_w, w.dil_w);
+    if (lo < hi) runs.push_back({j, lo, hi - lo, phase_at[x % s] + x / s});
+  }
   std::fill(out, out + 2 * freqs * px, T(0));
   for (int64_t f = 0; f < filters; ++f) {
     for (int64_t k = 0; k < freqs; ++k) {
@@ -1233,39 +1261,33 @@ void input_grad_rows_strided(const Window2d& w, int64_t freqs, int64_t filters, 
       T* gi_out = gr_out + px;
       const T* dr = grad + (f * freqs + k) * 2 * out_px;
       const T* di = dr + out_px;
-      for (int64_t h = h0; h < h1; ++h) {
-        for (int64_t i = 0; i < w.kernel_h; ++i) {
-          int64_t oh;
-          if (!window_hit(h, i, w.stride_h, w.pad_h, w.dil_h, w.out_h, &oh)) continue;
-          for (int64_t j = 0; j < w.kernel_w; ++j) {
-            int64_t lo, hi;
-            valid_outputs(w.in_w, j, w.stride_w, w.pad_w, w.dil_w, w.out_w, &lo, &hi);
-            const T* t = taps + 2 * ((f * kk + i * w.kernel_w + j) * freqs + k);
-            const T tr = t[0], ti = t[1];
-            const int64_t x = (h - h0) * w.in_w + input_coord(lo, j, w.stride_w, w.pad_w, w.dil_w);
-            const int64_t s = w.stride_w, len = hi - lo;
-            T* __restrict yr = gr_out + x;
-            T* __restrict yi = gi_out + x;
-            const T* __restrict ar = dr + oh * w.out_w + lo;
-            const T* __restrict ai = di + oh * w.out_w + lo;
-            if (s == 1) {
-              for (int64_t o = 0; o < len; ++o) {
-                yr[o] += ar[o] * tr - ai[o] * ti;
-                yi[o] += ar[o] * ti + ai[o] * tr;
-              }
-            } else {
-              for (int64_t o = 0; o < len; ++o) {
-                yr[o * s] += ar[o] * tr - ai[o] * ti;
-                yi[o * s] += ar[o] * ti + ai[o] * tr;
-              }
-            }
+      const T* t_fk = taps + 2 * (f * kk * freqs + k);
+      for (const RowHit& hit : row_hits) {
+        for (const ColumnRun& run : runs) {
+          const T* t = t_fk + 2 * (hit.i * w.kernel_w + run.j) * freqs;
+          const T tr = t[0], ti = t[1];
+          T* __restrict yr = gr_out + hit.row * w.in_w + run.at;
+          T* __restrict yi = gi_out + hit.row * w.in_w + run.at;
+          const T* __restrict ar = dr + hit.oh * w.out_w + run.lo;
+          const T* __restrict ai = di + hit.oh * w.out_w + run.lo;
+          for (int64_t o = 0; o < run.len; ++o) {
+            yr[o] += ar[o] * tr - ai[o] * ti;
+            yi[o] += ar[o] * ti + ai[o] * tr;
           }
         }
       }
     }
   }
+  if (s == 1) return;
+  std::vector<T> row(w.in_w);
+  for (int64_t r = 0; r < 2 * freqs * rows; ++r) {
+    T* sums = out + r * w.in_w;
+    for (int64_t b = 0; b < std::min(s, w.in_w); ++b) {
+      for (int64_t m = 0; b + m * s < w.in_w; ++m) row[b + m * s] = sums[phase_at[b] + m];
+    }
+    std::copy(row.begin(), row.end(), sums);
+  }
 }
-
 
 // Sums over filters and taps for the input rows [h0, h1): out [freqs][2][px]. The filters
 // go in groups whose tiles fit the scratch; each sum adds the filters in order, so the
